@@ -1,0 +1,32 @@
+# agentledger: every habit in one place. `make help` lists the targets.
+.DEFAULT_GOAL := help
+PY ?= python3
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: ## install with dev tools (editable)
+	$(PY) -m pip install -e '.[dev]'
+
+lint: ## ruff, mypy, import-linter
+	ruff check . && ruff format --check . && mypy && lint-imports
+
+fmt: ## format the code
+	ruff check --fix . && ruff format .
+
+test: ## the whole suite (starts its own nats-server and PostgreSQL)
+	pytest -q
+
+bench: ## end-to-end benchmark (prints figures; see BENCHMARKS.md)
+	$(PY) bench/e2e.py
+
+demo: ## the one-command demo on the embedded defaults
+	agentledger demo
+
+schema: ## regenerate the committed contract (JSON schemas + AsyncAPI)
+	agentledger schema --out contracts
+
+ci: ## what CI runs, from a fresh venv
+	bash .ci/run
+
+.PHONY: help install lint fmt test bench demo schema ci

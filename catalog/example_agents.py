@@ -1,0 +1,119 @@
+"""Example agents on deterministic `FunctionModel`s: no network, same answer every time.
+
+- `calculator` asks for a tool (`add` / `multiply`) and then states the result, the
+  model -> tool -> model shape the benchmarks measure.
+- `notes` keeps notes with a tool and answers "what do you remember?" from the
+  session's history, so it only works when the history of earlier turns is passed in.
+- `greeter` answers at once, without tools.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic_ai import Agent
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+__all__ = ["calculator", "greeter", "notes"]
+
+_NUMBERS = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def _last_user_prompt(messages: list[ModelMessage]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, ModelRequest):
+            for part in message.parts:
+                if isinstance(part, UserPromptPart) and isinstance(part.content, str):
+                    return part.content
+    return ""
+
+
+def _tool_return(messages: list[ModelMessage]) -> ToolReturnPart | None:
+    last = messages[-1]
+    if isinstance(last, ModelRequest):
+        for part in last.parts:
+            if isinstance(part, ToolReturnPart):
+                return part
+    return None
+
+
+def calculator_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Calls `add` or `multiply` on the two numbers in the prompt, then reports."""
+    returned = _tool_return(messages)
+    if returned is not None:
+        return ModelResponse(parts=[TextPart(f"The result is {returned.content}.")])
+    prompt = _last_user_prompt(messages)
+    numbers = [float(n) for n in _NUMBERS.findall(prompt)][:2]
+    if len(numbers) < 2:
+        return ModelResponse(parts=[TextPart("Give me two numbers, e.g. 'add 2 and 3'.")])
+    tool = "multiply" if re.search(r"\b(multiply|times|product)\b", prompt, re.I) else "add"
+    return ModelResponse(parts=[ToolCallPart(tool, {"a": numbers[0], "b": numbers[1]})])
+
+
+calculator = Agent(
+    FunctionModel(calculator_model, model_name="calculator-fn"),
+    name="calculator",
+    instructions="You are a calculator. Use the tools for arithmetic.",
+)
+
+
+@calculator.tool_plain
+def add(a: float, b: float) -> float:
+    """Add two numbers."""
+    return a + b
+
+
+@calculator.tool_plain
+def multiply(a: float, b: float) -> float:
+    """Multiply two numbers."""
+    return a * b
+
+
+def notes_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Stores 'remember ...' prompts with the `save_note` tool; recalls from history."""
+    returned = _tool_return(messages)
+    if returned is not None:
+        return ModelResponse(parts=[TextPart(f"Noted ({returned.content}).")])
+    prompt = _last_user_prompt(messages)
+    match = re.match(r"\s*remember\s+(.+)", prompt, re.I)
+    if match:
+        return ModelResponse(parts=[ToolCallPart("save_note", {"note": match.group(1)})])
+    remembered = [
+        part.args_as_dict()["note"]
+        for message in messages
+        if isinstance(message, ModelResponse)
+        for part in message.parts
+        if isinstance(part, ToolCallPart) and part.tool_name == "save_note"
+    ]
+    if not remembered:
+        return ModelResponse(parts=[TextPart("I don't remember anything yet.")])
+    return ModelResponse(parts=[TextPart("You told me: " + "; ".join(remembered) + ".")])
+
+
+notes = Agent(
+    FunctionModel(notes_model, model_name="notes-fn"),
+    name="notes",
+    instructions="You keep the user's notes.",
+)
+
+
+@notes.tool_plain
+def save_note(note: str) -> str:
+    """Save a note for later in this conversation."""
+    return f"note saved: {note}"
+
+
+def greeter_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[TextPart(f"Hello! You said: {_last_user_prompt(messages)}")])
+
+
+greeter = Agent(FunctionModel(greeter_model, model_name="greeter-fn"), name="greeter")

@@ -1,0 +1,45 @@
+"""Identifiers: aggregate ids are derived from client-chosen ids with uuid5.
+
+Deriving instead of generating is what makes a redelivered or duplicated task land on
+the same aggregate, so it is never run twice.
+"""
+
+from __future__ import annotations
+
+from typing import NewType
+from uuid import UUID, uuid5
+
+__all__ = [
+    "RunId",
+    "SessionId",
+    "TaskId",
+    "rejection_id_for",
+    "run_id_for",
+    "session_aggregate_id_for",
+]
+
+TaskId = NewType("TaskId", str)
+"""The client's id for one task; also the JetStream `Nats-Msg-Id` of its message."""
+SessionId = NewType("SessionId", str)
+"""The client's id for a conversation; tasks that share it share history."""
+RunId = NewType("RunId", UUID)
+"""The id of the agent-run aggregate of one task."""
+
+_RUN_NAMESPACE = UUID("6f1c3a52-5b0e-4a43-9d55-0a6f7d0c2a11")
+_SESSION_NAMESPACE = UUID("0b8f2e0c-92a4-4c6e-8d7d-3c5f0e9e6b21")
+_REJECTION_NAMESPACE = UUID("d9a4e7b1-3f62-4c8a-9e55-7b1c2d3e4f50")
+
+
+def run_id_for(task_id: str) -> RunId:
+    """The run aggregate id for a task id (stable across processes and versions)."""
+    return RunId(uuid5(_RUN_NAMESPACE, task_id))
+
+
+def session_aggregate_id_for(session_id: str) -> UUID:
+    """The conversation aggregate id for a session id."""
+    return uuid5(_SESSION_NAMESPACE, session_id)
+
+
+def rejection_id_for(key: str) -> UUID:
+    """The rejection aggregate id for a rejected message (task id, or message id)."""
+    return uuid5(_REJECTION_NAMESPACE, key)

@@ -1,0 +1,279 @@
+"""The agent-run aggregate: one task's run, every agent action a past-tense event.
+
+The aggregate keeps only small state (status, counters, output). The transcript is in
+the events themselves; `RunHistory.fold` rebuilds it for recovery and replay, and the
+projections keep it for queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import InvalidTransition
+from domain.ids import run_id_for
+
+__all__ = ["AgentRun", "RunHistory", "RunStatus"]
+
+RunStatus = Literal["running", "completed", "failed"]
+
+JSON = Any
+"""A JSON-compatible value (dict, list, str, number, bool, None)."""
+
+
+class AgentRun(Aggregate):
+    """One run of a named agent for one task."""
+
+    TOPIC = "agentledger.AgentRun"
+
+    class Event(Aggregate.Event):
+        TOPIC = "agentledger.AgentRun.Event"
+
+    class Created(Event, Aggregate.Created):
+        TOPIC = "agentledger.AgentRun.Created"
+
+    class RunRequested(Created):
+        """A task was accepted and its run created."""
+
+        TOPIC = "agentledger.AgentRun.RunRequested"
+        task_id: str
+        agent: str
+        prompt: str
+        session_id: str | None
+        metadata: dict[str, str]
+        usage_limits: dict[str, int | None]
+        deadline: str | None
+        history_version: int
+
+    class ModelRequestSent(Event):
+        """A request (user prompt, tool returns, retry prompt) went to the model."""
+
+        TOPIC = "agentledger.AgentRun.ModelRequestSent"
+        step: int
+        message: JSON
+
+    class ModelResponseReceived(Event):
+        """The model answered; the message holds its parts, the usage its tokens."""
+
+        TOPIC = "agentledger.AgentRun.ModelResponseReceived"
+        step: int
+        message: JSON
+        model_name: str | None
+        input_tokens: int
+        output_tokens: int
+
+    class ToolCallStarted(Event):
+        """A tool call asked for by the model is about to run."""
+
+        TOPIC = "agentledger.AgentRun.ToolCallStarted"
+        tool_call_id: str
+        tool_name: str
+        args: JSON
+
+    class ToolCallFinished(Event):
+        """A tool call returned; its result is the tool-effect ledger entry."""
+
+        TOPIC = "agentledger.AgentRun.ToolCallFinished"
+        tool_call_id: str
+        tool_name: str
+        result: JSON
+
+    class ToolCallFailed(Event):
+        """A tool call raised; `retry` says the model was asked to try again."""
+
+        TOPIC = "agentledger.AgentRun.ToolCallFailed"
+        tool_call_id: str
+        tool_name: str
+        error: str
+        retry: bool
+
+    class RunCompleted(Event):
+        """The agent produced its output."""
+
+        TOPIC = "agentledger.AgentRun.RunCompleted"
+        output: JSON
+        requests: int
+        input_tokens: int
+        output_tokens: int
+        tool_calls: int
+        cost_usd: float | None
+        duration_ms: float
+
+    class RunFailed(Event):
+        """The run ended without output."""
+
+        TOPIC = "agentledger.AgentRun.RunFailed"
+        error_kind: str
+        message: str
+        retryable: bool
+        duration_ms: float
+
+    @staticmethod
+    def create_id(task_id: str) -> UUID:
+        return run_id_for(task_id)
+
+    @event(RunRequested)
+    def __init__(
+        self,
+        task_id: str,
+        agent: str,
+        prompt: str,
+        session_id: str | None,
+        metadata: dict[str, str],
+        usage_limits: dict[str, int | None],
+        deadline: str | None,
+        history_version: int,
+    ) -> None:
+        self.task_id = task_id
+        self.agent = agent
+        self.session_id = session_id
+        self.history_version = history_version
+        self.status: RunStatus = "running"
+        self.steps = 0
+        self.requests = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.tool_calls = 0
+        self.output: JSON = None
+        self.cost_usd: float | None = None
+        self.duration_ms: float | None = None
+        self.error_kind: str | None = None
+        self.error_message: str | None = None
+        self.retryable = False
+
+    def _require_running(self, what: str) -> None:
+        if self.status != "running":
+            raise InvalidTransition(what, self.status)
+
+    def send_model_request(self, message: JSON) -> None:
+        self._require_running("send a model request")
+        self._trigger_request(step=self.steps + 1, message=message)
+
+    @event(ModelRequestSent)
+    def _trigger_request(self, step: int, message: JSON) -> None:
+        self.steps = step
+
+    def receive_model_response(
+        self, message: JSON, model_name: str | None, input_tokens: int, output_tokens: int
+    ) -> None:
+        self._require_running("record a model response")
+        self._trigger_response(
+            step=self.steps,
+            message=message,
+            model_name=model_name,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+
+    @event(ModelResponseReceived)
+    def _trigger_response(
+        self,
+        step: int,
+        message: JSON,
+        model_name: str | None,
+        input_tokens: int,
+        output_tokens: int,
+    ) -> None:
+        self.requests += 1
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+
+    def start_tool_call(self, tool_call_id: str, tool_name: str, args: JSON) -> None:
+        self._require_running("start a tool call")
+        self._trigger_tool_started(tool_call_id=tool_call_id, tool_name=tool_name, args=args)
+
+    @event(ToolCallStarted)
+    def _trigger_tool_started(self, tool_call_id: str, tool_name: str, args: JSON) -> None:
+        self.tool_calls += 1
+
+    def finish_tool_call(self, tool_call_id: str, tool_name: str, result: JSON) -> None:
+        self._require_running("finish a tool call")
+        self._trigger_tool_finished(tool_call_id=tool_call_id, tool_name=tool_name, result=result)
+
+    @event(ToolCallFinished)
+    def _trigger_tool_finished(self, tool_call_id: str, tool_name: str, result: JSON) -> None:
+        pass
+
+    def fail_tool_call(self, tool_call_id: str, tool_name: str, error: str, retry: bool) -> None:
+        self._require_running("fail a tool call")
+        self._trigger_tool_failed(
+            tool_call_id=tool_call_id, tool_name=tool_name, error=error, retry=retry
+        )
+
+    @event(ToolCallFailed)
+    def _trigger_tool_failed(
+        self, tool_call_id: str, tool_name: str, error: str, retry: bool
+    ) -> None:
+        pass
+
+    def complete(self, output: JSON, cost_usd: float | None, duration_ms: float) -> None:
+        self._require_running("complete the run")
+        self._trigger_completed(
+            output=output,
+            requests=self.requests,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            tool_calls=self.tool_calls,
+            cost_usd=cost_usd,
+            duration_ms=duration_ms,
+        )
+
+    @event(RunCompleted)
+    def _trigger_completed(
+        self,
+        output: JSON,
+        requests: int,
+        input_tokens: int,
+        output_tokens: int,
+        tool_calls: int,
+        cost_usd: float | None,
+        duration_ms: float,
+    ) -> None:
+        self.status = "completed"
+        self.output = output
+        self.cost_usd = cost_usd
+        self.duration_ms = duration_ms
+
+    def fail(self, error_kind: str, message: str, retryable: bool, duration_ms: float) -> None:
+        self._require_running("fail the run")
+        self._trigger_failed(
+            error_kind=error_kind, message=message, retryable=retryable, duration_ms=duration_ms
+        )
+
+    @event(RunFailed)
+    def _trigger_failed(
+        self, error_kind: str, message: str, retryable: bool, duration_ms: float
+    ) -> None:
+        self.status = "failed"
+        self.error_kind = error_kind
+        self.error_message = message
+        self.retryable = retryable
+        self.duration_ms = duration_ms
+
+
+@dataclass(kw_only=True)
+class RunHistory:
+    """What a run has recorded so far, folded from its events (for recovery and replay)."""
+
+    messages: list[JSON] = field(default_factory=list)
+    """The run's own messages (requests and responses) in order, as pydantic-ai JSON."""
+    tool_results: dict[str, JSON] = field(default_factory=dict)
+    """Recorded tool results by tool_call_id: these calls are never executed again."""
+    started_tool_calls: set[str] = field(default_factory=set)
+    """Tool calls recorded as started (finished or not)."""
+
+    @classmethod
+    def fold(cls, events: Iterable[object]) -> RunHistory:
+        history = cls()
+        for domain_event in events:
+            if isinstance(domain_event, AgentRun.ModelRequestSent | AgentRun.ModelResponseReceived):
+                history.messages.append(domain_event.message)
+            elif isinstance(domain_event, AgentRun.ToolCallStarted):
+                history.started_tool_calls.add(domain_event.tool_call_id)
+            elif isinstance(domain_event, AgentRun.ToolCallFinished):
+                history.tool_results[domain_event.tool_call_id] = domain_event.result
+        return history

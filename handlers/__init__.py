@@ -1,0 +1,1 @@
+"""Application and entrypoints: agent runner, worker, relay, queries, CLI."""

@@ -1,0 +1,193 @@
+"""The composition root: the one place that wires infra adapters into handlers.
+
+`WorkerService` is a worker process's moving parts (broker, store, runner);
+`ProjectorService` is a projector process's (projections, relay, query responder).
+The CLI, the demo and the tests build them from `Settings` alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from dataclasses import dataclass, field
+
+import nats
+import structlog
+from infra.view_store import ViewStore, view_store_for
+from nats.aio.client import Client
+from projections.views import ALL_PROJECTIONS
+
+from handlers.catalog import Catalog
+from handlers.projector import Projector
+from handlers.queries import QueryService
+from handlers.relay import EventRelay
+from handlers.runner import AgentRunner
+from handlers.worker import TaskWorker
+from infra.event_store import AsyncEventStore, EventStore
+from infra.nats import ensure_streams, make_broker, nats_connect_kwargs
+from infra.settings import Settings
+
+__all__ = [
+    "NatsAuthError",
+    "ProjectorService",
+    "WorkerService",
+    "connect_nats",
+    "make_projector",
+]
+
+log = structlog.get_logger("agentledger")
+
+
+class NatsAuthError(Exception):
+    """The NATS server rejected the configured credentials."""
+
+
+async def connect_nats(settings: Settings, name: str) -> Client:
+    """A plain nats-py connection from settings.
+
+    nats-py retries a rejected CONNECT like a network error, forever when reconnects are
+    unlimited; an authorization error is final, so it ends the attempt at once.
+    """
+    rejected = asyncio.Event()
+
+    async def on_error(e: Exception) -> None:
+        if "authorization" in str(e).lower():
+            rejected.set()
+
+    connecting = asyncio.create_task(
+        nats.connect(**nats_connect_kwargs(settings, name), error_cb=on_error)
+    )
+    refused = asyncio.create_task(rejected.wait())
+    await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+    refused.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    raise NatsAuthError(
+        f"NATS at {settings.nats_url} rejected the credentials (authorization violation)"
+    )
+
+
+def make_projector(settings: Settings, store: EventStore, views: ViewStore) -> Projector:
+    return Projector(
+        store=store,
+        views=views,
+        projections=[p() for p in ALL_PROJECTIONS],
+        batch=settings.projection_batch,
+        poll_s=settings.projection_poll_s,
+    )
+
+
+@dataclass(kw_only=True)
+class WorkerService:
+    """A task worker: FastStream broker + runner over the event store."""
+
+    settings: Settings
+    catalog: Catalog | None = None
+    name: str = "agentledger-worker"
+    store: AsyncEventStore | None = field(default=None, init=False)
+    worker: TaskWorker | None = field(default=None, init=False)
+
+    async def start(self) -> WorkerService:
+        settings = self.settings
+        catalog = self.catalog or Catalog.load(settings.catalog)
+        self.catalog = catalog
+        self.store = AsyncEventStore(
+            await asyncio.to_thread(EventStore, settings),
+            settings.store_threads,
+            retry_s=settings.store_retry_s,
+        )
+        broker = make_broker(settings, self.name)
+        runner = AgentRunner(store=self.store, catalog=catalog)
+        self.worker = TaskWorker(
+            settings=settings, broker=broker, store=self.store, catalog=catalog, runner=runner
+        )
+        await broker.connect()
+        await ensure_streams(broker.connection.jetstream(), settings)
+        await broker.start()
+        log.info(
+            "worker started",
+            agents=catalog.names(),
+            concurrency=settings.worker_concurrency,
+            backend=settings.backend,
+            prefix=settings.subject_prefix,
+        )
+        return self
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self.worker is not None:
+            await self.worker.drain(self.settings.shutdown_grace_s if grace_s is None else grace_s)
+            await self.worker.broker.stop()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
+        log.info("worker stopped")
+
+
+@dataclass(kw_only=True)
+class ProjectorService:
+    """Projections (in a thread), the event relay and the query responder."""
+
+    settings: Settings
+    relay: bool = True
+    queries: bool = True
+    store: EventStore | None = field(default=None, init=False)
+    views: ViewStore | None = field(default=None, init=False)
+    projector: Projector | None = field(default=None, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+    _relay_stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _relay_task: asyncio.Task[None] | None = field(default=None, init=False)
+    _nc: Client | None = field(default=None, init=False)
+    _query_service: QueryService | None = field(default=None, init=False)
+
+    async def start(self) -> ProjectorService:
+        settings = self.settings
+        self.store = await asyncio.to_thread(EventStore, settings)
+        self.views = await asyncio.to_thread(view_store_for, settings)
+        self.projector = make_projector(settings, self.store, self.views)
+        await asyncio.to_thread(self.projector.ensure)
+        self._thread = threading.Thread(
+            target=self.projector.run_forever, args=(self._stop,), name="projector", daemon=True
+        )
+        self._thread.start()
+        if self.relay or self.queries:
+            self._nc = await connect_nats(settings, "agentledger-projector")
+            await ensure_streams(self._nc.jetstream(), settings)
+        if self.relay:
+            assert self._nc is not None
+            relay = EventRelay(
+                store=self.store, views=self.views, nc=self._nc, prefix=settings.subject_prefix
+            )
+            self._relay_task = asyncio.create_task(relay.run_forever(self._relay_stop))
+        if self.queries:
+            assert self._nc is not None
+            self._query_service = QueryService(
+                views=self.views, nc=self._nc, prefix=settings.subject_prefix
+            )
+            await self._query_service.start()
+        log.info("projector started", backend=settings.backend, prefix=settings.subject_prefix)
+        return self
+
+    def wait_until(self, notification_id: int, timeout: float = 10.0) -> bool:
+        assert self.projector is not None
+        return self.projector.wait_until(notification_id, timeout)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        self._relay_stop.set()
+        if self._relay_task is not None:
+            await self._relay_task
+        if self._query_service is not None:
+            await self._query_service.stop()
+        if self._nc is not None:
+            await self._nc.drain()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+        if self.views is not None:
+            self.views.close()
+        if self.store is not None:
+            self.store.close()
+        log.info("projector stopped")

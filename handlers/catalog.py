@@ -1,0 +1,112 @@
+"""The agent catalog: a TOML file naming agents by `module:attribute`.
+
+A team brings its own agents by pointing `AGENTLEDGER_CATALOG` at its own file; nothing
+in the service changes. Agents are imported lazily, on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic_ai import Agent
+
+from domain.pricing import ModelPrice
+
+__all__ = ["Catalog", "CatalogEntry", "CatalogError", "UnknownAgent"]
+
+
+class CatalogError(Exception):
+    """The catalog file or one of its references is wrong."""
+
+
+class UnknownAgent(CatalogError):
+    """A task named an agent the catalog does not have."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown agent {name!r}; the catalog has: {', '.join(known) or 'none'}")
+        self.name = name
+
+
+@dataclass(kw_only=True)
+class CatalogEntry:
+    """One agent of the catalog."""
+
+    name: str
+    """The name tasks use (`<prefix>.tasks.run.<name>`)."""
+    ref: str
+    """`module:attribute` of the pydantic-ai Agent."""
+    description: str = ""
+    price: ModelPrice | None = None
+    """Price per million tokens, when known: runs then record their cost."""
+    _agent: Agent[Any, Any] | None = field(default=None, repr=False)
+
+    @property
+    def agent(self) -> Agent[Any, Any]:
+        if self._agent is None:
+            self._agent = _load_agent(self.ref)
+        return self._agent
+
+
+def _load_agent(ref: str) -> Agent[Any, Any]:
+    module_name, _, attribute = ref.partition(":")
+    if not module_name or not attribute:
+        raise CatalogError(f"catalog reference {ref!r} must look like 'package.module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise CatalogError(f"cannot import {module_name!r} for {ref!r}: {e}") from None
+    try:
+        obj = getattr(module, attribute)
+    except AttributeError:
+        raise CatalogError(f"{module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(obj, Agent):
+        raise CatalogError(f"{ref!r} is a {type(obj).__name__}, not a pydantic_ai.Agent")
+    return obj
+
+
+@dataclass(kw_only=True)
+class Catalog:
+    """The agents a worker can run, and the demo's tasks."""
+
+    path: Path
+    entries: dict[str, CatalogEntry]
+    demo_tasks: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Catalog:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise CatalogError(f"catalog file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise CatalogError(f"catalog {path} is not valid TOML: {e}") from None
+        entries: dict[str, CatalogEntry] = {}
+        for name, spec in data.get("agents", {}).items():
+            if "ref" not in spec:
+                raise CatalogError(f"catalog {path}: agent {name!r} has no 'ref'")
+            price = spec.get("price")
+            entries[name] = CatalogEntry(
+                name=name,
+                ref=spec["ref"],
+                description=spec.get("description", ""),
+                price=ModelPrice(**price) if price else None,
+            )
+        demo = [
+            (agent, prompt, session or None)
+            for agent, prompt, session in data.get("demo", {}).get("tasks", [])
+        ]
+        return cls(path=path, entries=entries, demo_tasks=demo)
+
+    def get(self, name: str) -> CatalogEntry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise UnknownAgent(name, sorted(self.entries)) from None
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)

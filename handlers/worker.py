@@ -1,0 +1,215 @@
+"""The task worker: a FastStream subscriber on a durable JetStream pull consumer.
+
+Acknowledgement is manual and follows one rule: ack only after the run's final events
+are committed and its outcome published. Transient failures nak with backoff (the run
+resumes on redelivery); poison input is recorded as a rejection and terminated. A
+SIGTERM drains: no new runs start, in-flight runs get `shutdown_grace_s` to finish,
+and whatever is still running is released (nak) for another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.nats.annotations import NatsMessage
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from domain.errors import ErrorKind
+from domain.rejection import TaskRejection
+from domain.tasks import RunError, RunOutcome
+from handlers.catalog import Catalog, UnknownAgent
+from handlers.intake import RawTask, Rejection, parse_task
+from handlers.runner import AgentRunner, RunSuperseded, TransientRunError
+from infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+from infra.settings import Settings
+
+__all__ = ["REPLY_HEADER", "TaskWorker", "backoff_s", "task_subject"]
+
+log = structlog.get_logger("agentledger.worker")
+
+REPLY_HEADER = "Agentledger-Reply-To"
+"""Header naming a subject that also receives the outcome (JetStream answers a plain
+request with its publish ack, so the reply subject travels in a header)."""
+
+
+def task_subject(prefix: str, agent: str) -> str:
+    return f"{prefix}.tasks.run.{agent}"
+
+
+def backoff_s(delivered: int) -> float:
+    """Redelivery delay after a transient failure: 0.5 s doubling, at most 30 s."""
+    return float(min(30.0, 0.5 * 2 ** max(0, delivered - 1)))
+
+
+async def _raw_body(msg: NatsMessage) -> bytes:
+    return msg.body
+
+
+class TaskWorker:
+    """Consumes `<prefix>.tasks.run.*`, runs tasks, publishes outcomes."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        broker: NatsBroker,
+        store: AsyncEventStore,
+        catalog: Catalog,
+        runner: AgentRunner,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.store = store
+        self.catalog = catalog
+        self.runner = runner
+        self.in_flight: set[asyncio.Task[Any]] = set()
+        self.draining = False
+        prefix = settings.subject_prefix
+        self.broker.subscriber(
+            f"{prefix}.tasks.run.*",
+            stream=JStream(settings.tasks_stream, declare=False),
+            durable=f"{prefix}-workers",
+            pull_sub=PullSub(batch_size=min(64, settings.worker_concurrency), timeout=1.0),
+            max_workers=settings.worker_concurrency,
+            ack_policy=AckPolicy.MANUAL,
+            # The payload is parsed by intake, which turns any malformation into a
+            # recorded rejection; FastStream must not decode (or reject) it first.
+            decoder=_raw_body,
+            config=ConsumerConfig(
+                ack_wait=settings.ack_wait_s,
+                max_deliver=settings.max_deliveries,
+                max_ack_pending=max(1000, settings.worker_concurrency * 4),
+                deliver_policy=DeliverPolicy.ALL,
+            ),
+        )(self.handle)
+
+    async def handle(self, body: bytes, msg: NatsMessage) -> None:
+        if self.draining:
+            await msg.nack()
+            return
+        current = asyncio.current_task()
+        assert current is not None
+        self.in_flight.add(current)
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            await self._process(body, msg)
+        except asyncio.CancelledError:
+            # Shutdown cut the run short: release it now rather than after AckWait.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(msg.nack())
+            raise
+        finally:
+            heartbeat.cancel()
+            self.in_flight.discard(current)
+
+    async def _heartbeat(self, msg: NatsMessage) -> None:
+        interval = max(0.5, self.settings.ack_wait_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _process(self, body: bytes, msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        metadata = raw.metadata
+        delivered = metadata.num_delivered or 1
+        headers = raw.headers or {}
+        reply_to = headers.get(REPLY_HEADER)
+        task_raw = RawTask(
+            body=body,
+            subject=raw.subject,
+            msg_id=headers.get("Nats-Msg-Id"),
+            fallback_key=f"{metadata.stream}:{metadata.sequence.stream}",
+        )
+        bound = log.bind(subject=raw.subject, delivered=delivered)
+        try:
+            task = parse_task(
+                task_raw, catalog=self.catalog, max_prompt_chars=self.settings.max_prompt_chars
+            )
+            bound = bound.bind(task_id=task.task_id, agent=task.agent)
+            final = delivered >= self.settings.max_deliveries
+            try:
+                outcome = await self.runner.run(task, final_attempt=final)
+            except UnknownAgent as e:
+                raise Rejection(
+                    ErrorKind.UNKNOWN_AGENT, str(e), key=task.task_id, task_id=task.task_id
+                ) from None
+            await self.publish_outcome(outcome, reply_to)
+            await msg.ack()
+        except Rejection as rejection:
+            try:
+                outcome = await self._record_rejection(rejection, task_raw)
+            except StoreUnavailable as e:
+                bound.warning("cannot record rejection yet; will retry", error=str(e))
+                await msg.nack(delay=backoff_s(delivered))
+                return
+            await self.publish_outcome(outcome, reply_to)
+            await msg.reject()
+        except (TransientRunError, StoreUnavailable, RunSuperseded) as e:
+            delay = backoff_s(delivered)
+            bound.warning("transient failure; will redeliver", error=str(e), delay_s=delay)
+            await msg.nack(delay=delay)
+        except Exception:
+            delay = backoff_s(delivered)
+            bound.exception("unexpected error; will redeliver", delay_s=delay)
+            await msg.nack(delay=delay)
+
+    async def _record_rejection(self, rejection: Rejection, raw: RawTask) -> RunOutcome:
+        record = TaskRejection(
+            key=rejection.key,
+            task_id=rejection.task_id,
+            agent=rejection.agent,
+            subject=raw.subject,
+            error_kind=str(rejection.kind),
+            reason=rejection.reason,
+            payload_excerpt=raw.excerpt(),
+        )
+        try:
+            await self.store.save(record)
+        except ConcurrencyConflict:
+            pass  # already recorded by an earlier delivery of the same message
+        log.warning(
+            "task rejected",
+            key=rejection.key,
+            task_id=rejection.task_id,
+            error_kind=str(rejection.kind),
+            reason=rejection.reason,
+        )
+        return RunOutcome(
+            task_id=rejection.task_id,
+            run_id=str(record.id),
+            agent=rejection.agent,
+            status="rejected",
+            error=RunError(kind=str(rejection.kind), message=rejection.reason, retryable=False),
+        )
+
+    async def publish_outcome(self, outcome: RunOutcome, reply_to: str | None) -> None:
+        payload = outcome.model_dump_json().encode()
+        nc = self.broker.connection
+        if outcome.task_id is not None:
+            js = nc.jetstream()
+            await js.publish(
+                f"{self.settings.subject_prefix}.results.{outcome.task_id}",
+                payload,
+                headers={"Nats-Msg-Id": f"outcome:{outcome.task_id}"},
+            )
+        if reply_to:
+            await nc.publish(reply_to, payload)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking runs; wait up to `grace_s` for in-flight ones, then cancel them
+        (each cancelled run releases its message)."""
+        self.draining = True
+        pending = set(self.in_flight)
+        if pending:
+            log.info("draining in-flight runs", runs=len(pending), grace_s=grace_s)
+            _, still = await asyncio.wait(pending, timeout=grace_s)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5)

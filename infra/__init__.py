@@ -1,0 +1,1 @@
+"""Adapters: settings, event store, NATS and embedded servers, PostgreSQL, logging."""

@@ -1,0 +1,210 @@
+"""The event store: an eventsourcing `Application` on PostgreSQL or SQLite.
+
+The library is synchronous; callers on the event loop go through `AsyncEventStore`,
+which runs each call in a bounded thread pool. Library errors are translated here into
+`StoreUnavailable` (transient: retry later) so handlers never see driver exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+from uuid import UUID
+
+import psycopg
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate, DomainEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    Notification,
+    OperationalError,
+    PersistenceError,
+)
+
+import domain.conversation
+import domain.rejection
+import domain.run  # noqa: F401  (registers the event topics)
+from infra.settings import Settings
+
+__all__ = [
+    "AsyncEventStore",
+    "ConcurrencyConflict",
+    "EventStore",
+    "StoreUnavailable",
+    "store_env",
+]
+
+T = TypeVar("T")
+A = TypeVar("A", bound=Aggregate)
+
+APPLICATION_NAME = "agentledger"
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached or failed transiently; try again later."""
+
+
+class ConcurrencyConflict(Exception):
+    """Another writer saved the same aggregate version first (optimistic concurrency)."""
+
+
+class _Ledger(Application[UUID]):
+    name = APPLICATION_NAME
+
+
+def postgres_env(dsn: str) -> dict[str, str]:
+    """eventsourcing's POSTGRES_* variables from a libpq URL."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError("AGENTLEDGER_POSTGRES_DSN must be a postgresql:// URL")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "postgres",
+        "POSTGRES_HOST": query.get("host") or parts.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(parts.port or query.get("port") or 5432),
+        "POSTGRES_USER": unquote(parts.username or "postgres"),
+        "POSTGRES_PASSWORD": unquote(parts.password or ""),
+    }
+    if "schema" in query:
+        env["POSTGRES_SCHEMA"] = query["schema"]
+    return env
+
+
+def store_env(settings: Settings) -> dict[str, str]:
+    """The eventsourcing environment for these settings."""
+    env: dict[str, str]
+    if settings.postgres_dsn is not None:
+        env = postgres_env(settings.postgres_dsn.get_secret_value())
+        env.update(
+            {
+                "POSTGRES_POOL_SIZE": str(settings.postgres_pool_size),
+                "POSTGRES_MAX_OVERFLOW": str(settings.postgres_pool_size),
+                "POSTGRES_PRE_PING": "y",
+                "POSTGRES_CONNECT_TIMEOUT": "5",
+                "POSTGRES_LOCK_TIMEOUT": "10000",
+                "POSTGRES_ENABLE_DB_FUNCTIONS": "y" if settings.postgres_db_functions else "",
+            }
+        )
+    else:
+        path = Path(settings.sqlite_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(path),
+            "SQLITE_LOCK_TIMEOUT": "30",
+        }
+    if settings.cipher_key is not None:
+        env["CIPHER_TOPIC"] = "eventsourcing.cipher:AESCipher"
+        env["CIPHER_KEY"] = settings.cipher_key.get_secret_value()
+    return env
+
+
+def _translate(call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except IntegrityError as e:
+        raise ConcurrencyConflict(str(e)) from None
+    except (OperationalError, psycopg.OperationalError, sqlite3.OperationalError) as e:
+        raise StoreUnavailable(f"event store unavailable: {e}") from None
+    except PersistenceError as e:
+        raise StoreUnavailable(f"event store error: {e}") from None
+
+
+class EventStore:
+    """Synchronous facade over the eventsourcing application."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._app = _translate(lambda: _Ledger(env=store_env(settings)))
+        self.name = APPLICATION_NAME
+
+    def get(self, aggregate_id: UUID, cls: type[A], version: int | None = None) -> A | None:
+        """The aggregate, or None if it has no events."""
+
+        def call() -> A | None:
+            try:
+                aggregate = self._app.repository.get(aggregate_id, version=version)
+            except AggregateNotFoundError:
+                return None
+            if not isinstance(aggregate, cls):
+                raise TypeError(
+                    f"{aggregate_id} is a {type(aggregate).__name__}, not {cls.__name__}"
+                )
+            return aggregate
+
+        return _translate(call)
+
+    def events(self, aggregate_id: UUID, lte: int | None = None) -> list[Any]:
+        """All domain events of one aggregate in order (up to version `lte`)."""
+        return _translate(lambda: list(self._app.events.get(aggregate_id, lte=lte)))
+
+    def save(self, *objs: Aggregate | DomainEvent) -> int | None:
+        """Atomically save the pending events of the aggregates (or the given events);
+        returns the last notification id."""
+
+        def call() -> int | None:
+            recordings = self._app.save(*objs)
+            return recordings[-1].notification.id if recordings else None
+
+        return _translate(call)
+
+    def notifications(self, start: int, limit: int) -> Sequence[Notification]:
+        """Notifications (the global, gap-free log) from id `start`, at most `limit`."""
+        return _translate(lambda: self._app.recorder.select_notifications(start=start, limit=limit))
+
+    def max_notification_id(self) -> int:
+        return _translate(lambda: self._app.recorder.max_notification_id() or 0)
+
+    def decode(self, notification: Notification) -> Any:
+        """The domain event of a notification (decrypted if a cipher is configured)."""
+        return self._app.mapper.to_domain_event(notification)
+
+    def close(self) -> None:
+        self._app.close()
+
+
+class AsyncEventStore:
+    """`EventStore` for the event loop: each call in a bounded thread pool.
+
+    A save that fails because the database is unreachable is retried with backoff for
+    up to `retry_s` with the very same events, so a short outage does not force work
+    already done (a tool's effect, a model call) to be done again.
+    """
+
+    def __init__(self, store: EventStore, threads: int, retry_s: float = 20.0) -> None:
+        self.sync = store
+        self.retry_s = retry_s
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store")
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    async def get(self, aggregate_id: UUID, cls: type[A], version: int | None = None) -> A | None:
+        return await self._call(self.sync.get, aggregate_id, cls, version)
+
+    async def events(self, aggregate_id: UUID, lte: int | None = None) -> list[Any]:
+        return await self._call(self.sync.events, aggregate_id, lte)
+
+    async def save(self, *aggregates: Aggregate) -> int | None:
+        events = [e for a in aggregates for e in a.collect_events()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_s
+        delay = 0.05
+        while True:
+            try:
+                return await self._call(self.sync.save, *events)
+            except StoreUnavailable:
+                if loop.time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.sync.close()

@@ -1,0 +1,155 @@
+"""NATS connection settings, the FastStream broker and the JetStream streams.
+
+Credentials come from settings only; they are handed to the client and never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+from faststream.nats import NatsBroker
+from faststream.nats.security import NatsNKey, NatsSecurity, NatsToken, NatsUserPassword
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from infra.settings import Settings
+
+__all__ = [
+    "DEFAULT_LOCAL_URL",
+    "ensure_streams",
+    "make_broker",
+    "nats_connect_kwargs",
+    "nats_url",
+]
+
+DEFAULT_LOCAL_URL = "nats://127.0.0.1:4222"
+"""Where `agentledger nats` listens; the default when AGENTLEDGER_NATS_URL is unset."""
+
+
+def nats_url(settings: Settings) -> str:
+    return settings.nats_url or DEFAULT_LOCAL_URL
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not (settings.nats_tls_ca or settings.nats_tls_cert):
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca else None
+    )
+    if settings.nats_tls_cert and settings.nats_tls_key:
+        context.load_cert_chain(str(settings.nats_tls_cert), str(settings.nats_tls_key))
+    return context
+
+
+def _security(settings: Settings) -> NatsSecurity | None:
+    context = _ssl_context(settings)
+    if settings.nats_token is not None:
+        return NatsToken(settings.nats_token.get_secret_value(), ssl_context=context)
+    if settings.nats_user is not None:
+        password = settings.nats_password.get_secret_value() if settings.nats_password else ""
+        return NatsUserPassword(settings.nats_user, password, ssl_context=context)
+    if settings.nats_nkey_seed_file is not None:
+        return NatsNKey(settings.nats_nkey_seed_file, ssl_context=context)
+    if context is not None:
+        return NatsSecurity(ssl_context=context, use_ssl=True)
+    return None
+
+
+def nats_connect_kwargs(settings: Settings, name: str) -> dict[str, Any]:
+    """Keyword arguments for `nats.connect` (plain nats-py clients: CLI, relay)."""
+    kwargs: dict[str, Any] = {
+        "servers": [nats_url(settings)],
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 5,
+        "allow_reconnect": True,
+    }
+    if settings.nats_token is not None:
+        kwargs["token"] = settings.nats_token.get_secret_value()
+    if settings.nats_user is not None:
+        kwargs["user"] = settings.nats_user
+        kwargs["password"] = (
+            settings.nats_password.get_secret_value() if settings.nats_password else ""
+        )
+    if settings.nats_nkey_seed_file is not None:
+        kwargs["nkeys_seed"] = str(settings.nats_nkey_seed_file)
+    if settings.nats_creds_file is not None:
+        kwargs["user_credentials"] = str(settings.nats_creds_file)
+    context = _ssl_context(settings)
+    if context is not None:
+        kwargs["tls"] = context
+    return kwargs
+
+
+def make_broker(settings: Settings, name: str) -> NatsBroker:
+    """A FastStream broker for the worker and query service."""
+    extra: dict[str, Any] = {}
+    if settings.nats_creds_file is not None:
+        extra["user_credentials"] = str(settings.nats_creds_file)
+    return NatsBroker(
+        nats_url(settings),
+        security=_security(settings),
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        # Per-message "Received/Processed" lines only when debugging; errors still show.
+        log_level=logging.DEBUG,
+        **extra,
+    )
+
+
+def _stream_configs(settings: Settings) -> list[StreamConfig]:
+    prefix = settings.subject_prefix
+    window = settings.duplicate_window_s
+    return [
+        StreamConfig(
+            name=settings.tasks_stream,
+            subjects=[f"{prefix}.tasks.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=window,
+            max_age=7 * 24 * 3600,
+            num_replicas=settings.stream_replicas,
+        ),
+        StreamConfig(
+            name=f"{prefix.upper()}_RESULTS",
+            subjects=[f"{prefix}.results.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=window,
+            max_age=24 * 3600,
+            max_msgs_per_subject=1,
+            discard=DiscardPolicy.OLD,
+            num_replicas=settings.stream_replicas,
+        ),
+        StreamConfig(
+            name=settings.events_stream,
+            subjects=[f"{prefix}.events.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=window,
+            max_age=7 * 24 * 3600,
+            num_replicas=settings.stream_replicas,
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update the tasks, results and events streams (idempotent)."""
+    for config in _stream_configs(settings):
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)
+
+
+def results_stream(settings: Settings) -> str:
+    return f"{settings.subject_prefix.upper()}_RESULTS"

@@ -1,0 +1,106 @@
+"""All configuration, from `AGENTLEDGER_*` environment variables (one class, nothing else
+reads the environment). Secrets are `SecretStr`: never printed, never logged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+DEFAULT_CATALOG = str(Path(__file__).resolve().parent.parent / "catalog" / "example.toml")
+
+
+class Settings(BaseSettings):
+    """agentledger settings; every field is `AGENTLEDGER_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTLEDGER_", extra="ignore")
+
+    # -- broker --------------------------------------------------------------
+    nats_url: str | None = Field(
+        default=None, description="NATS server URL; unset: start the embedded nats-server."
+    )
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_token: SecretStr | None = None
+    nats_nkey_seed_file: Path | None = None
+    nats_creds_file: Path | None = None
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    subject_prefix: str = Field(default="ledger", pattern=r"^[A-Za-z0-9_\-]+$")
+    duplicate_window_s: float = Field(default=3600.0, gt=0)
+    stream_replicas: int = Field(default=1, ge=1)
+
+    # -- storage -------------------------------------------------------------
+    postgres_dsn: SecretStr | None = Field(
+        default=None, description="postgresql://user:pass@host:port/db; unset: SQLite."
+    )
+    postgres_pool_size: int = Field(default=8, ge=1)
+    postgres_db_functions: bool = Field(
+        default=True, description="eventsourcing's stored-function inserts (about 2x saves/s)."
+    )
+    data_dir: Path = Path(".agentledger")
+    sqlite_path: Path | None = Field(default=None, description="Default: <data_dir>/ledger.db")
+    cipher_key: SecretStr | None = Field(
+        default=None, description="Base64 AES key: encrypts event payloads at rest."
+    )
+
+    # -- worker --------------------------------------------------------------
+    worker_concurrency: int = Field(default=256, ge=1, description="Runs in flight per process.")
+    store_threads: int = Field(default=8, ge=1, description="Threads for event-store calls.")
+    store_retry_s: float = Field(
+        default=20.0, ge=0, description="How long a save is retried while the database is down."
+    )
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    max_deliveries: int = Field(default=50, ge=1)
+    max_prompt_chars: int = Field(default=32_768, ge=1)
+    catalog: str = DEFAULT_CATALOG
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+
+    # -- projections ---------------------------------------------------------
+    projection_poll_s: float = Field(default=0.01, gt=0)
+    projection_batch: int = Field(default=500, ge=1)
+
+    # -- logging -------------------------------------------------------------
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> Settings:
+        if (self.nats_tls_cert is None) != (self.nats_tls_key is None):
+            raise ValueError("set both AGENTLEDGER_NATS_TLS_CERT and AGENTLEDGER_NATS_TLS_KEY")
+        return self
+
+    @property
+    def backend(self) -> Literal["postgres", "sqlite"]:
+        return "postgres" if self.postgres_dsn is not None else "sqlite"
+
+    @property
+    def sqlite_file(self) -> Path:
+        return self.sqlite_path or self.data_dir / "ledger.db"
+
+    @property
+    def views_sqlite_file(self) -> Path:
+        """SQLite views live in their own file so projecting never blocks event writes."""
+        store = self.sqlite_file
+        return store.with_name(store.stem + "-views" + store.suffix)
+
+    @property
+    def tasks_stream(self) -> str:
+        return f"{self.subject_prefix.upper()}_TASKS"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.subject_prefix.upper()}_EVENTS"
+
+    def safe_postgres_target(self) -> str:
+        """host:port/db of the DSN, without credentials (for logs and errors)."""
+        if self.postgres_dsn is None:
+            return str(self.sqlite_file)
+        parts = urlsplit(self.postgres_dsn.get_secret_value())
+        return f"{parts.hostname}:{parts.port or 5432}{parts.path}"

@@ -1,0 +1,310 @@
+"""The view store: where projections keep their read models and tracking records.
+
+SQLite keeps the views in their own file (WAL, so queries never wait for the projector);
+PostgreSQL keeps them in the events' database under the `al_` prefix. Both hand out a
+`ViewCursor` inside one transaction, so a projection's rows and its tracking record
+commit together. Driver connection errors become `StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+
+from infra.event_store import StoreUnavailable
+from infra.settings import Settings
+from projections.base import Projection, ViewCursor
+
+__all__ = ["PostgresViewStore", "SQLiteViewStore", "ViewStore", "view_store_for"]
+
+_TRACKING_DDL = (
+    "CREATE TABLE IF NOT EXISTS al_tracking ("
+    "projection TEXT PRIMARY KEY, notification_id BIGINT NOT NULL)"
+)
+_SELECT_TRACKING = "SELECT notification_id FROM al_tracking WHERE projection = ?"
+_SET_TRACKING = (
+    "INSERT INTO al_tracking (projection, notification_id) VALUES (?, ?)"
+    " ON CONFLICT (projection) DO UPDATE SET notification_id = excluded.notification_id"
+)
+
+
+class ViewStore(ABC):
+    """Transactions over the views, and the tracking records that make them exactly-once."""
+
+    _row_lock = ""
+    """What makes a SELECT of the tracking row hold it until commit (PostgreSQL)."""
+
+    def __init__(self) -> None:
+        self._tracking_ready = False
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[ViewCursor]:
+        """One transaction, committed when the block exits cleanly, else rolled back."""
+
+    @abstractmethod
+    def read(self) -> AbstractContextManager[ViewCursor]:
+        """A cursor for queries (a consistent snapshot; nothing written is kept)."""
+
+    @abstractmethod
+    def _serialise_schema_changes(self, cursor: ViewCursor) -> None:
+        """Keep concurrent `ensure`/`drop` calls (other processes too) from racing."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release every connection."""
+
+    def ensure(self, projection: Projection | type[Projection]) -> None:
+        """Create the projection's tables and its tracking row (position 0) if missing."""
+        with self.transaction() as cursor:
+            self._serialise_schema_changes(cursor)
+            cursor.execute(_TRACKING_DDL)
+            for statement in projection.ddl:
+                cursor.execute(statement)
+            cursor.execute(
+                "INSERT INTO al_tracking (projection, notification_id) VALUES (?, 0)"
+                " ON CONFLICT (projection) DO NOTHING",
+                (projection.name,),
+            )
+        self._tracking_ready = True
+
+    def drop(self, projection: Projection | type[Projection]) -> None:
+        """Drop the projection's tables and its tracking row, in one transaction."""
+        with self.transaction() as cursor:
+            self._serialise_schema_changes(cursor)
+            cursor.execute(_TRACKING_DDL)
+            # The tracking row first: a projector holding it finishes its batch before the
+            # tables go, and one waiting for it then finds no row and skips.
+            cursor.execute("DELETE FROM al_tracking WHERE projection = ?", (projection.name,))
+            for table in projection.tables:
+                cursor.execute(f"DROP TABLE IF EXISTS {table}")
+
+    def tracking(self, name: str) -> int:
+        """The last notification id applied under `name` (0 if none)."""
+        self._ensure_tracking_table()
+        with self.read() as cursor:
+            cursor.execute(_SELECT_TRACKING, (name,))
+            row = cursor.fetchone()
+        return 0 if row is None else int(row[0])
+
+    def lock_tracking(self, cursor: ViewCursor, name: str) -> int | None:
+        """Inside a transaction: the position under `name`, locked until commit (None if the
+        projection has no tracking row, e.g. while it is being dropped)."""
+        cursor.execute(_SELECT_TRACKING + self._row_lock, (name,))
+        row = cursor.fetchone()
+        return None if row is None else int(row[0])
+
+    def set_tracking(self, cursor: ViewCursor, name: str, notification_id: int) -> None:
+        """Inside the caller's transaction: record `notification_id` as applied."""
+        cursor.execute(_SET_TRACKING, (name, notification_id))
+
+    def _ensure_tracking_table(self) -> None:
+        if not self._tracking_ready:
+            with self.transaction() as cursor:
+                self._serialise_schema_changes(cursor)
+                cursor.execute(_TRACKING_DDL)
+            self._tracking_ready = True
+
+
+# -- SQLite -------------------------------------------------------------------------
+
+_TRANSIENT_SQLITE = ("locked", "busy", "unable to open", "disk i/o")
+
+
+def _is_transient(error: sqlite3.OperationalError) -> bool:
+    message = str(error).lower()
+    return any(fragment in message for fragment in _TRANSIENT_SQLITE)
+
+
+class SQLiteViewStore(ViewStore):
+    """Views in a SQLite file; one writer and one reader connection per thread."""
+
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connection(self, role: str) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, role, None)
+        if connection is None:
+            try:
+                connection = sqlite3.connect(
+                    self.path,
+                    timeout=self._busy_timeout_s,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
+                # Views can always be rebuilt from the log: trade fsyncs for throughput.
+                connection.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.OperationalError as e:
+                raise StoreUnavailable(f"view store {self.path} unavailable: {e}") from None
+            setattr(self._local, role, connection)
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    @contextmanager
+    def _transaction(self, role: str, begin: str, keep: bool) -> Iterator[ViewCursor]:
+        connection = self._connection(role)
+        if connection.in_transaction:
+            raise RuntimeError("a view-store transaction is already open in this thread")
+        try:
+            connection.execute(begin)
+            try:
+                yield connection.cursor()
+            except BaseException:
+                connection.rollback()
+                raise
+            if keep:
+                connection.commit()
+            else:
+                connection.rollback()
+        except sqlite3.OperationalError as e:
+            if connection.in_transaction:
+                connection.rollback()
+            if _is_transient(e):
+                raise StoreUnavailable(f"view store {self.path} unavailable: {e}") from None
+            raise
+
+    def transaction(self) -> AbstractContextManager[ViewCursor]:
+        # IMMEDIATE takes the write lock up front: writers queue instead of deadlocking.
+        return self._transaction("writer", "BEGIN IMMEDIATE", keep=True)
+
+    def read(self) -> AbstractContextManager[ViewCursor]:
+        return self._transaction("reader", "BEGIN", keep=False)
+
+    def _serialise_schema_changes(self, cursor: ViewCursor) -> None:
+        pass  # BEGIN IMMEDIATE already serialises every writer
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+        self._local = threading.local()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------
+
+_SCHEMA_LOCK_KEY = 0x616C5F76  # "al_v": advisory lock serialising DDL on the views
+
+
+@lru_cache(maxsize=1024)
+def to_pyformat(sql: str) -> str:
+    """Convert `?` placeholders to psycopg's `%s`, escaping literal `%` as `%%`.
+
+    A `?` inside a quoted literal or identifier is left alone.
+    """
+    out: list[str] = []
+    quote: str | None = None
+    for char in sql:
+        if char == "%":
+            out.append("%%")
+            continue
+        if quote is None and char in "'\"":
+            quote = char
+        elif char == quote:
+            quote = None  # a doubled quote closes and reopens: still correct
+        elif char == "?" and quote is None:
+            out.append("%s")
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+class _PostgresCursor:
+    """A `ViewCursor` over a psycopg cursor."""
+
+    def __init__(self, cursor: psycopg.Cursor[tuple[Any, ...]]) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> _PostgresCursor:
+        # Always pass a params tuple: only then does psycopg unescape `%%`.
+        self._cursor.execute(to_pyformat(sql), tuple(params))
+        return self
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._cursor.fetchall()
+
+
+def _conninfo(dsn: str) -> tuple[str, dict[str, Any]]:
+    """psycopg conninfo and connection kwargs from a DSN; an eventsourcing-style `schema`
+    query parameter becomes the search_path."""
+    parts = urlsplit(dsn)
+    query = parse_qsl(parts.query)
+    schema = [value for key, value in query if key == "schema"]
+    kwargs: dict[str, Any] = {"connect_timeout": 5}
+    if schema:
+        kwargs["options"] = f"-c search_path={schema[-1]}"
+    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    return urlunsplit(parts._replace(query=rest)), kwargs
+
+
+class PostgresViewStore(ViewStore):
+    """Views in PostgreSQL, over a psycopg connection pool."""
+
+    _row_lock = " FOR UPDATE"
+
+    def __init__(self, dsn: str, pool_size: int = 4, timeout_s: float = 10.0) -> None:
+        super().__init__()
+        conninfo, kwargs = _conninfo(dsn)
+        self._timeout_s = timeout_s
+        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = (
+            psycopg_pool.ConnectionPool(
+                conninfo,
+                min_size=1,
+                max_size=pool_size,
+                kwargs=kwargs,
+                check=psycopg_pool.ConnectionPool.check_connection,
+                name="agentledger-views",
+                open=True,
+            )
+        )
+
+    @contextmanager
+    def _transaction(self, keep: bool) -> Iterator[ViewCursor]:
+        try:
+            with self._pool.connection(timeout=self._timeout_s) as connection:
+                with connection.cursor() as cursor:
+                    yield _PostgresCursor(cursor)
+                if not keep:
+                    connection.rollback()
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+            raise StoreUnavailable(f"view store unavailable: {e}") from None
+
+    def transaction(self) -> AbstractContextManager[ViewCursor]:
+        return self._transaction(keep=True)
+
+    def read(self) -> AbstractContextManager[ViewCursor]:
+        return self._transaction(keep=False)
+
+    def _serialise_schema_changes(self, cursor: ViewCursor) -> None:
+        cursor.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK_KEY,))
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def view_store_for(settings: Settings) -> ViewStore:
+    """The view store these settings name: PostgreSQL if a DSN is set, else SQLite."""
+    if settings.postgres_dsn is not None:
+        return PostgresViewStore(settings.postgres_dsn.get_secret_value())
+    return SQLiteViewStore(settings.views_sqlite_file)

@@ -1,0 +1,51 @@
+"""The registry of projections and the view models the query API returns.
+
+View models live beside the projection that fills them; they are re-exported here so
+callers have one place to import from.
+"""
+
+from __future__ import annotations
+
+from projections.base import Projection
+from projections.conversations import ConversationsProjection, ConversationView, TurnView
+from projections.metrics import AgentMetrics, MetricsProjection
+from projections.runs import RunsProjection, RunView
+from projections.snapshots import PendingToolCall, SnapshotsProjection, SnapshotView
+from projections.transcript import TranscriptEntry
+
+__all__ = [
+    "ALL_PROJECTIONS",
+    "AgentMetrics",
+    "ConversationView",
+    "PendingToolCall",
+    "RunView",
+    "SnapshotView",
+    "TranscriptEntry",
+    "TurnView",
+    "UnknownView",
+    "projection_by_name",
+]
+
+ALL_PROJECTIONS: tuple[type[Projection], ...] = (
+    RunsProjection,
+    ConversationsProjection,
+    MetricsProjection,
+    SnapshotsProjection,
+)
+
+
+class UnknownView(LookupError):
+    """No projection has the given name."""
+
+    def __init__(self, name: str) -> None:
+        valid = ", ".join(p.name for p in ALL_PROJECTIONS)
+        super().__init__(f"unknown view {name!r}; valid views: {valid}")
+        self.name = name
+
+
+def projection_by_name(name: str) -> type[Projection]:
+    """The projection class registered under `name`."""
+    for projection in ALL_PROJECTIONS:
+        if projection.name == name:
+            return projection
+    raise UnknownView(name)

@@ -1,0 +1,1 @@
+"""Test-only agents, catalogs and process helpers."""

@@ -1,0 +1,124 @@
+"""Agents for tests, on FunctionModels that write what they do to a journal file.
+
+The journal (one line per model call and per tool start/effect) lets a test count real
+executions across processes, including a worker killed with SIGKILL. Its path and the
+pauses that open a window for the kill come from environment variables, so a worker
+subprocess can be steered without code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from pydantic_ai import Agent
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+JOURNAL_ENV = "AGENTLEDGER_TEST_JOURNAL"
+TOOL_PAUSE_ENV = "AGENTLEDGER_TEST_TOOL_PAUSE_S"
+SECOND_CALL_PAUSE_ENV = "AGENTLEDGER_TEST_SECOND_CALL_PAUSE_S"
+MODEL_PAUSE_ENV = "AGENTLEDGER_TEST_MODEL_PAUSE_S"
+
+
+def journal(line: str) -> None:
+    path = os.environ.get(JOURNAL_ENV)
+    if path:
+        with Path(path).open("a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_journal(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _prompt(messages: list[ModelMessage]) -> str:
+    last = ""
+    for message in messages:
+        if isinstance(message, ModelRequest):
+            for part in message.parts:
+                if isinstance(part, UserPromptPart) and isinstance(part.content, str):
+                    last = part.content
+    return last
+
+
+async def effect_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    last = messages[-1]
+    returned = [p for p in last.parts if isinstance(p, ToolReturnPart)] if isinstance(last, ModelRequest) else []
+    prompt = _prompt(messages)
+    if returned:
+        journal(f"model-call-2 {prompt}")
+        await asyncio.sleep(float(os.environ.get(SECOND_CALL_PAUSE_ENV, "0")))
+        return ModelResponse(parts=[TextPart(f"effect done: {returned[0].content}")])
+    journal(f"model-call-1 {prompt}")
+    await asyncio.sleep(float(os.environ.get(MODEL_PAUSE_ENV, "0")))
+    return ModelResponse(parts=[ToolCallPart("apply_effect", {"label": prompt})])
+
+
+effect = Agent(FunctionModel(effect_model, model_name="effect-fn"), name="effect")
+
+
+@effect.tool_plain
+async def apply_effect(label: str) -> str:
+    """A tool with a side effect we can count (a journal line)."""
+    journal(f"tool-start {label}")
+    await asyncio.sleep(float(os.environ.get(TOOL_PAUSE_ENV, "0")))
+    journal(f"tool-effect {label}")
+    return f"applied {label}"
+
+
+def _echo_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    turns = sum(
+        1
+        for m in messages
+        if isinstance(m, ModelRequest) and any(isinstance(p, UserPromptPart) for p in m.parts)
+    )
+    return ModelResponse(parts=[TextPart(f"turn {turns}: {_prompt(messages)}")])
+
+
+echo = Agent(FunctionModel(_echo_model, model_name="echo-fn"), name="echo")
+
+
+def _exploding_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[ToolCallPart("explode", {})])
+
+
+exploding = Agent(FunctionModel(_exploding_model, model_name="exploding-fn"), name="exploding")
+
+
+@exploding.tool_plain
+def explode() -> str:
+    """Always fails."""
+    raise RuntimeError("the tool broke")
+
+
+CATALOG = """
+[agents.effect]
+ref = "support.agents:effect"
+[agents.echo]
+ref = "support.agents:echo"
+[agents.exploding]
+ref = "support.agents:exploding"
+[agents.calculator]
+ref = "catalog.example_agents:calculator"
+price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }
+[agents.notes]
+ref = "catalog.example_agents:notes"
+"""
+
+
+def write_catalog(directory: Path) -> Path:
+    path = directory / "test-catalog.toml"
+    path.write_text(CATALOG)
+    return path

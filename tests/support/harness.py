@@ -1,0 +1,127 @@
+"""Running real workers (in-process or as subprocesses) against real servers in tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+from domain.ids import rejection_id_for, run_id_for
+from handlers.bootstrap import ProjectorService, WorkerService
+from infra.event_store import EventStore
+from infra.nats import nats_connect_kwargs
+from infra.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[WorkerService]:
+    service = await WorkerService(settings=settings).start()
+    try:
+        yield service
+    finally:
+        await service.stop(grace_s=2)
+
+
+@asynccontextmanager
+async def running_projector(settings: Settings, **kwargs: Any) -> AsyncIterator[ProjectorService]:
+    service = await ProjectorService(settings=settings, **kwargs).start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+@asynccontextmanager
+async def nats_client(settings: Settings) -> AsyncIterator[Client]:
+    nc = await nats.connect(**nats_connect_kwargs(settings, "test-client"))
+    try:
+        yield nc
+    finally:
+        await nc.drain()
+
+
+def run_events(settings: Settings, task_id: str) -> list[str]:
+    """Event class names of a task's run, read from the store."""
+    store = EventStore(settings)
+    try:
+        return [type(e).__name__ for e in store.events(run_id_for(task_id))]
+    finally:
+        store.close()
+
+
+def rejection_events(settings: Settings, key: str) -> list[Any]:
+    store = EventStore(settings)
+    try:
+        return store.events(rejection_id_for(key))
+    finally:
+        store.close()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a subprocess exactly these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTLEDGER_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"AGENTLEDGER_{name.upper()}"] = str(value)
+    for name in ("postgres_dsn", "nats_password", "nats_token", "cipher_key"):
+        secret = getattr(settings, name)
+        if secret is not None:
+            env[f"AGENTLEDGER_{name.upper()}"] = secret.get_secret_value()
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
+    return env
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from handlers.cli import main; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=env.get("AGENTLEDGER_DATA_DIR", str(REPO_ROOT)),
+    )
+
+
+def start_worker_process(
+    env: dict[str, str], log_path: Path, ready_timeout: float = 30
+) -> subprocess.Popen[bytes]:
+    """A `agentledger worker` subprocess, returned once it is consuming."""
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", "from handlers.cli import main; main()", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"worker exited early:\n{log_path.read_text()}")
+        return b"worker started" in log_path.read_bytes()[offset:]
+
+    wait_for(ready, ready_timeout, "the worker to start")
+    return process
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
