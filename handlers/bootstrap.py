@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 
 import nats
 import structlog
-from infra.view_store import ViewStore, view_store_for
 from nats.aio.client import Client
-from projections.views import ALL_PROJECTIONS
 
 from handlers.catalog import Catalog
 from handlers.projector import Projector
@@ -25,11 +23,14 @@ from handlers.relay import EventRelay
 from handlers.runner import AgentRunner
 from handlers.worker import TaskWorker
 from infra.event_store import AsyncEventStore, EventStore
-from infra.nats import ensure_streams, make_broker, nats_connect_kwargs
+from infra.nats import ensure_streams, make_broker, nats_connect_kwargs, nats_url
 from infra.settings import Settings
+from infra.view_store import ViewStore, view_store_for
+from projections.views import ALL_PROJECTIONS
 
 __all__ = [
     "NatsAuthError",
+    "NatsUnreachable",
     "ProjectorService",
     "WorkerService",
     "connect_nats",
@@ -41,6 +42,16 @@ log = structlog.get_logger("agentledger")
 
 class NatsAuthError(Exception):
     """The NATS server rejected the configured credentials."""
+
+
+class NatsUnreachable(Exception):
+    """No NATS server answered at the configured URL in time."""
+
+    def __init__(self, url: str, seconds: float) -> None:
+        super().__init__(
+            f"cannot reach NATS at {url} within {seconds:g}s; start one with "
+            "`agentledger nats` or set AGENTLEDGER_NATS_URL"
+        )
 
 
 async def connect_nats(settings: Settings, name: str) -> Client:
@@ -59,16 +70,22 @@ async def connect_nats(settings: Settings, name: str) -> Client:
         nats.connect(**nats_connect_kwargs(settings, name), error_cb=on_error)
     )
     refused = asyncio.create_task(rejected.wait())
-    await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        {connecting, refused},
+        timeout=settings.nats_connect_timeout_s,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
     refused.cancel()
     if connecting.done():
         return connecting.result()
     connecting.cancel()
     with contextlib.suppress(BaseException):
         await connecting
-    raise NatsAuthError(
-        f"NATS at {settings.nats_url} rejected the credentials (authorization violation)"
-    )
+    if rejected.is_set():
+        raise NatsAuthError(
+            f"NATS at {nats_url(settings)} rejected the credentials (authorization violation)"
+        )
+    raise NatsUnreachable(nats_url(settings), settings.nats_connect_timeout_s)
 
 
 def make_projector(settings: Settings, store: EventStore, views: ViewStore) -> Projector:
@@ -105,7 +122,10 @@ class WorkerService:
         self.worker = TaskWorker(
             settings=settings, broker=broker, store=self.store, catalog=catalog, runner=runner
         )
-        await broker.connect()
+        try:
+            await asyncio.wait_for(broker.connect(), settings.nats_connect_timeout_s)
+        except TimeoutError:
+            raise NatsUnreachable(nats_url(settings), settings.nats_connect_timeout_s) from None
         await ensure_streams(broker.connection.jetstream(), settings)
         await broker.start()
         log.info(

@@ -38,7 +38,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output gets a wide, fixed width instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -57,7 +58,7 @@ def _explain(e: BaseException) -> str:
             "AGENTLEDGER_NATS_USER / AGENTLEDGER_NATS_PASSWORD / AGENTLEDGER_NATS_TOKEN"
         )
     if type(e).__name__ in ("NoServersError", "ConnectionRefusedError"):
-        return "cannot reach NATS; start one with `agentledger nats` or set AGENTLEDGER_NATS_URL"
+        return "cannot reach NATS: start one with `agentledger nats` or set AGENTLEDGER_NATS_URL"
     if isinstance(e, ValidationError):
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -105,7 +106,9 @@ def _print_json(data: Any) -> None:
 @app.command()
 @_one_line_errors
 def demo(
-    verbose: bool = typer.Option(False, "--verbose", help="Show the worker's and projector's logs."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show the worker's and projector's logs."
+    ),
 ) -> None:
     """Run the whole system on the embedded defaults and show what it recorded."""
     from handlers.demo import run_demo
@@ -218,14 +221,14 @@ def query(
     from handlers.render import conversation_table, metrics_table, runs_table
 
     settings = _settings()
-    arguments: dict[str, Any] = {
+    by_view: dict[str, dict[str, Any]] = {
         "conversation": {"session_id": session},
         "run": {"run_id": run_id, "task_id": task_id},
         "runs": {"agent": agent, "status": status, "session_id": session, "limit": limit},
         "metrics": {"agent": agent},
         "snapshots": {},
-    }.get(view, {})
-    arguments = {k: v for k, v in arguments.items() if v is not None}
+    }
+    arguments = {k: v for k, v in by_view.get(view, {}).items() if v is not None}
     data = _query(settings, view, arguments, via_nats)
     if as_json:
         _print_json(data)
@@ -252,9 +255,8 @@ def _query(settings: Settings, view: str, arguments: dict[str, Any], via_nats: b
                 await nc.drain()
 
         return _run(ask())
-    from infra.view_store import view_store_for
-
     from handlers.queries import answer
+    from infra.view_store import view_store_for
 
     views = view_store_for(settings)
     try:
@@ -351,11 +353,10 @@ def rebuild(
     view: str = typer.Argument(..., help="runs | conversations | metrics | snapshots | all"),
 ) -> None:
     """Drop a projection and refold it from the event log (with a progress bar)."""
-    from infra.view_store import view_store_for
-    from projections.views import ALL_PROJECTIONS
-
     from handlers.bootstrap import make_projector
     from infra.event_store import EventStore
+    from infra.view_store import view_store_for
+    from projections.views import ALL_PROJECTIONS
 
     settings = _settings()
     names = [p.name for p in ALL_PROJECTIONS] if view == "all" else [view]

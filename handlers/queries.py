@@ -13,17 +13,17 @@ import json
 from typing import Any, Literal
 
 import structlog
-from infra.view_store import ViewStore
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from projections.conversations import get_conversation
-from projections.metrics import agent_metrics
-from projections.snapshots import list_snapshots
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
+from infra.view_store import ViewStore
+from projections.conversations import get_conversation
+from projections.metrics import agent_metrics
 from projections.runs import get_run, list_runs
+from projections.snapshots import list_snapshots
 
 __all__ = ["VIEWS", "QueryError", "QueryService", "answer"]
 

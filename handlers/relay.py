@@ -13,11 +13,11 @@ import asyncio
 import json
 
 import structlog
-from infra.view_store import ViewStore
 from nats.aio.client import Client
 
 from domain.timeline import event_record
 from infra.event_store import EventStore, StoreUnavailable
+from infra.view_store import ViewStore
 
 __all__ = ["EventRelay"]
 

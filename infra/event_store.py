@@ -128,7 +128,7 @@ class EventStore:
 
         def call() -> A | None:
             try:
-                aggregate = self._app.repository.get(aggregate_id, version=version)
+                aggregate: Aggregate = self._app.repository.get(aggregate_id, version=version)
             except AggregateNotFoundError:
                 return None
             if not isinstance(aggregate, cls):

@@ -85,6 +85,12 @@ def nats_connect_kwargs(settings: Settings, name: str) -> dict[str, Any]:
     return kwargs
 
 
+def _faststream_logger(settings: Settings) -> logging.Logger:
+    logger = logging.getLogger("agentledger.faststream")
+    logger.setLevel(logging.DEBUG if settings.log_level.upper() == "DEBUG" else logging.WARNING)
+    return logger
+
+
 def make_broker(settings: Settings, name: str) -> NatsBroker:
     """A FastStream broker for the worker and query service."""
     extra: dict[str, Any] = {}
@@ -95,9 +101,11 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         security=_security(settings),
         name=name,
         max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
+        reconnect_time_wait=1,
         connect_timeout=5,
-        # Per-message "Received/Processed" lines only when debugging; errors still show.
+        # FastStream's own chatter (per-message lines, task callbacks) only when
+        # debugging; its warnings and errors still show.
+        logger=_faststream_logger(settings),
         log_level=logging.DEBUG,
         **extra,
     )

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     nats_tls_ca: Path | None = None
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
+    nats_connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="Give up the first connection after this long."
+    )
     subject_prefix: str = Field(default="ledger", pattern=r"^[A-Za-z0-9_\-]+$")
     duplicate_window_s: float = Field(default=3600.0, gt=0)
     stream_replicas: int = Field(default=1, ge=1)

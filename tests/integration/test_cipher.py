@@ -38,14 +38,17 @@ def _stored_text(settings: Settings) -> str:
             bytes(state).decode("latin-1")
             for t in tables
             if t.endswith("events")
-            for (state,) in db.execute(f'SELECT state FROM "{t}"')  # noqa: S608
+            for (state,) in db.execute(f'SELECT state FROM "{t}"')
         ]
     return "\n".join(rows)
 
 
 @pytest.mark.parametrize("encrypted", [True, False], ids=["cipher", "plaintext-control"])
 async def test_cipher_key_hides_prompts_and_outputs_at_rest(
-    make_settings, backend, tmp_path, encrypted: bool  # type: ignore[no-untyped-def]
+    make_settings,
+    backend,
+    tmp_path,
+    encrypted: bool,  # type: ignore[no-untyped-def]
 ) -> None:
     key = AESCipher.create_key(32) if encrypted else None
     settings: Settings = make_settings(

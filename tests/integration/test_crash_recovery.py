@@ -80,7 +80,9 @@ async def test_sigkilled_worker_resumes_without_repeating_recorded_steps(
             _kill(first)
 
     assert "RunCompleted" not in events_at_kill
-    assert outcome is not None and outcome.status == "completed", (tmp_path / "worker-2.log").read_text()
+    assert outcome is not None and outcome.status == "completed", (
+        tmp_path / "worker-2.log"
+    ).read_text()
     assert outcome.output == "effect done: applied job-1"
     counts = Counter(run_events(settings, task.task_id))
     assert counts["RunRequested"] == 1

@@ -21,7 +21,9 @@ TOKEN = "tok-9c2e7d1b5a3f"
 
 
 @pytest.fixture(params=["user-password", "token"])
-def secured(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[EmbeddedNats, dict[str, str], dict[str, str]]]:
+def secured(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[EmbeddedNats, dict[str, str], dict[str, str]]]:
     if request.param == "user-password":
         auth = NatsAuth(user="ledger", password=PASSWORD)
         good = {"AGENTLEDGER_NATS_USER": "ledger", "AGENTLEDGER_NATS_PASSWORD": PASSWORD}

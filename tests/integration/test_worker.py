@@ -167,7 +167,9 @@ async def test_next_task_of_a_session_sees_the_previous_turn(settings: Settings)
             "unknown agent 'nope'",
         ),
         (
-            json.dumps({"task_id": "too-big", "agent": "calculator", "prompt": "x" * 40_000}).encode(),
+            json.dumps(
+                {"task_id": "too-big", "agent": "calculator", "prompt": "x" * 40_000}
+            ).encode(),
             "calculator",
             "prompt_too_large",
             "the limit is 32768",

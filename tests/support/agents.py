@@ -55,7 +55,11 @@ def _prompt(messages: list[ModelMessage]) -> str:
 
 async def effect_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     last = messages[-1]
-    returned = [p for p in last.parts if isinstance(p, ToolReturnPart)] if isinstance(last, ModelRequest) else []
+    returned = (
+        [p for p in last.parts if isinstance(p, ToolReturnPart)]
+        if isinstance(last, ModelRequest)
+        else []
+    )
     prompt = _prompt(messages)
     if returned:
         journal(f"model-call-2 {prompt}")

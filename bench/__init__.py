@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (`python bench/e2e.py`); see BENCHMARKS.md."""
