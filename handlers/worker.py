@@ -37,6 +37,10 @@ REPLY_HEADER = "Agentledger-Reply-To"
 request with its publish ack, so the reply subject travels in a header)."""
 
 
+DRAIN_REDELIVERY_DELAY_S = 1.0
+RELEASE_DELAY_S = 3.0
+
+
 def task_subject(prefix: str, agent: str) -> str:
     return f"{prefix}.tasks.run.{agent}"
 
@@ -67,7 +71,7 @@ class TaskWorker:
         self.store = store
         self.catalog = catalog
         self.runner = runner
-        self.in_flight: set[asyncio.Task[Any]] = set()
+        self.in_flight: dict[asyncio.Task[Any], NatsMessage] = {}
         self.draining = False
         prefix = settings.subject_prefix
         self.broker.subscriber(
@@ -90,22 +94,19 @@ class TaskWorker:
 
     async def handle(self, body: bytes, msg: NatsMessage) -> None:
         if self.draining:
-            await msg.nack()
+            # Shutting down: hand the task back; another worker (or this one's
+            # successor) takes it after the delay.
+            await msg.nack(delay=DRAIN_REDELIVERY_DELAY_S)
             return
         current = asyncio.current_task()
         assert current is not None
-        self.in_flight.add(current)
+        self.in_flight[current] = msg
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
             await self._process(body, msg)
-        except asyncio.CancelledError:
-            # Shutdown cut the run short: release it now rather than after AckWait.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(msg.nack())
-            raise
         finally:
             heartbeat.cancel()
-            self.in_flight.discard(current)
+            self.in_flight.pop(current, None)
 
     async def _heartbeat(self, msg: NatsMessage) -> None:
         interval = max(0.5, self.settings.ack_wait_s / 3)
@@ -202,14 +203,23 @@ class TaskWorker:
             await nc.publish(reply_to, payload)
 
     async def drain(self, grace_s: float) -> None:
-        """Stop taking runs; wait up to `grace_s` for in-flight ones, then cancel them
-        (each cancelled run releases its message)."""
+        """Stop taking runs; wait up to `grace_s` for in-flight ones; release the rest.
+
+        A released message is nak'ed before its run is cancelled, with a short delay so
+        that this worker's own open pull requests (alive until the connection closes) do
+        not take it back; another worker then resumes the run from what it recorded."""
         self.draining = True
         pending = set(self.in_flight)
-        if pending:
-            log.info("draining in-flight runs", runs=len(pending), grace_s=grace_s)
-            _, still = await asyncio.wait(pending, timeout=grace_s)
-            for task in still:
-                task.cancel()
-            if still:
-                await asyncio.wait(still, timeout=5)
+        if not pending:
+            return
+        log.info("draining in-flight runs", runs=len(pending), grace_s=grace_s)
+        _, still = await asyncio.wait(pending, timeout=grace_s)
+        for task in still:
+            msg = self.in_flight.get(task)
+            if msg is not None:
+                with contextlib.suppress(Exception):
+                    await msg.nack(delay=RELEASE_DELAY_S)
+            task.cancel()
+        if still:
+            log.info("released unfinished runs", runs=len(still))
+            await asyncio.wait(still, timeout=RELEASE_DELAY_S / 2)
