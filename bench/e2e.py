@@ -111,6 +111,71 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])
+    return (total - idle) / ticks, total / ticks
+
+
+def children_of(parent: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                pids.append(int(entry.name))
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds used by each of our processes (and everything else) over a measurement.
+
+    On a 2-core machine the worker competes with NATS, PostgreSQL, the projector and the
+    bench client itself; this says who used the cores."""
+
+    def __init__(self, groups: Callable[[], dict[str, list[int]]]) -> None:
+        self._groups = groups
+        self._start: dict[str, float] = {}
+        self._t0 = 0.0
+        self._busy0 = 0.0
+
+    def _sample(self) -> dict[str, float]:
+        sample = {
+            name: sum(cpu_seconds(pid) or 0.0 for pid in pids)
+            for name, pids in self._groups().items()
+        }
+        own = os.times()
+        sample["bench client"] = own.user + own.system
+        return sample
+
+    def start(self) -> None:
+        self._start = self._sample()
+        self._t0 = time.perf_counter()
+        self._busy0 = machine_busy_s()[0]
+
+    def stop(self) -> dict[str, float]:
+        """Cores used per group (CPU seconds / wall seconds), plus 'other' and 'idle'."""
+        end = self._sample()
+        wall = time.perf_counter() - self._t0
+        busy = machine_busy_s()[0] - self._busy0
+        cores = {
+            name: max(0.0, end[name] - self._start.get(name, 0.0)) / wall for name in end
+        }
+        cores["other processes"] = max(0.0, busy / wall - sum(cores.values()))
+        cores["idle"] = max(0.0, (os.cpu_count() or 1) - busy / wall)
+        return cores
+
+
+def format_cores(cores: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.2f}" for name, value in cores.items())
+
+
 # -- servers and settings -----------------------------------------------------------------
 
 
@@ -141,6 +206,16 @@ class Servers:
             self.postgres = EmbeddedPostgres(pg_root / "data").start()
         dsn: str = self.postgres.create_database(name)
         return dsn
+
+    def cpu_groups(self) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {}
+        if self.nats_server is not None and self.nats_server.is_running:
+            groups["nats-server"] = [self.nats_server.pid]
+        if self.postgres is not None:
+            postmaster = self.postgres._postmaster_pid()
+            if postmaster is not None:
+                groups["postgres"] = [postmaster, *children_of(postmaster)]
+        return groups
 
     def stop(self) -> None:
         if self.nats_server is not None:
@@ -471,9 +546,10 @@ async def bench_client(config: Config) -> Any:
 class Profiler:
     """py-spy attached to worker processes for one measurement (collapsed stacks)."""
 
-    def __init__(self, out_dir: Path | None, rate: int) -> None:
+    def __init__(self, out_dir: Path | None, rate: int, gil: bool) -> None:
         self.out_dir = out_dir
         self.rate = rate
+        self.gil = gil
         self._procs: list[subprocess.Popen[bytes]] = []
         self.files: list[Path] = []
 
@@ -488,7 +564,7 @@ class Profiler:
             self._procs.append(
                 subprocess.Popen(
                     [py_spy, "record", "--pid", str(pid), "--rate", str(self.rate), "--format",
-                     "raw", "--nonblocking", "--threads", "-o", str(out)],
+                     "raw", "--threads", "-o", str(out), *(["--gil"] if self.gil else [])],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -537,9 +613,12 @@ async def bare_baseline(args: argparse.Namespace, results: Results) -> None:
                 assert result.output.startswith("The result is")
 
         start = time.perf_counter()
+        cpu0 = sum(os.times()[:2])
         await asyncio.gather(*(one(i) for i in range(count)))
         wall = time.perf_counter() - start
+        cpu = sum(os.times()[:2]) - cpu0
         return {
+            "cpu_ms_per_run": cpu / count * 1000,
             "concurrency": concurrency,
             "tasks": count,
             "runs_per_s": count / wall,
@@ -556,7 +635,7 @@ async def bare_baseline(args: argparse.Namespace, results: Results) -> None:
 
 
 async def throughput_one(
-    args: argparse.Namespace, config: Config, workers_n: int, profiler: Profiler
+    args: argparse.Namespace, config: Config, workers_n: int, profiler: Profiler, servers: Servers
 ) -> dict[str, Any]:
     async with bench_client(config) as (nc, collector):
         prefix = config.settings.subject_prefix
@@ -564,16 +643,19 @@ async def throughput_one(
         try:
             await publish_batch(nc, collector, prefix, CALCULATOR, args.warmup, args.in_flight, "warm")
             rss_idle = workers.rss_mb()
-            cpu0 = workers.cpu_s()
             profiler.start(workers.pids, f"{config.backend}-{workers_n}w")
+            meter = CpuMeter(lambda: {"workers": workers.pids, **servers.cpu_groups()})
+            meter.start()
+            cpu0 = workers.cpu_s()
             try:
                 batch, _ = await publish_batch(
                     nc, collector, prefix, CALCULATOR, args.tasks, args.in_flight, "load",
                     timeout_s=max(120.0, args.tasks / 5),
                 )
             finally:
+                cpu1 = workers.cpu_s()
+                cores = meter.stop()
                 profiler.stop()
-            cpu1 = workers.cpu_s()
             peak = workers.peak_rss_mb()
             single = await sequential_latency(nc, collector, prefix, args.latency_tasks, "seq")
             workers.check_alive()
@@ -596,6 +678,7 @@ async def throughput_one(
         "worker_rss_idle_mb": max(rss_idle),
         "worker_peak_rss_mb": max(peak),
         "publish_s": batch.publish_s,
+        "cores": cores,
     }
 
 
@@ -606,12 +689,13 @@ async def throughput(
         for workers_n in args.workers:
             console.print(f"  throughput: {backend}, {workers_n} worker(s) ...")
             config = make_config(servers, backend, f"{backend}-{workers_n}w", root, args.worker_env)
-            row = await throughput_one(args, config, workers_n, profiler)
+            row = await throughput_one(args, config, workers_n, profiler, servers)
             results.throughput.append(row)
             console.print(
                 f"    {row['runs_per_s']:.1f} runs/s, p50 {row['p50_ms']:.0f} ms,"
                 f" worker CPU {row['worker_cpu_ms_per_run']:.1f} ms/run"
             )
+            console.print(f"    [dim]cores used: {format_cores(row['cores'])}[/]")
 
 
 # -- section: projection lag --------------------------------------------------------------
@@ -690,7 +774,7 @@ class ViewPoller:
             return []  # the projector has not created the view yet
 
 
-async def lag_one(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+async def lag_one(args: argparse.Namespace, config: Config, servers: Servers) -> dict[str, Any]:
     async with bench_client(config) as (nc, collector):
         prefix = config.settings.subject_prefix
         workers = await start_workers(config, nc, args.lag_workers)
@@ -706,12 +790,20 @@ async def lag_one(args: argparse.Namespace, config: Config) -> dict[str, Any]:
             count = int(args.lag_rate * args.lag_seconds)
             ids = [f"lag-{i}" for i in range(count)]
             poller.watch(ids)
+            meter = CpuMeter(
+                lambda: {"workers": workers.pids, "projector": [projector.pid],
+                         **servers.cpu_groups()}
+            )
+            meter.start()
             cpu_p0 = cpu_seconds(projector.pid) or 0.0
+            cpu_w0 = workers.cpu_s()
             batch, _ = await publish_batch(
                 nc, collector, prefix, CALCULATOR, count, 256, "lag", rate=args.lag_rate
             )
-            await _wait_seen(poller, ids, 60, projector)
             cpu_p1 = cpu_seconds(projector.pid) or 0.0
+            cpu_w1 = workers.cpu_s()
+            cores = meter.stop()
+            await _wait_seen(poller, ids, 60, projector)
             workers.check_alive()
         finally:
             poller.stop()
@@ -738,6 +830,9 @@ async def lag_one(args: argparse.Namespace, config: Config) -> dict[str, Any]:
         "from_event_p99_ms": percentile(from_event, 99),
         "from_event_max_ms": max(from_event),
         "projector_cpu_ms_per_run": (cpu_p1 - cpu_p0) / count * 1000,
+        "worker_cpu_ms_per_run": sum(b - a for a, b in zip(cpu_w0, cpu_w1, strict=True))
+        / count * 1000,
+        "cores": cores,
     }
 
 
@@ -758,28 +853,33 @@ async def lag(args: argparse.Namespace, servers: Servers, root: Path, results: R
     for backend in args.lag_backends:
         console.print(f"  projection lag: {backend}, {args.lag_rate} runs/s offered ...")
         config = make_config(servers, backend, f"lag-{backend}", root, args.worker_env)
-        row = await lag_one(args, config)
+        row = await lag_one(args, config, servers)
         results.lag.append(row)
         console.print(
             f"    p99 {row['from_event_p99_ms']:.1f} ms after RunCompleted,"
             f" {row['from_outcome_p99_ms']:.1f} ms after the outcome"
         )
+        console.print(f"    [dim]cores used: {format_cores(row['cores'])}[/]")
 
 
 # -- sections: 200 x 1 s and worker RSS ---------------------------------------------------
 
 
-async def bare_sleepy(count: int) -> float:
+async def bare_sleepy(count: int) -> tuple[float, float]:
+    """Wall and CPU seconds of `count` concurrent bare `agent.run` calls."""
     from bench.agents import sleepy_calculator
 
+    await sleepy_calculator.run(prompt_for(0))  # warm-up: first-run imports and caches
     start = time.perf_counter()
+    cpu0 = sum(os.times()[:2])
     results = await asyncio.gather(*(sleepy_calculator.run(prompt_for(i)) for i in range(count)))
     wall = time.perf_counter() - start
+    cpu = sum(os.times()[:2]) - cpu0
     assert all(r.output.startswith("The result is") for r in results)
-    return wall
+    return wall, cpu
 
 
-async def sleepy_one(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+async def sleepy_one(args: argparse.Namespace, config: Config, servers: Servers) -> dict[str, Any]:
     async with bench_client(config) as (nc, collector):
         prefix = config.settings.subject_prefix
         workers = await start_workers(config, nc, 1)
@@ -803,9 +903,14 @@ async def sleepy_one(args: argparse.Namespace, config: Config) -> dict[str, Any]
                     await asyncio.sleep(0.1)
 
             sampler = asyncio.create_task(sample())
+            meter = CpuMeter(lambda: {"worker": workers.pids, **servers.cpu_groups()})
+            meter.start()
+            cpu0 = workers.cpu_s()[0]
             batch, _ = await publish_batch(
                 nc, collector, prefix, SLEEPY, args.sleep_tasks, 256, "sleep", timeout_s=120
             )
+            cpu1 = workers.cpu_s()[0]
+            cores = meter.stop()
             stop.set()
             await sampler
             peak = workers.peak_rss_mb()[0]
@@ -823,23 +928,27 @@ async def sleepy_one(args: argparse.Namespace, config: Config) -> dict[str, Any]
         "rss_before_mb": rss_before,
         "rss_max_sampled_mb": rss_max,
         "peak_rss_mb": peak,
+        "worker_cpu_s": cpu1 - cpu0,
+        "cores": cores,
     }
 
 
 async def sleepy(args: argparse.Namespace, servers: Servers, root: Path, results: Results) -> None:
     console.print(f"  200 x 1 s: bare agent.run x {args.sleep_tasks} ...")
-    bare_wall = await bare_sleepy(args.sleep_tasks)
+    bare_wall, bare_cpu = await bare_sleepy(args.sleep_tasks)
     for backend in args.sleep_backends:
         console.print(f"  200 x 1 s: one worker on {backend} ...")
         config = make_config(servers, backend, f"sleep-{backend}", root, args.worker_env)
-        row = await sleepy_one(args, config)
+        row = await sleepy_one(args, config, servers)
         row["bare_wall_s"] = bare_wall
+        row["bare_cpu_s"] = bare_cpu
         row["ratio"] = row["wall_s"] / bare_wall
         results.sleepy.append(row)
         console.print(
             f"    {row['wall_s']:.2f} s vs bare {bare_wall:.2f} s,"
-            f" peak RSS {row['peak_rss_mb']:.0f} MB"
+            f" peak RSS {row['peak_rss_mb']:.0f} MB, worker CPU {row['worker_cpu_s']:.2f} s"
         )
+        console.print(f"    [dim]cores used: {format_cores(row['cores'])}[/]")
 
 
 # -- report -------------------------------------------------------------------------------
@@ -864,7 +973,7 @@ def report(args: argparse.Namespace, results: Results) -> list[tuple[str, bool, 
     if results.throughput or bare:
         table = Table(title="1. Throughput end to end: calculator (model -> tool -> model)")
         for col in ("configuration", "runs/s", "vs bare 16-conc", "p50 / p95 ms @ in-flight",
-                    "p50 / p95 ms @ 1 in flight", "worker CPU ms/run", "worker RSS MB",
+                    "p50 / p95 ms @ 1 in flight", "CPU ms/run", "worker RSS MB",
                     "target", "result"):
             table.add_column(col, justify="left" if col in ("configuration", "result") else "right")
         ref = bare.get("concurrent", {}).get("runs_per_s")
@@ -874,7 +983,8 @@ def report(args: argparse.Namespace, results: Results) -> list[tuple[str, bool, 
                 b = bare[key]
                 table.add_row(label, f"{b['runs_per_s']:.1f}", "1.00x" if key == "concurrent"
                               else f"{b['runs_per_s'] / ref:.2f}x" if ref else "",
-                              f"{b['p50_ms']:.1f} / {b['p95_ms']:.1f}", "", "", "", "", "")
+                              f"{b['p50_ms']:.1f} / {b['p95_ms']:.1f}", "",
+                              f"{b['cpu_ms_per_run']:.1f}", "", "", "")
         best: dict[str, float] = {}
         for row in results.throughput:
             target = TARGET_RUNS_S[row["backend"]]
@@ -900,8 +1010,14 @@ def report(args: argparse.Namespace, results: Results) -> list[tuple[str, bool, 
             "<prefix>.results.>; runs/s = tasks / (first publish -> last outcome). Latency "
             "'@ in-flight' is mostly queueing (Little's law); '@ 1 in flight' is "
             f"{args.latency_tasks} tasks one at a time. Worker CPU = utime+stime of the worker "
-            "processes during the measured batch / tasks. RSS = VmHWM.[/]"
+            "processes during the measured batch / tasks (bare: the bench process). "
+            "RSS = VmHWM of the biggest worker.[/]"
         )
+        for row in results.throughput:
+            console.print(
+                f"[dim]cores used, {row['backend']} {row['workers']}w: "
+                f"{format_cores(row['cores'])}[/]"
+            )
         for backend, value in best.items():
             target = TARGET_RUNS_S[backend]
             checks.append((
@@ -947,6 +1063,11 @@ def report(args: argparse.Namespace, results: Results) -> list[tuple[str, bool, 
             "the outcome). Both include up to one poll interval of sampling error. The "
             "target is judged on the RunCompleted figure (the stricter one).[/]"
         )
+        for row in results.lag:
+            console.print(
+                f"[dim]cores used, {row['backend']}: {format_cores(row['cores'])}; worker CPU "
+                f"{row['worker_cpu_ms_per_run']:.1f} ms/run[/]"
+            )
 
     if results.sleepy:
         table = Table(
@@ -954,7 +1075,8 @@ def report(args: argparse.Namespace, results: Results) -> list[tuple[str, bool, 
             "(model -> tool -> model: 2 s of model time per run), ONE worker process"
         )
         for col in ("backend", "worker wall s", "bare agent.run wall s", "ratio", "max in flight",
-                    "worker RSS before MB", "peak RSS (VmHWM) MB", "ratio target",
+                    "worker / bare CPU s", "worker RSS before MB", "peak RSS (VmHWM) MB",
+                    "ratio target",
                     "RSS target"):
             table.add_column(col, justify="left" if col == "backend" else "right")
         for row in results.sleepy:
@@ -963,7 +1085,9 @@ def report(args: argparse.Namespace, results: Results) -> list[tuple[str, bool, 
             table.add_row(
                 row["backend"] + (f" [red]({row['failed']} failed)[/]" if row["failed"] else ""),
                 f"{row['wall_s']:.2f}", f"{row['bare_wall_s']:.2f}", f"{row['ratio']:.2f}x",
-                str(row["in_flight_max"]), f"{row['rss_before_mb']:.0f}",
+                str(row["in_flight_max"]),
+                f"{row['worker_cpu_s']:.2f} / {row['bare_cpu_s']:.2f}",
+                f"{row['rss_before_mb']:.0f}",
                 f"{row['peak_rss_mb']:.0f}",
                 verdict(ok_ratio, f"<= {TARGET_SLEEP_RATIO}x"),
                 verdict(ok_rss, f"< {TARGET_RSS_MB:.0f} MB"),
@@ -985,8 +1109,11 @@ def report(args: argparse.Namespace, results: Results) -> list[tuple[str, bool, 
             "[dim]All tasks published at once (pipelined); wall = first publish -> last "
             "outcome. 'max in flight' = the most un-acked task messages seen on the "
             "consumer (sampled every 100 ms). Peak RSS = the worker's VmHWM after the batch "
-            "(its lifetime peak, warm-up included).[/]"
+            "(its lifetime peak, warm-up included). Bare = the same agent, "
+            f"{args.sleep_tasks} concurrent `agent.run` calls in the bench process.[/]"
         )
+        for row in results.sleepy:
+            console.print(f"[dim]cores used, {row['backend']}: {format_cores(row['cores'])}[/]")
 
     if checks:
         table = Table(title="5. Targets")
@@ -1034,7 +1161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lag-rate", type=int, default=50, help="runs/s offered")
     parser.add_argument("--lag-seconds", type=float, default=20.0, help="duration of the load")
     parser.add_argument("--lag-workers", type=int, default=1)
-    parser.add_argument("--lag-poll-ms", type=float, default=2.0,
+    parser.add_argument("--lag-poll-ms", type=float, default=5.0,
                         help="how often the bench polls the runs view")
     parser.add_argument("--sleep-backends", type=csv(str), default=["postgres", "sqlite"])
     parser.add_argument("--sleep-tasks", type=int, default=200)
@@ -1048,6 +1175,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "and write collapsed stacks to DIR (summarise with "
                         "bench/profile_summary.py); distorts the figures")
     parser.add_argument("--profile-rate", type=int, default=100)
+    parser.add_argument("--profile-all-threads", action="store_true",
+                        help="sample every non-idle thread, not only the one holding the GIL "
+                        "(threads waiting on the database then show up as busy)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     parser.add_argument("--quick", action="store_true",
@@ -1083,7 +1213,7 @@ async def main_async(args: argparse.Namespace, root: Path) -> Results:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     servers = Servers(root=root, sync_always=args.sync_always)
-    profiler = Profiler(args.profile, args.profile_rate)
+    profiler = Profiler(args.profile, args.profile_rate, gil=not args.profile_all_threads)
     started = time.perf_counter()
     try:
         if "throughput" in args.sections and not args.no_bare:
