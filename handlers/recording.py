@@ -51,13 +51,16 @@ class StepRecorder:
     run: AgentRun
     store: AsyncEventStore
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    recorded: list[Any] = field(default_factory=list)
+    """JSON of the messages this recorder saved, in order (the run's new messages)."""
 
     async def record_messages(self, messages: Sequence[ModelMessage]) -> None:
         """Record new requests/responses of one step in one save."""
         if not messages:
             return
         async with self.lock:
-            for message, data in zip(messages, messages_to_json(messages), strict=True):
+            as_json = messages_to_json(messages)
+            for message, data in zip(messages, as_json, strict=True):
                 if isinstance(message, ModelRequest):
                     self.run.send_model_request(data)
                 elif isinstance(message, ModelResponse):
@@ -68,6 +71,7 @@ class StepRecorder:
                         message.usage.output_tokens,
                     )
             await self.store.save(self.run)
+            self.recorded.extend(as_json)
 
     async def start_tool(self, tool_call_id: str, tool_name: str, args: Any) -> None:
         # Kept pending: saved with the result, so a tool costs one save, not two. The

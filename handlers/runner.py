@@ -10,7 +10,7 @@ saved in one `save()`; the final events and the session's turn are saved atomica
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -123,7 +123,6 @@ class AgentRunner:
         task: RunAgent,
         *,
         final_attempt: bool = False,
-        heartbeat: Callable[[], Awaitable[None]] | None = None,
     ) -> RunOutcome:
         """Run (or resume, or look up) the task; returns its outcome once recorded.
 
@@ -134,14 +133,19 @@ class AgentRunner:
         entry = self._catalog.get(task.agent)
         bound = log.bind(task_id=task.task_id, agent=task.agent, session_id=task.session_id)
         run = await self._store.get(run_id_for(task.task_id), AgentRun)
-        if run is None:
-            run = await self._create(task)
+        created = await self._create(task) if run is None else None
+        if created is not None:
+            run, session_json = created
             history = RunHistory()
-        elif run.status != "running":
-            bound.info("task already finished; returning the stored outcome", status=run.status)
-            return outcome_of(run)
         else:
+            if run is None:  # another delivery of the same task created it first
+                run = await self._store.get(run_id_for(task.task_id), AgentRun)
+                assert run is not None, "a creation conflict implies the run exists"
+            if run.status != "running":
+                bound.info("task already finished; returning the stored outcome", status=run.status)
+                return outcome_of(run)
             history = RunHistory.fold(await self._store.events(run.id))
+            session_json = await self._session_history(run)
             bound.info(
                 "resuming run",
                 recorded_messages=len(history.messages),
@@ -149,7 +153,7 @@ class AgentRunner:
             )
         bound = bound.bind(run_id=str(run.id))
         try:
-            return await self._drive(task, entry, run, history, bound)
+            return await self._drive(task, entry, run, history, session_json, bound)
         except _Failure as failure:
             return await self._fail(run, failure, bound)
         except TransientRunError as e:
@@ -161,13 +165,16 @@ class AgentRunner:
                 bound,
             )
 
-    async def _create(self, task: RunAgent) -> AgentRun:
+    async def _create(self, task: RunAgent) -> tuple[AgentRun, list[Any]] | None:
+        """Record the run's creation with the session history it starts from (None when
+        another delivery of the same task created it first)."""
         history_version = 0
+        session_json: list[Any] = []
         if task.session_id is not None:
-            conversation = await self._store.get(
-                session_aggregate_id_for(task.session_id), Conversation
-            )
-            history_version = conversation.version if conversation else 0
+            session_events = await self._store.events(session_aggregate_id_for(task.session_id))
+            if session_events:
+                history_version = session_events[-1].originator_version
+                session_json = conversation_messages(session_events)
         limits = task.usage_limits.model_dump() if task.usage_limits else {}
         run = AgentRun(
             task_id=task.task_id,
@@ -182,12 +189,8 @@ class AgentRunner:
         try:
             await self._store.save(run)
         except ConcurrencyConflict:
-            # Another delivery of the same task created it first: use theirs.
-            existing = await self._store.get(run.id, AgentRun)
-            if existing is None:  # pragma: no cover - a conflict implies it exists
-                raise
-            return existing
-        return run
+            return None
+        return run, session_json
 
     async def _session_history(self, run: AgentRun) -> list[Any]:
         if run.session_id is None or run.history_version == 0:
@@ -203,10 +206,10 @@ class AgentRunner:
         entry: CatalogEntry,
         run: AgentRun,
         history: RunHistory,
+        session_json: list[Any],
         bound: Any,
     ) -> RunOutcome:
         agent: Agent[Any, Any] = entry.agent
-        session_json = await self._session_history(run)
         prior: list[ModelMessage] = messages_from_json(session_json + history.messages)
         prompt = None if history.messages else task.prompt
         recorder = StepRecorder(run=run, store=self._store)
@@ -250,7 +253,7 @@ class AgentRunner:
             raise _Failure(
                 kind=ErrorKind.INTERNAL_ERROR, message=f"{type(e).__name__}: {e}"
             ) from None
-        return await self._complete(run, entry, output, recorder, session_json, bound)
+        return await self._complete(run, entry, output, history.messages + recorder.recorded, bound)
 
     async def _step_through(
         self, agent_run: PydanticAgentRun[Any, Any], recorder: StepRecorder, known: int
@@ -286,8 +289,7 @@ class AgentRunner:
         run: AgentRun,
         entry: CatalogEntry,
         output: Any,
-        recorder: StepRecorder,
-        session_json: list[Any],
+        turn_messages: list[Any],
         bound: Any,
     ) -> RunOutcome:
         output_json = to_jsonable_python(output)
@@ -296,8 +298,6 @@ class AgentRunner:
             await self._store.save(run)
             bound.info("run completed", duration_ms=round(run.duration_ms or 0, 1))
             return outcome_of(run)
-        # The run's own messages are everything after the session history it started from.
-        turn_messages = await self._run_messages(run)
         session_key = run.session_id
         for attempt in range(SESSION_RETRIES):
             conversation = await self._store.get(
@@ -322,9 +322,6 @@ class AgentRunner:
         raise TransientRunError(
             f"session {session_key} stayed contended for {SESSION_RETRIES} tries"
         )
-
-    async def _run_messages(self, run: AgentRun) -> list[Any]:
-        return RunHistory.fold(await self._store.events(run.id)).messages
 
     def _cost(self, run: AgentRun, entry: CatalogEntry) -> float | None:
         if entry.price is None:
