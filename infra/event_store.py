@@ -28,7 +28,7 @@ from eventsourcing.persistence import (
 
 import domain.conversation
 import domain.rejection
-import domain.run  # noqa: F401  (registers the event topics)
+import domain.run
 from infra.settings import Settings
 
 __all__ = [
@@ -55,6 +55,12 @@ class ConcurrencyConflict(Exception):
 
 class _Ledger(Application[UUID]):
     name = APPLICATION_NAME
+    is_snapshotting_enabled = True
+
+
+SNAPSHOT_EVERY: dict[type[Any], int] = {domain.conversation.Conversation.Event: 50}
+"""A session gains one event per turn; its (tiny) state is snapshotted every so often so
+that loading it to append a turn does not grow with the conversation."""
 
 
 def postgres_env(dsn: str) -> dict[str, str]:
@@ -149,9 +155,20 @@ class EventStore:
 
         def call() -> int | None:
             recordings = self._app.save(*objs)
+            for recording in recordings:
+                self._maybe_snapshot(recording.domain_event)
             return recordings[-1].notification.id if recordings else None
 
         return _translate(call)
+
+    def _maybe_snapshot(self, domain_event: Any) -> None:
+        for event_type, interval in SNAPSHOT_EVERY.items():
+            if isinstance(domain_event, event_type):
+                if domain_event.originator_version % interval == 0:
+                    self._app.take_snapshot(
+                        domain_event.originator_id, version=domain_event.originator_version
+                    )
+                return
 
     def notifications(self, start: int, limit: int) -> Sequence[Notification]:
         """Notifications (the global, gap-free log) from id `start`, at most `limit`."""
