@@ -85,9 +85,24 @@ def nats_connect_kwargs(settings: Settings, name: str) -> dict[str, Any]:
     return kwargs
 
 
+class _PullTimeoutFilter(logging.Filter):
+    """Drops FastStream's "raised an exception, retrying" report for an empty fetch.
+
+    nats-py 2.16 ends an empty pull with `asyncio.TimeoutError`, FastStream 0.7.8 only
+    expects nats' own `TimeoutError`; its supervisor restarts the fetch loop (harmless)
+    but logs it as an ERROR with a traceback, which would alarm operators for nothing.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (type(exc) is TimeoutError and "retrying" in record.getMessage())
+
+
 def _faststream_logger(settings: Settings) -> logging.Logger:
     logger = logging.getLogger("agentledger.faststream")
     logger.setLevel(logging.DEBUG if settings.log_level.upper() == "DEBUG" else logging.WARNING)
+    if not any(isinstance(f, _PullTimeoutFilter) for f in logger.filters):
+        logger.addFilter(_PullTimeoutFilter())
     return logger
 
 

@@ -56,3 +56,29 @@ def test_log_redaction_blanks_secrets_and_url_credentials() -> None:
     assert out["nats_password"] == out["token"] == out["postgres_dsn"] == "***"
     assert out["url"] == "nats://***@host:4222"
     assert out["task_id"] == "t-1" and out["event"] == "connecting"
+
+
+def test_only_faststreams_empty_fetch_report_is_silenced() -> None:
+    import logging
+
+    from infra.nats import _faststream_logger
+
+    logger = _faststream_logger(Settings())
+    (pull_filter,) = logger.filters
+
+    def record(exc: BaseException, message: str) -> logging.LogRecord:
+        return logging.LogRecord(
+            "agentledger.faststream",
+            logging.ERROR,
+            __file__,
+            1,
+            message,
+            None,
+            (type(exc), exc, None),
+        )
+
+    assert not pull_filter.filter(
+        record(TimeoutError(), "Task-11 raised an exception, retrying...")
+    )
+    assert pull_filter.filter(record(RuntimeError("x"), "Task-11 raised an exception, retrying..."))
+    assert pull_filter.filter(record(TimeoutError(), "handler failed"))
