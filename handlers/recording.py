@@ -25,6 +25,7 @@ __all__ = [
     "LedgerToolset",
     "StepRecorder",
     "ToolCallError",
+    "append_messages",
     "messages_from_json",
     "messages_to_json",
     "wrap_toolsets",
@@ -41,6 +42,17 @@ def messages_to_json(messages: Sequence[ModelMessage]) -> list[Any]:
 
 def messages_from_json(data: Sequence[Any]) -> list[ModelMessage]:
     return ModelMessagesTypeAdapter.validate_python(list(data))
+
+
+def append_messages(run: AgentRun, messages: Sequence[ModelMessage], as_json: list[Any]) -> None:
+    """Trigger the events of new requests/responses on the run (saving is the caller's)."""
+    for message, data in zip(messages, as_json, strict=True):
+        if isinstance(message, ModelRequest):
+            run.send_model_request(data)
+        elif isinstance(message, ModelResponse):
+            run.receive_model_response(
+                data, message.model_name, message.usage.input_tokens, message.usage.output_tokens
+            )
 
 
 @dataclass(kw_only=True)
@@ -60,16 +72,7 @@ class StepRecorder:
             return
         async with self.lock:
             as_json = messages_to_json(messages)
-            for message, data in zip(messages, as_json, strict=True):
-                if isinstance(message, ModelRequest):
-                    self.run.send_model_request(data)
-                elif isinstance(message, ModelResponse):
-                    self.run.receive_model_response(
-                        data,
-                        message.model_name,
-                        message.usage.input_tokens,
-                        message.usage.output_tokens,
-                    )
+            append_messages(self.run, messages, as_json)
             await self.store.save(self.run)
             self.recorded.extend(as_json)
 

@@ -37,7 +37,14 @@ from domain.ids import run_id_for, session_aggregate_id_for
 from domain.run import AgentRun, RunHistory
 from domain.tasks import RunAgent, RunError, RunOutcome, Usage
 from handlers.catalog import Catalog, CatalogEntry
-from handlers.recording import StepRecorder, ToolCallError, messages_from_json, wrap_toolsets
+from handlers.recording import (
+    StepRecorder,
+    ToolCallError,
+    append_messages,
+    messages_from_json,
+    messages_to_json,
+    wrap_toolsets,
+)
 from infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
 
 __all__ = ["AgentRunner", "RunSuperseded", "TransientRunError", "outcome_of"]
@@ -229,7 +236,7 @@ class AgentRunner:
                     async with agent.iter(
                         prompt, message_history=prior, usage_limits=limits, usage=usage
                     ) as agent_run:
-                        output = await self._step_through(agent_run, recorder, len(prior))
+                        output, final = await self._step_through(agent_run, recorder, len(prior))
         except TimeoutError:
             raise _Failure(
                 kind=ErrorKind.DEADLINE_EXCEEDED, message=f"deadline {task.deadline} passed"
@@ -253,23 +260,25 @@ class AgentRunner:
             raise _Failure(
                 kind=ErrorKind.INTERNAL_ERROR, message=f"{type(e).__name__}: {e}"
             ) from None
-        return await self._complete(run, entry, output, history.messages + recorder.recorded, bound)
+        return await self._complete(run, entry, output, recorder, final, history.messages, bound)
 
     async def _step_through(
         self, agent_run: PydanticAgentRun[Any, Any], recorder: StepRecorder, known: int
-    ) -> Any:
-        """Advance node by node, saving each step's new messages before the next."""
-        async for _node in agent_run:
+    ) -> tuple[Any, list[ModelMessage]]:
+        """Advance node by node, saving each step's new messages before the next.
+
+        The final step's messages are returned unsaved: they are saved with the run's
+        completion, in the same transaction (one save for the last step)."""
+        async for node in agent_run:
+            if Agent.is_end_node(node):
+                break
             messages = agent_run.ctx.state.message_history
             if len(messages) > known:
                 await recorder.record_messages(messages[known:])
                 known = len(messages)
-        messages = agent_run.ctx.state.message_history
-        if len(messages) > known:
-            await recorder.record_messages(messages[known:])
         if agent_run.result is None:  # pragma: no cover - iteration ends at End
             raise _Failure(kind=ErrorKind.INTERNAL_ERROR, message="agent run ended without result")
-        return agent_run.result.output
+        return agent_run.result.output, list(agent_run.ctx.state.message_history[known:])
 
     def _remaining(self, task: RunAgent) -> float | None:
         if task.deadline is None:
@@ -289,38 +298,45 @@ class AgentRunner:
         run: AgentRun,
         entry: CatalogEntry,
         output: Any,
-        turn_messages: list[Any],
+        recorder: StepRecorder,
+        final: list[ModelMessage],
+        recorded_before: list[Any],
         bound: Any,
     ) -> RunOutcome:
+        """Save the last step, `RunCompleted` and (for a session) the turn atomically.
+
+        A session's turns are appended with optimistic concurrency: when another turn
+        committed first, reload and retry (bounded)."""
         output_json = to_jsonable_python(output)
-        if run.session_id is None:
-            run.complete(output_json, self._cost(run, entry), self._duration_ms(run))
-            await self._store.save(run)
-            bound.info("run completed", duration_ms=round(run.duration_ms or 0, 1))
-            return outcome_of(run)
-        session_key = run.session_id
+        final_json = messages_to_json(final)
+        turn_messages = recorded_before + recorder.recorded + final_json
         for attempt in range(SESSION_RETRIES):
-            conversation = await self._store.get(
-                session_aggregate_id_for(session_key), Conversation
-            )
-            if conversation is None:
-                conversation = Conversation(session_id=session_key)
-            conversation.record_turn(str(run.id), run.task_id, run.agent, turn_messages)
+            append_messages(run, final, final_json)
             run.complete(output_json, self._cost(run, entry), self._duration_ms(run))
+            conversation: Conversation | None = None
+            if run.session_id is not None:
+                conversation = await self._store.get(
+                    session_aggregate_id_for(run.session_id), Conversation
+                ) or Conversation(session_id=run.session_id)
+                conversation.record_turn(str(run.id), run.task_id, run.agent, turn_messages)
             try:
-                await self._store.save(run, conversation)
+                await self._store.save(run, *([conversation] if conversation else []))
             except ConcurrencyConflict:
-                # Another turn of this session committed first: reload both and retry.
                 fresh = await self._store.get(run.id, AgentRun)
-                if fresh is None or fresh.status != "running":
-                    raise RunSuperseded(f"run {run.id} was finished by another worker") from None
+                if conversation is None or fresh is None or fresh.status != "running":
+                    raise RunSuperseded(f"run {run.id} was advanced by another worker") from None
+                # Another turn of this session committed first: retry on a fresh state.
                 run = fresh
                 await asyncio.sleep(min(0.05, 0.001 * (attempt + 1)))
                 continue
-            bound.info("run completed", turn=conversation.turns)
+            bound.info(
+                "run completed",
+                duration_ms=round(run.duration_ms or 0, 1),
+                turn=conversation.turns if conversation else None,
+            )
             return outcome_of(run)
         raise TransientRunError(
-            f"session {session_key} stayed contended for {SESSION_RETRIES} tries"
+            f"session {run.session_id} stayed contended for {SESSION_RETRIES} tries"
         )
 
     def _cost(self, run: AgentRun, entry: CatalogEntry) -> float | None:
