@@ -18,7 +18,7 @@ from domain.tasks import RunAgent, RunOutcome
 from handlers.client import submit
 from handlers.worker import REPLY_HEADER
 from infra.settings import Settings
-from support.agents import write_catalog
+from support.agents import FLAKY_FAILURES_ENV, JOURNAL_ENV, write_catalog
 from support.harness import nats_client, rejection_events, run_events, running_worker
 
 pytestmark = pytest.mark.asyncio
@@ -242,3 +242,43 @@ async def test_usage_limit_fails_the_run_clearly(settings: Settings) -> None:
     assert outcome is not None and outcome.status == "failed"
     assert outcome.error is not None and outcome.error.kind == "usage_limit_exceeded"
     assert run_events(settings, "limited-1")[-1] == "RunFailed"
+
+
+async def test_transient_model_failure_is_retried_with_backoff(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(JOURNAL_ENV, str(tmp_path / "journal.log"))
+    monkeypatch.setenv(FLAKY_FAILURES_ENV, "2")
+    async with running_worker(settings), nats_client(settings) as nc:
+        outcome = await submit(
+            nc,
+            settings.subject_prefix,
+            RunAgent(task_id="flaky-1", agent="flaky", prompt="p"),
+            timeout=30,
+        )
+    assert outcome is not None and outcome.status == "completed"
+    assert outcome.output == "worked after 2 failures"
+    counts = Counter(run_events(settings, "flaky-1"))
+    assert counts["RunRequested"] == 1 and counts["RunFailed"] == 0 and counts["RunCompleted"] == 1
+
+
+async def test_transient_failure_on_the_last_delivery_is_recorded_as_failed(
+    make_settings,
+    backend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    settings = make_settings(backend, catalog=str(write_catalog(tmp_path)), max_deliveries=2)
+    monkeypatch.setenv(JOURNAL_ENV, str(tmp_path / "journal.log"))
+    monkeypatch.setenv(FLAKY_FAILURES_ENV, "5")
+    async with running_worker(settings), nats_client(settings) as nc:
+        outcome = await submit(
+            nc,
+            settings.subject_prefix,
+            RunAgent(task_id="flaky-2", agent="flaky", prompt="q"),
+            timeout=30,
+        )
+    assert outcome is not None and outcome.status == "failed"
+    assert outcome.error is not None and outcome.error.kind == "transient_exhausted"
+    assert outcome.error.retryable and "502 bad gateway" in outcome.error.message
+    assert run_events(settings, "flaky-2")[-1] == "RunFailed"

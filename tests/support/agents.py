@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from pydantic_ai import Agent
+from pydantic_ai.exceptions import ModelServerError
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
@@ -107,6 +108,24 @@ def explode() -> str:
     raise RuntimeError("the tool broke")
 
 
+FLAKY_FAILURES_ENV = "AGENTLEDGER_TEST_FLAKY_FAILURES"
+
+
+def _flaky_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Fails like an overloaded provider (HTTP 5xx) the first N times per prompt."""
+    prompt = _prompt(messages)
+    failures = int(os.environ.get(FLAKY_FAILURES_ENV, "1"))
+    path = os.environ.get(JOURNAL_ENV)
+    seen = read_journal(Path(path)).count(f"flaky-fail {prompt}") if path else failures
+    if seen < failures:
+        journal(f"flaky-fail {prompt}")
+        raise ModelServerError(model_name="flaky-fn", message="502 bad gateway")
+    return ModelResponse(parts=[TextPart(f"worked after {seen} failures")])
+
+
+flaky = Agent(FunctionModel(_flaky_model, model_name="flaky-fn"), name="flaky")
+
+
 CATALOG = """
 [agents.effect]
 ref = "support.agents:effect"
@@ -114,6 +133,8 @@ ref = "support.agents:effect"
 ref = "support.agents:echo"
 [agents.exploding]
 ref = "support.agents:exploding"
+[agents.flaky]
+ref = "support.agents:flaky"
 [agents.calculator]
 ref = "catalog.example_agents:calculator"
 price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }
