@@ -102,18 +102,46 @@ class Projector:
 
     def run_once(self) -> int:
         """Apply the next batch of notifications to every projection; how many it applied
-        (summed over projections)."""
+        (summed over projections).
+
+        All projections that are behind advance in ONE transaction: each one's tracking
+        row is locked (in name order, so concurrent projectors cannot deadlock), the
+        events after the lowest position are read once, each projection applies those
+        past its own position, and every tracking row moves in the same commit.
+        """
         if not self._ensured:
             self.ensure()
         head = self.store.max_notification_id()
         if time.monotonic() - self._hints_since > _HINTS_TTL_S:
             self._hints.clear()
             self._hints_since = time.monotonic()
-        cache: dict[int, list[tuple[int, object]]] = {}
+        behind = sorted(
+            (p for p in self.projections if self._hints.get(p.name, -1) < head),
+            key=lambda p: p.name,
+        )
+        if not behind:
+            return 0
         applied = 0
-        for projection in self.projections:
-            if self._hints.get(projection.name, -1) < head:
-                applied += self._advance(projection, cache)
+        moved: dict[str, int] = {}
+        with self.views.transaction() as cursor:
+            positions = {p.name: self.views.lock_tracking(cursor, p.name) for p in behind}
+            live = [p for p in behind if positions[p.name] is not None]
+            if not live:
+                return 0  # all dropped under us: whoever dropped them rebuilds them
+            start = min(positions[p.name] or 0 for p in live) + 1
+            events = self._read(start)
+            for projection in live:
+                position = positions[projection.name] or 0
+                mine = [event for notification_id, event in events if notification_id > position]
+                for event in mine:
+                    projection.apply(event, cursor)
+                if mine:
+                    moved[projection.name] = events[-1][0]
+                    self.views.set_tracking(cursor, projection.name, events[-1][0])
+                    applied += len(mine)
+                else:
+                    moved[projection.name] = position
+        self._hints.update(moved)
         return applied
 
     def run_forever(self, stop: threading.Event) -> None:
@@ -184,7 +212,7 @@ class Projector:
         if progress is not None:
             progress(0, target)
         while position < target:
-            applied = self._advance(projection, None)
+            applied = self._advance(projection)
             position = self.views.tracking(name)
             if applied == 0 and position == 0:
                 raise RebuildInterrupted(f"the {name} view was dropped while being rebuilt")
@@ -199,15 +227,13 @@ class Projector:
                 return projection
         raise UnknownView(name)
 
-    def _advance(
-        self, projection: Projection, cache: dict[int, list[tuple[int, object]]] | None
-    ) -> int:
+    def _advance(self, projection: Projection) -> int:
         """One batch for one projection, in one transaction with its tracking record."""
         with self.views.transaction() as cursor:
             position = self.views.lock_tracking(cursor, projection.name)
             if position is None:
                 return 0  # dropped under us: whoever dropped it rebuilds it
-            events = self._read(position + 1, cache)
+            events = self._read(position + 1)
             for _, event in events:
                 projection.apply(event, cursor)
             if events:
@@ -216,13 +242,8 @@ class Projector:
         self._hints[projection.name] = position
         return len(events)
 
-    def _read(
-        self, start: int, cache: dict[int, list[tuple[int, object]]] | None
-    ) -> list[tuple[int, object]]:
-        """Decoded events from notification `start` on (shared between projections that
-        are at the same position within one pass)."""
-        if cache is not None and start in cache:
-            return cache[start]
+    def _read(self, start: int) -> list[tuple[int, object]]:
+        """Decoded events from notification `start` on, at most one batch."""
         events: list[tuple[int, object]] = []
         for notification in self.store.notifications(start=start, limit=self.batch):
             try:
@@ -230,6 +251,4 @@ class Projector:
             except TopicError:
                 raise UnknownEventTopic(notification.topic, notification.id) from None
             events.append((notification.id, event))
-        if cache is not None:
-            cache[start] = events
         return events
