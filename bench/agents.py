@@ -14,7 +14,7 @@ from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from catalog.example_agents import add, calculator_model, multiply
+from catalog.example_agents import add, calculator_reply, multiply
 
 __all__ = ["SLEEP_S", "sleepy_calculator"]
 
@@ -24,7 +24,7 @@ SLEEP_S = 1.0
 
 async def sleepy_calculator_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     await asyncio.sleep(SLEEP_S)
-    return calculator_model(messages, info)
+    return calculator_reply(messages)
 
 
 sleepy_calculator = Agent(

@@ -23,7 +23,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-__all__ = ["calculator", "greeter", "notes"]
+__all__ = ["calculator", "calculator_reply", "greeter", "notes"]
 
 _NUMBERS = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -46,7 +46,7 @@ def _tool_return(messages: list[ModelMessage]) -> ToolReturnPart | None:
     return None
 
 
-def calculator_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+def calculator_reply(messages: list[ModelMessage]) -> ModelResponse:
     """Calls `add` or `multiply` on the two numbers in the prompt, then reports."""
     returned = _tool_return(messages)
     if returned is not None:
@@ -59,6 +59,11 @@ def calculator_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResp
     return ModelResponse(parts=[ToolCallPart(tool, {"a": numbers[0], "b": numbers[1]})])
 
 
+async def calculator_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    # Async on purpose: pydantic-ai runs a sync model function in a worker thread.
+    return calculator_reply(messages)
+
+
 calculator = Agent(
     FunctionModel(calculator_model, model_name="calculator-fn"),
     name="calculator",
@@ -67,18 +72,18 @@ calculator = Agent(
 
 
 @calculator.tool_plain
-def add(a: float, b: float) -> float:
+async def add(a: float, b: float) -> float:
     """Add two numbers."""
     return a + b
 
 
 @calculator.tool_plain
-def multiply(a: float, b: float) -> float:
+async def multiply(a: float, b: float) -> float:
     """Multiply two numbers."""
     return a * b
 
 
-def notes_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+async def notes_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     """Stores 'remember ...' prompts with the `save_note` tool; recalls from history."""
     returned = _tool_return(messages)
     if returned is not None:
@@ -107,12 +112,12 @@ notes = Agent(
 
 
 @notes.tool_plain
-def save_note(note: str) -> str:
+async def save_note(note: str) -> str:
     """Save a note for later in this conversation."""
     return f"note saved: {note}"
 
 
-def greeter_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+async def greeter_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     return ModelResponse(parts=[TextPart(f"Hello! You said: {_last_user_prompt(messages)}")])
 
 

@@ -130,8 +130,12 @@ class AgentRunner:
         task: RunAgent,
         *,
         final_attempt: bool = False,
+        first_delivery: bool = False,
     ) -> RunOutcome:
         """Run (or resume, or look up) the task; returns its outcome once recorded.
+
+        With `first_delivery` the run is created straight away (the common case needs no
+        read); a task that exists after all is found through the creation conflict.
 
         Raises `TransientRunError` when it should be retried later; with
         `final_attempt` a transient failure is recorded as the run's failure instead.
@@ -139,7 +143,7 @@ class AgentRunner:
         """
         entry = self._catalog.get(task.agent)
         bound = log.bind(task_id=task.task_id, agent=task.agent, session_id=task.session_id)
-        run = await self._store.get(run_id_for(task.task_id), AgentRun)
+        run = None if first_delivery else await self._store.get(run_id_for(task.task_id), AgentRun)
         created = await self._create(task) if run is None else None
         if created is not None:
             run, session_json = created

@@ -135,7 +135,9 @@ class TaskWorker:
             bound = bound.bind(task_id=task.task_id, agent=task.agent)
             final = delivered >= self.settings.max_deliveries
             try:
-                outcome = await self.runner.run(task, final_attempt=final)
+                outcome = await self.runner.run(
+                    task, final_attempt=final, first_delivery=delivered == 1
+                )
             except UnknownAgent as e:
                 raise Rejection(
                     ErrorKind.UNKNOWN_AGENT, str(e), key=task.task_id, task_id=task.task_id

@@ -91,7 +91,9 @@ def store_env(settings: Settings) -> dict[str, str]:
             {
                 "POSTGRES_POOL_SIZE": str(settings.postgres_pool_size),
                 "POSTGRES_MAX_OVERFLOW": str(settings.postgres_pool_size),
-                "POSTGRES_PRE_PING": "y",
+                # No pre-ping (a query per checkout): a connection broken by a database
+                # restart fails its operation, the pool discards it, and the save is
+                # retried by AsyncEventStore.
                 "POSTGRES_CONNECT_TIMEOUT": "5",
                 "POSTGRES_LOCK_TIMEOUT": "10000",
                 "POSTGRES_ENABLE_DB_FUNCTIONS": "y" if settings.postgres_db_functions else "",
