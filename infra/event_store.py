@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -113,6 +114,24 @@ def store_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+_SCHEMA_LOCK_KEY = 0x61676C64  # "agld": one advisory lock id for agentledger's DDL
+
+
+@contextmanager
+def _schema_lock(dsn: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while creating tables (released on disconnect)."""
+    try:
+        connection = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as e:
+        raise StoreUnavailable(f"event store unavailable: {e}") from None
+    with connection:
+        connection.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            connection.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK_KEY,))
+
+
 def _translate(call: Callable[[], T]) -> T:
     try:
         return call()
@@ -128,7 +147,14 @@ class EventStore:
     """Synchronous facade over the eventsourcing application."""
 
     def __init__(self, settings: Settings) -> None:
-        self._app = _translate(lambda: _Ledger(env=store_env(settings)))
+        env = store_env(settings)
+        if settings.postgres_dsn is not None:
+            # Processes starting together on a fresh database would race to create the
+            # tables (CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin).
+            with _schema_lock(settings.postgres_dsn.get_secret_value()):
+                self._app = _translate(lambda: _Ledger(env=env))
+        else:
+            self._app = _translate(lambda: _Ledger(env=env))
         self.name = APPLICATION_NAME
 
     def get(self, aggregate_id: UUID, cls: type[A], version: int | None = None) -> A | None:
