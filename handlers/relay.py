@@ -24,6 +24,7 @@ __all__ = ["EventRelay"]
 log = structlog.get_logger("agentledger.relay")
 
 TRACKING_NAME = "relay"
+MAX_IDLE_POLL_S = 0.2
 
 
 class EventRelay:
@@ -45,16 +46,18 @@ class EventRelay:
         self._prefix = prefix
         self._batch = batch
         self._poll_s = poll_s
-        self.position = 0
+        self.position: int | None = None
+        """Last published notification id; read from the tracking row once, then kept."""
 
     async def publish_once(self) -> int:
         """Publish the next batch of notifications; returns how many."""
-        position = await asyncio.to_thread(self._views.tracking, TRACKING_NAME)
+        if self.position is None:
+            self.position = await asyncio.to_thread(self._views.tracking, TRACKING_NAME)
+        position = self.position
         notifications = await asyncio.to_thread(
             self._store.notifications, position + 1, self._batch
         )
         if not notifications:
-            self.position = position
             return 0
         js = self._nc.jetstream()
         publishes = []
@@ -81,12 +84,15 @@ class EventRelay:
         return len(notifications)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
+        """Publish until `stop`; idle polls back off from `poll_s` to `MAX_IDLE_POLL_S`."""
         failures = 0
+        idle_s = self._poll_s
         while not stop.is_set():
             try:
                 published = await self.publish_once()
                 failures = 0
             except (StoreUnavailable, OSError, TimeoutError) as e:
+                self.position = None  # re-read: another relay may have moved it meanwhile
                 failures += 1
                 delay = min(5.0, 0.1 * 2**failures)
                 log.warning("relay cannot progress; retrying", error=str(e), delay_s=delay)
@@ -101,7 +107,10 @@ class EventRelay:
                     continue
                 raise
             if published == 0:
-                await _sleep_or_stop(stop, self._poll_s)
+                await _sleep_or_stop(stop, idle_s)
+                idle_s = min(MAX_IDLE_POLL_S, idle_s * 1.5)
+            else:
+                idle_s = self._poll_s
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
