@@ -23,6 +23,7 @@ from handlers.relay import EventRelay
 from handlers.runner import AgentRunner
 from handlers.worker import TaskWorker
 from infra.event_store import AsyncEventStore, EventStore
+from infra.models import build_model
 from infra.nats import ensure_streams, make_broker, nats_connect_kwargs, nats_url
 from infra.settings import Settings
 from infra.view_store import ViewStore, view_store_for
@@ -34,6 +35,7 @@ __all__ = [
     "ProjectorService",
     "WorkerService",
     "connect_nats",
+    "load_catalog",
     "make_projector",
 ]
 
@@ -88,6 +90,17 @@ async def connect_nats(settings: Settings, name: str) -> Client:
     raise NatsUnreachable(nats_url(settings), settings.nats_connect_timeout_s)
 
 
+def load_catalog(settings: Settings) -> Catalog:
+    """The catalog, with models named in it built by the model factory."""
+    api_key = settings.model_api_key.get_secret_value() if settings.model_api_key else None
+    return Catalog.load(
+        settings.catalog,
+        model_factory=lambda model, base_url: build_model(
+            model, base_url=base_url, api_key=api_key
+        ),
+    )
+
+
 def make_projector(settings: Settings, store: EventStore, views: ViewStore) -> Projector:
     return Projector(
         store=store,
@@ -110,7 +123,7 @@ class WorkerService:
 
     async def start(self) -> WorkerService:
         settings = self.settings
-        catalog = self.catalog or Catalog.load(settings.catalog)
+        catalog = self.catalog or load_catalog(settings)
         self.catalog = catalog
         self.store = AsyncEventStore(
             await asyncio.to_thread(EventStore, settings),

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import importlib
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic_ai import Agent
+from pydantic_ai.models import Model
 
 from domain.pricing import ModelPrice
 
-__all__ = ["Catalog", "CatalogEntry", "CatalogError", "UnknownAgent"]
+__all__ = ["Catalog", "CatalogEntry", "CatalogError", "ModelFactory", "UnknownAgent"]
+
+ModelFactory = Callable[[str, str | None], Model]
+"""Builds a model from a catalog entry's `model` string and optional `base_url`."""
 
 
 class CatalogError(Exception):
@@ -42,6 +47,8 @@ class CatalogEntry:
     description: str = ""
     price: ModelPrice | None = None
     """Price per million tokens, when known: runs then record their cost."""
+    model: Model | None = None
+    """A model that replaces the agent's own (from the entry's `model` / `base_url`)."""
     _agent: Agent[Any, Any] | None = field(default=None, repr=False)
 
     @property
@@ -77,7 +84,9 @@ class Catalog:
     demo_tasks: list[tuple[str, str, str | None]] = field(default_factory=list)
 
     @classmethod
-    def load(cls, path: str | Path) -> Catalog:
+    def load(cls, path: str | Path, model_factory: ModelFactory | None = None) -> Catalog:
+        """Read a catalog file; `model_factory` builds the models of entries that name one
+        (`model = "provider:name"`, optional `base_url`)."""
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text())
@@ -90,11 +99,22 @@ class Catalog:
             if "ref" not in spec:
                 raise CatalogError(f"catalog {path}: agent {name!r} has no 'ref'")
             price = spec.get("price")
+            model = None
+            if "model" in spec:
+                if model_factory is None:
+                    raise CatalogError(
+                        f"catalog {path}: agent {name!r} names a model, but no model factory was given"
+                    )
+                try:
+                    model = model_factory(spec["model"], spec.get("base_url"))
+                except Exception as e:
+                    raise CatalogError(f"catalog {path}: agent {name!r}: {e}") from None
             entries[name] = CatalogEntry(
                 name=name,
                 ref=spec["ref"],
                 description=spec.get("description", ""),
                 price=ModelPrice(**price) if price else None,
+                model=model,
             )
         demo = [
             (agent, prompt, session or None)

@@ -18,7 +18,7 @@ from rich.console import Console
 from domain.ids import run_id_for
 from domain.tasks import RunAgent, RunOutcome
 from domain.timeline import event_record
-from handlers.bootstrap import ProjectorService, WorkerService, connect_nats
+from handlers.bootstrap import ProjectorService, WorkerService, connect_nats, load_catalog
 from handlers.catalog import Catalog
 from handlers.client import submit
 from handlers.queries import answer
@@ -84,7 +84,7 @@ async def run_demo(settings: Settings, console: Console) -> DemoReport:
         settings = settings.model_copy(update={"nats_url": server.url})
         console.print(f"[dim]started nats-server {server.url} (JetStream in {server.store_dir})")
     console.print(f"[dim]event store: {settings.backend} ({settings.safe_postgres_target()})")
-    catalog = Catalog.load(settings.catalog)
+    catalog = load_catalog(settings)
     worker = WorkerService(settings=settings, catalog=catalog, name="agentledger-demo-worker")
     projector = ProjectorService(settings=settings)
     try:

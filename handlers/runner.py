@@ -234,8 +234,13 @@ class AgentRunner:
         timeout = self._remaining(task)
         try:
             async with asyncio.timeout(timeout):
+                overrides: dict[str, Any] = {}
+                if entry.model is not None:
+                    overrides["model"] = entry.model
                 with agent.override(
-                    tools=[], toolsets=wrap_toolsets(agent.toolsets, recorder, history.tool_results)
+                    tools=[],
+                    toolsets=wrap_toolsets(agent.toolsets, recorder, history.tool_results),
+                    **overrides,
                 ):
                     async with agent.iter(
                         prompt, message_history=prior, usage_limits=limits, usage=usage

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=50, ge=1)
     max_prompt_chars: int = Field(default=32_768, ge=1)
     catalog: str = DEFAULT_CATALOG
+    model_api_key: SecretStr | None = Field(
+        default=None, description="API key for catalog models served at a base_url."
+    )
     shutdown_grace_s: float = Field(default=20.0, ge=0)
 
     # -- projections ---------------------------------------------------------
