@@ -128,10 +128,12 @@ class TaskWorker:
             fallback_key=f"{metadata.stream}:{metadata.sequence.stream}",
         )
         bound = log.bind(subject=raw.subject, delivered=delivered)
+        task_id: str | None = None
         try:
             task = parse_task(
                 task_raw, catalog=self.catalog, max_prompt_chars=self.settings.max_prompt_chars
             )
+            task_id = task.task_id
             bound = bound.bind(task_id=task.task_id, agent=task.agent)
             final = delivered >= self.settings.max_deliveries
             try:
@@ -157,10 +159,28 @@ class TaskWorker:
             delay = backoff_s(delivered)
             bound.warning("transient failure; will redeliver", error=str(e), delay_s=delay)
             await msg.nack(delay=delay)
-        except Exception:
-            delay = backoff_s(delivered)
-            bound.exception("unexpected error; will redeliver", delay_s=delay)
-            await msg.nack(delay=delay)
+        except Exception as e:
+            if delivered < self.settings.max_deliveries:
+                delay = backoff_s(delivered)
+                bound.exception("unexpected error; will redeliver", delay_s=delay)
+                await msg.nack(delay=delay)
+                return
+            # JetStream will not deliver it again: record why, answer, and terminate,
+            # rather than leave an accepted task without an outcome.
+            bound.exception("unexpected error on the last delivery; recording it")
+            failure = Rejection(
+                ErrorKind.INTERNAL_ERROR,
+                f"gave up after {delivered} deliveries: {type(e).__name__}: {e}",
+                key=task_id or task_raw.msg_id or task_raw.fallback_key,
+                task_id=task_id,
+            )
+            try:
+                outcome = await self._record_rejection(failure, task_raw)
+            except StoreUnavailable:
+                await msg.nack(delay=backoff_s(delivered))
+                return
+            await self.publish_outcome(outcome, reply_to)
+            await msg.reject()
 
     async def _record_rejection(self, rejection: Rejection, raw: RawTask) -> RunOutcome:
         record = TaskRejection(

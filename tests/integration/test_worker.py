@@ -282,3 +282,26 @@ async def test_transient_failure_on_the_last_delivery_is_recorded_as_failed(
     assert outcome.error is not None and outcome.error.kind == "transient_exhausted"
     assert outcome.error.retryable and "502 bad gateway" in outcome.error.message
     assert run_events(settings, "flaky-2")[-1] == "RunFailed"
+
+
+async def test_a_task_that_keeps_failing_unexpectedly_still_gets_an_outcome(
+    make_settings,
+    backend,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    # The catalog names a module that does not exist: a deployment bug, not the task's.
+    # It is retried like any unexpected error; on the last delivery it is recorded and
+    # answered instead of being left without an outcome.
+    settings = make_settings(backend, catalog=str(write_catalog(tmp_path)), max_deliveries=2)
+    async with running_worker(settings), nats_client(settings) as nc:
+        outcome = await submit(
+            nc,
+            settings.subject_prefix,
+            RunAgent(task_id="broken-1", agent="broken", prompt="x"),
+            timeout=30,
+        )
+    assert outcome is not None and outcome.status == "rejected"
+    assert outcome.error is not None and outcome.error.kind == "internal_error"
+    assert "gave up after 2 deliveries" in outcome.error.message
+    assert "support.no_such_module" in outcome.error.message
+    assert [type(e).__name__ for e in rejection_events(settings, "broken-1")] == ["TaskRejected"]

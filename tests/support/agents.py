@@ -135,6 +135,8 @@ ref = "support.agents:echo"
 ref = "support.agents:exploding"
 [agents.flaky]
 ref = "support.agents:flaky"
+[agents.broken]
+ref = "support.no_such_module:agent"
 [agents.calculator]
 ref = "catalog.example_agents:calculator"
 price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }
