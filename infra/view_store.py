@@ -4,34 +4,77 @@ SQLite keeps the views in their own file (WAL, so queries never wait for the pro
 PostgreSQL keeps them in the events' database under the `al_` prefix. Both hand out a
 `ViewCursor` inside one transaction, so a projection's rows and its tracking record
 commit together. Driver connection errors become `StoreUnavailable`.
+
+On PostgreSQL a write transaction runs in psycopg's pipeline mode: statements are sent
+without waiting for each other's results, and only a fetch (a SELECT whose rows the
+caller reads) or the end of the transaction waits for the server. A projector batch
+therefore costs a handful of round trips, not one per statement. An error of a
+pipelined statement surfaces at the next fetch or at the end of the block; either way
+the whole transaction is rolled back.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
+import structlog
+from psycopg import sql
 
 from infra.event_store import StoreUnavailable
 from infra.settings import Settings
 from projections.base import Projection, ViewCursor
 
-__all__ = ["PostgresViewStore", "SQLiteViewStore", "ViewStore", "view_store_for"]
+__all__ = [
+    "CommitSignal",
+    "PostgresViewStore",
+    "SQLiteViewStore",
+    "ViewStore",
+    "view_store_for",
+]
+
+log = structlog.get_logger("agentledger.views")
+
+
+class CommitSignal(Protocol):
+    """Wakes a waiter when new events may have been committed."""
+
+    @property
+    def listening(self) -> bool:
+        """True while notifications are being received (so waits may be long)."""
+        ...
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a notification arrives since the last `clear` (True) or `timeout`
+        seconds pass (False)."""
+        ...
+
+    def clear(self) -> None:
+        """Forget notifications received so far (call before looking for new events)."""
+        ...
+
+    def close(self) -> None:
+        """Stop listening and release the connection."""
+        ...
+
 
 _TRACKING_DDL = (
     "CREATE TABLE IF NOT EXISTS al_tracking ("
     "projection TEXT PRIMARY KEY, notification_id BIGINT NOT NULL)"
 )
 _SELECT_TRACKING = "SELECT notification_id FROM al_tracking WHERE projection = ?"
+_SELECT_TRACKINGS = "SELECT projection, notification_id FROM al_tracking WHERE projection IN"
 _SET_TRACKING = (
     "INSERT INTO al_tracking (projection, notification_id) VALUES (?, ?)"
     " ON CONFLICT (projection) DO UPDATE SET notification_id = excluded.notification_id"
@@ -43,6 +86,8 @@ class ViewStore(ABC):
 
     _row_lock = ""
     """What makes a SELECT of the tracking row hold it until commit (PostgreSQL)."""
+    sees_event_writers = False
+    """Whether `event_writers` can tell which transactions are inserting events."""
 
     def __init__(self) -> None:
         self._tracking_ready = False
@@ -103,9 +148,41 @@ class ViewStore(ABC):
         row = cursor.fetchone()
         return None if row is None else int(row[0])
 
+    def lock_trackings(self, cursor: ViewCursor, names: Sequence[str]) -> dict[str, int | None]:
+        """`lock_tracking` for several projections in one statement; the rows are locked
+        in name order, so concurrent callers cannot deadlock."""
+        ordered = sorted(set(names))
+        cursor.execute(
+            f"{_SELECT_TRACKINGS} ({', '.join('?' * len(ordered))})"
+            f" ORDER BY projection{self._row_lock}",
+            ordered,
+        )
+        found = {str(name): int(position) for name, position in cursor.fetchall()}
+        return {name: found.get(name) for name in names}
+
     def set_tracking(self, cursor: ViewCursor, name: str, notification_id: int) -> None:
         """Inside the caller's transaction: record `notification_id` as applied."""
         cursor.execute(_SET_TRACKING, (name, notification_id))
+
+    def set_trackings(self, cursor: ViewCursor, positions: dict[str, int]) -> None:
+        """`set_tracking` for several projections in one statement."""
+        if positions:
+            cursor.executemany(_SET_TRACKING, list(positions.items()))
+
+    def commit_signal(self, channel: str) -> CommitSignal | None:
+        """A signal raised whenever a transaction that NOTIFYs `channel` commits in the
+        events' database, or None if the backend has no such thing (SQLite)."""
+        return None
+
+    def event_writers(self, cursor: ViewCursor, table: str) -> frozenset[str] | None:
+        """The transactions inserting into the event store's `table` right now, or None
+        where the views cannot see them (SQLite, whose writers are serialised: a gap in
+        its notification ids never fills later).
+
+        Used to tell a gap in the notification log that a transaction still in flight
+        will fill from one it never will (a rolled-back insert).
+        """
+        return None
 
     def _ensure_tracking_table(self) -> None:
         if not self._tracking_ready:
@@ -238,6 +315,11 @@ class _PostgresCursor:
         self._cursor.execute(to_pyformat(sql), tuple(params))
         return self
 
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> _PostgresCursor:
+        # Pipelined by psycopg: one round trip at most, however many rows.
+        self._cursor.executemany(to_pyformat(sql), [tuple(p) for p in params])
+        return self
+
     def fetchone(self) -> tuple[Any, ...] | None:
         return self._cursor.fetchone()
 
@@ -258,35 +340,62 @@ def _conninfo(dsn: str) -> tuple[str, dict[str, Any]]:
     return urlunsplit(parts._replace(query=rest)), kwargs
 
 
+_CHECK_IDLE_S = 1.0
+"""A pooled connection idle longer than this is checked (a round trip) before use."""
+_LISTEN_TICK_S = 0.25
+"""How often the listener thread looks up from the socket to see whether to stop."""
+
+
 class PostgresViewStore(ViewStore):
     """Views in PostgreSQL, over a psycopg connection pool."""
 
     _row_lock = " FOR UPDATE"
+    sees_event_writers = True
 
     def __init__(self, dsn: str, pool_size: int = 4, timeout_s: float = 10.0) -> None:
         super().__init__()
-        conninfo, kwargs = _conninfo(dsn)
+        self._conninfo, self._kwargs = _conninfo(dsn)
         self._timeout_s = timeout_s
+        self._last_used: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary()
+        )
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[tuple[Any, ...]]] = (
             psycopg_pool.ConnectionPool(
-                conninfo,
+                self._conninfo,
                 min_size=1,
                 max_size=pool_size,
-                kwargs=kwargs,
-                check=psycopg_pool.ConnectionPool.check_connection,
+                kwargs=self._kwargs,
+                check=self._check_if_idle,
                 name="agentledger-views",
                 open=True,
             )
         )
 
+    def _check_if_idle(self, connection: psycopg.Connection[Any]) -> None:
+        """Check a connection that sat idle (it may have been cut by a restart); one in
+        steady use is not checked: a broken one fails its transaction, which the caller
+        retries as `StoreUnavailable`, and the pool replaces it."""
+        if time.monotonic() - self._last_used.get(connection, 0.0) > _CHECK_IDLE_S:
+            psycopg_pool.ConnectionPool.check_connection(connection)
+
     @contextmanager
     def _transaction(self, keep: bool) -> Iterator[ViewCursor]:
         try:
             with self._pool.connection(timeout=self._timeout_s) as connection:
-                with connection.cursor() as cursor:
-                    yield _PostgresCursor(cursor)
-                if not keep:
-                    connection.rollback()
+                try:
+                    with connection.cursor() as cursor:
+                        if keep:
+                            with connection.pipeline():
+                                yield _PostgresCursor(cursor)
+                                # Queued behind the writes: the pipeline's closing sync
+                                # is the transaction's only round trip after its reads.
+                                cursor.execute("COMMIT")
+                        else:
+                            yield _PostgresCursor(cursor)
+                    if not keep:
+                        connection.rollback()
+                finally:
+                    self._last_used[connection] = time.monotonic()
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
             raise StoreUnavailable(f"view store unavailable: {e}") from None
 
@@ -299,8 +408,82 @@ class PostgresViewStore(ViewStore):
     def _serialise_schema_changes(self, cursor: ViewCursor) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK_KEY,))
 
+    def commit_signal(self, channel: str) -> CommitSignal | None:
+        return _PostgresCommitSignal(self._conninfo, self._kwargs, channel)
+
+    def event_writers(self, cursor: ViewCursor, table: str) -> frozenset[str] | None:
+        # An INSERT holds ROW EXCLUSIVE on the table from before it draws its ids until
+        # its transaction ends; a virtual transaction id names one transaction.
+        cursor.execute(
+            "SELECT to_regclass(?) IS NOT NULL, ARRAY(SELECT virtualtransaction FROM pg_locks"
+            " WHERE locktype = 'relation' AND relation = to_regclass(?)"
+            " AND mode = 'RowExclusiveLock' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            (table, table),
+        )
+        row = cursor.fetchone()
+        if row is None or not row[0]:
+            raise LookupError(f"the event store's table {table!r} is not on the search path")
+        return frozenset(str(v) for v in row[1])
+
     def close(self) -> None:
         self._pool.close()
+
+
+class _PostgresCommitSignal:
+    """LISTENs to a channel on a connection of its own, in a daemon thread, and raises
+    an event on every notification. Reconnects with backoff when the connection fails;
+    `listening` is False meanwhile, and the event is raised once listening again (what
+    committed in between was not notified)."""
+
+    def __init__(self, conninfo: str, kwargs: dict[str, Any], channel: str) -> None:
+        self._conninfo = conninfo
+        self._kwargs = kwargs
+        self._channel = channel
+        self._event = threading.Event()
+        self._stop = threading.Event()
+        self._listening = False
+        self._thread = threading.Thread(
+            target=self._run, name="agentledger-views-listen", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(_LISTEN_TICK_S + 6.0)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, **self._kwargs) as conn:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    self._listening = True
+                    failures = 0
+                    self._event.set()
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=_LISTEN_TICK_S):
+                            self._event.set()
+            except psycopg.Error as e:
+                failures += 1
+                log.warning(
+                    "cannot listen for commits; polling meanwhile",
+                    channel=self._channel,
+                    error=str(e),
+                )
+            finally:
+                self._listening = False
+            self._stop.wait(min(5.0, 0.1 * 2**failures))
 
 
 def view_store_for(settings: Settings) -> ViewStore:

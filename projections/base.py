@@ -4,23 +4,44 @@ SQL in projections is written once for both backends: `?` placeholders (the
 PostgreSQL adapter converts them), `INSERT ... ON CONFLICT (...) DO UPDATE SET
 col = excluded.col`, the types TEXT / BIGINT / DOUBLE PRECISION / INTEGER, JSON as TEXT,
 and timestamps as fixed-width ISO 8601 UTC strings so both backends order them alike.
+
+The projector hands a projection a whole batch of events at once (`apply_batch`). The
+views fold a batch in memory: they read the rows the batch touches in one SELECT, apply
+every event to them in log order (with the same per-version guard as one at a time) and
+write each touched row once, so a batch costs a few statements whatever its size. On
+PostgreSQL every statement is a round trip to another process; on SQLite it is a call.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
-__all__ = ["Projection", "ProjectionError", "ViewCursor", "dumps", "iso", "loads"]
+__all__ = [
+    "Projection",
+    "ProjectionError",
+    "ViewCursor",
+    "dumps",
+    "group_by_aggregate",
+    "iso",
+    "loads",
+    "select_rows",
+    "upsert_sql",
+]
+
+_IN_CHUNK = 500
+"""Keys per `IN (...)` list: far below SQLite's and PostgreSQL's parameter limits."""
 
 
 class ViewCursor(Protocol):
     """A DB-API-like cursor inside one view-store transaction."""
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any: ...
+
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> Any: ...
 
     def fetchone(self) -> tuple[Any, ...] | None: ...
 
@@ -34,11 +55,12 @@ class ProjectionError(Exception):
 class Projection(ABC):
     """A read model: tables, and how each event changes them.
 
-    The projector calls `apply` for every event of the log, in log order, inside the
-    transaction that also records the projection's tracking position; `apply` ignores the
-    events it does not care about. Each `apply` also guards itself by the aggregate
-    version it last applied, so re-applying an event is harmless, but exactly-once rests
-    on the tracking record.
+    The projector calls `apply_batch` with the log's events in log order, a batch at a
+    time, inside the transaction that also records the projection's tracking position;
+    events it does not care about are ignored. Applying a batch must leave the view as
+    applying its events one by one with `apply` would. Each row also guards itself by the
+    aggregate version it last applied, so re-applying an event is harmless, but
+    exactly-once rests on the tracking record.
     """
 
     name: ClassVar[str]
@@ -51,6 +73,53 @@ class Projection(ABC):
     @abstractmethod
     def apply(self, event: object, cursor: ViewCursor) -> None:
         """Fold one domain event into the view."""
+
+    def apply_batch(self, events: Sequence[object], cursor: ViewCursor) -> None:
+        """Fold a batch of domain events (in log order) into the view: by default one
+        `apply` each; views override it to write each touched row once."""
+        for event in events:
+            self.apply(event, cursor)
+
+
+def group_by_aggregate(
+    events: Iterable[object], types: type[Any] | tuple[type[Any], ...]
+) -> dict[str, list[Any]]:
+    """The events of the given types by originator id (as text), in log order within
+    each aggregate; aggregates in the order they first appear."""
+    groups: dict[str, list[Any]] = {}
+    for event in events:
+        if isinstance(event, types):
+            groups.setdefault(str(event.originator_id), []).append(event)
+    return groups
+
+
+def select_rows(
+    cursor: ViewCursor, table: str, columns: Sequence[str], keys: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """The rows of `table` whose first column (`columns[0]`, its key) is in `keys`, as
+    column -> value dicts by key; one SELECT per 500 keys."""
+    wanted = list(dict.fromkeys(keys))
+    rows: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[start : start + _IN_CHUNK]
+        cursor.execute(
+            f"SELECT {', '.join(columns)} FROM {table}"
+            f" WHERE {columns[0]} IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        )
+        for row in cursor.fetchall():
+            rows[row[0]] = dict(zip(columns, row, strict=True))
+    return rows
+
+
+def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    """`INSERT` of whole rows that replaces every other column of a row with the same
+    `key` (the columns of a primary key or unique constraint)."""
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    )
 
 
 def iso(timestamp: datetime) -> str:

@@ -3,13 +3,24 @@ messages its run added and a readable transcript of them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from domain.conversation import Conversation
-from projections.base import Projection, ProjectionError, ViewCursor, dumps, iso, loads
+from projections.base import (
+    Projection,
+    ProjectionError,
+    ViewCursor,
+    dumps,
+    group_by_aggregate,
+    iso,
+    loads,
+    select_rows,
+    upsert_sql,
+)
 from projections.transcript import TranscriptEntry, transcript
 
 __all__ = ["ConversationView", "ConversationsProjection", "TurnView", "get_conversation"]
@@ -75,51 +86,96 @@ class ConversationsProjection(Projection):
     )
 
     def apply(self, event: object, cursor: ViewCursor) -> None:
-        if isinstance(event, Conversation.ConversationStarted):
-            at = iso(event.timestamp)
-            cursor.execute(
-                "INSERT INTO al_conversations (session_id, aggregate_id, turns, started_at,"
-                " updated_at, version) VALUES (?, ?, 0, ?, ?, ?)"
-                " ON CONFLICT (session_id) DO NOTHING",
-                (event.session_id, str(event.originator_id), at, at, event.originator_version),
-            )
-        elif isinstance(event, Conversation.TurnRecorded):
-            # Turn events do not repeat the session id: find it by the aggregate id.
-            cursor.execute(
-                "SELECT session_id, version FROM al_conversations WHERE aggregate_id = ?",
-                (str(event.originator_id),),
-            )
-            row = cursor.fetchone()
-            if row is None:
-                raise ProjectionError(
-                    f"turn {event.turn} of conversation {event.originator_id} arrived before"
-                    " the conversation started; rebuild the conversations view"
-                )
-            session_id, version = row
-            if version >= event.originator_version:
-                return
-            at = iso(event.timestamp)
-            cursor.execute(
-                "INSERT INTO al_conversation_turns (session_id, turn, run_id, task_id, agent,"
-                " messages, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (session_id, turn) DO UPDATE SET run_id = excluded.run_id,"
-                " task_id = excluded.task_id, agent = excluded.agent,"
-                " messages = excluded.messages, recorded_at = excluded.recorded_at",
-                (
-                    session_id,
-                    event.turn,
-                    event.run_id,
-                    event.task_id,
-                    event.agent,
-                    dumps(event.messages),
-                    at,
-                ),
-            )
-            cursor.execute(
-                "UPDATE al_conversations SET turns = ?, last_run_id = ?, updated_at = ?,"
-                " version = ? WHERE session_id = ?",
-                (event.turn, event.run_id, at, event.originator_version, session_id),
-            )
+        self.apply_batch((event,), cursor)
+
+    def apply_batch(self, events: Sequence[object], cursor: ViewCursor) -> None:
+        """Read the touched sessions in one SELECT, fold their events in memory, then
+        write the new turns and each changed session row with one statement each."""
+        groups = group_by_aggregate(events, Conversation.Event)
+        if not groups:
+            return
+        rows = select_rows(cursor, "al_conversations", _COLUMNS, groups)
+        changed: list[tuple[Any, ...]] = []
+        turns: list[tuple[Any, ...]] = []
+        for aggregate_id, conversation_events in groups.items():
+            before = row = rows.get(aggregate_id)
+            for event in conversation_events:
+                row = _fold(row, aggregate_id, event, turns)
+            if row is not None and row is not before:
+                changed.append(tuple(row[c] for c in _COLUMNS))
+        if turns:
+            cursor.executemany(_UPSERT_TURN, turns)
+        if changed:
+            cursor.executemany(_UPSERT, changed)
+
+
+_COLUMNS = (
+    "aggregate_id",
+    "session_id",
+    "turns",
+    "last_run_id",
+    "started_at",
+    "updated_at",
+    "version",
+)
+_UPSERT = upsert_sql("al_conversations", _COLUMNS, ("session_id",))
+_UPSERT_TURN = upsert_sql(
+    "al_conversation_turns",
+    ("session_id", "turn", "run_id", "task_id", "agent", "messages", "recorded_at"),
+    ("session_id", "turn"),
+)
+
+
+def _fold(
+    row: dict[str, Any] | None,
+    aggregate_id: str,
+    event: object,
+    turns: list[tuple[Any, ...]],
+) -> dict[str, Any] | None:
+    """The session's row after `event` (a new dict if the event changes it, else `row`);
+    a recorded turn's row goes to `turns`."""
+    if isinstance(event, Conversation.ConversationStarted):
+        if row is not None:
+            return row
+        at = iso(event.timestamp)
+        return {
+            "aggregate_id": aggregate_id,
+            "session_id": event.session_id,
+            "turns": 0,
+            "last_run_id": None,
+            "started_at": at,
+            "updated_at": at,
+            "version": event.originator_version,
+        }
+    if not isinstance(event, Conversation.TurnRecorded):
+        return row
+    # Turn events do not repeat the session id: it comes from the session's row.
+    if row is None:
+        raise ProjectionError(
+            f"turn {event.turn} of conversation {event.originator_id} arrived before"
+            " the conversation started; rebuild the conversations view"
+        )
+    if row["version"] >= event.originator_version:
+        return row
+    at = iso(event.timestamp)
+    turns.append(
+        (
+            row["session_id"],
+            event.turn,
+            event.run_id,
+            event.task_id,
+            event.agent,
+            dumps(event.messages),
+            at,
+        )
+    )
+    return dict(
+        row,
+        turns=event.turn,
+        last_run_id=event.run_id,
+        updated_at=at,
+        version=event.originator_version,
+    )
 
 
 def get_conversation(cursor: ViewCursor, session_id: str) -> ConversationView | None:

@@ -10,6 +10,9 @@ whose agent is unknown is counted under `UNKNOWN_AGENT`.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -17,7 +20,15 @@ from pydantic import BaseModel, ConfigDict
 from domain.rejection import TaskRejection
 from domain.run import AgentRun
 from domain.stats import percentile
-from projections.base import Projection, ProjectionError, ViewCursor, iso
+from projections.base import (
+    Projection,
+    ProjectionError,
+    ViewCursor,
+    group_by_aggregate,
+    iso,
+    select_rows,
+    upsert_sql,
+)
 
 __all__ = ["UNKNOWN_AGENT", "AgentMetrics", "MetricsProjection", "agent_metrics"]
 
@@ -92,85 +103,119 @@ class MetricsProjection(Projection):
     )
 
     def apply(self, event: object, cursor: ViewCursor) -> None:
-        if isinstance(event, AgentRun.RunRequested):
-            if _run_row(cursor, str(event.originator_id)) is None:
-                _insert_run(cursor, event, event.agent, "running")
-                _add(cursor, event.agent, runs=1)
-        elif isinstance(event, TaskRejection.TaskRejected):
-            agent = event.agent or UNKNOWN_AGENT
-            if _run_row(cursor, str(event.originator_id)) is None:
-                _insert_run(cursor, event, agent, "rejected")
-                _add(cursor, agent, rejected=1)
-        elif isinstance(event, AgentRun.Event):
-            self._apply_run_event(event, cursor)
+        self.apply_batch((event,), cursor)
 
-    def _apply_run_event(self, event: AgentRun.Event, cursor: ViewCursor) -> None:
-        run_id = str(event.originator_id)
-        row = _run_row(cursor, run_id)
-        if row is None:
-            raise ProjectionError(
-                f"{type(event).__name__} of run {run_id} arrived before the run was"
-                " requested; rebuild the metrics view"
-            )
-        agent, version = row
-        if version >= event.originator_version:
+    def apply_batch(self, events: Sequence[object], cursor: ViewCursor) -> None:
+        """Read the touched `al_metric_runs` rows in one SELECT, fold the events in memory,
+        then write each changed run row once and each agent's summed deltas once."""
+        groups = group_by_aggregate(events, (AgentRun.Event, TaskRejection.TaskRejected))
+        if not groups:
             return
-        finished: tuple[str, float] | None = None
-        if isinstance(event, AgentRun.ModelResponseReceived):
-            _add(
-                cursor,
-                agent,
-                requests=1,
-                input_tokens=event.input_tokens,
-                output_tokens=event.output_tokens,
-            )
-        elif isinstance(event, AgentRun.ToolCallStarted):
-            _add(cursor, agent, tool_calls=1)
-        elif isinstance(event, AgentRun.RunCompleted):
-            _add(cursor, agent, completed=1, cost_usd=event.cost_usd or 0.0)
-            finished = ("completed", event.duration_ms)
-        elif isinstance(event, AgentRun.RunFailed):
-            _add(cursor, agent, failed=1)
-            finished = ("failed", event.duration_ms)
-        if finished is None:
-            cursor.execute(
-                "UPDATE al_metric_runs SET version = ? WHERE run_id = ?",
-                (event.originator_version, run_id),
-            )
+        rows = select_rows(cursor, "al_metric_runs", _RUN_COLUMNS, groups)
+        deltas: dict[str, _Deltas] = {}
+        changed: list[tuple[Any, ...]] = []
+        for run_id, run_events in groups.items():
+            before = row = rows.get(run_id)
+            for event in run_events:
+                row = _fold(row, run_id, event, deltas)
+            if row is not None and row is not before:
+                changed.append(tuple(row[c] for c in _RUN_COLUMNS))
+        if changed:
+            cursor.executemany(_UPSERT_RUN, changed)
+        _add(cursor, deltas)
+
+
+_RUN_COLUMNS = ("run_id", "agent", "status", "version", "duration_ms", "finished_at")
+_UPSERT_RUN = upsert_sql("al_metric_runs", _RUN_COLUMNS, ("run_id",))
+_INTEGER_COUNTERS = _COUNTERS[:-1]
+"""Every counter but `cost_usd`."""
+
+
+@dataclass
+class _Deltas:
+    """What a batch adds to one agent's counters."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_INTEGER_COUNTERS, 0))
+    costs: list[float] = field(default_factory=list)
+    """Each completion's cost, in log order: added one at a time, as one event at a time
+    would, so the floating-point sum does not depend on where batches start."""
+
+
+def _fold(
+    row: dict[str, Any] | None, run_id: str, event: object, deltas: dict[str, _Deltas]
+) -> dict[str, Any] | None:
+    """The run's row after `event` (a new dict if the event changes it, else `row`); what
+    the event adds to its agent's counters goes to `deltas`."""
+    if isinstance(event, AgentRun.RunRequested | TaskRejection.TaskRejected):
+        if row is not None:
+            return row
+        if isinstance(event, AgentRun.RunRequested):
+            agent, status, counter = event.agent, "running", "runs"
         else:
-            cursor.execute(
-                "UPDATE al_metric_runs SET version = ?, status = ?, duration_ms = ?,"
-                " finished_at = ? WHERE run_id = ?",
-                (event.originator_version, *finished, iso(event.timestamp), run_id),
-            )
+            agent, status, counter = event.agent or UNKNOWN_AGENT, "rejected", "rejected"
+        deltas.setdefault(agent, _Deltas()).counts[counter] += 1
+        return {
+            "run_id": run_id,
+            "agent": agent,
+            "status": status,
+            "version": event.originator_version,
+            "duration_ms": None,
+            "finished_at": None,
+        }
+    if not isinstance(event, AgentRun.Event):
+        return row
+    if row is None:
+        raise ProjectionError(
+            f"{type(event).__name__} of run {run_id} arrived before the run was"
+            " requested; rebuild the metrics view"
+        )
+    if row["version"] >= event.originator_version:
+        return row
+    row = dict(row, version=event.originator_version)
+    add = deltas.setdefault(row["agent"], _Deltas())
+    if isinstance(event, AgentRun.ModelResponseReceived):
+        add.counts["requests"] += 1
+        add.counts["input_tokens"] += event.input_tokens
+        add.counts["output_tokens"] += event.output_tokens
+    elif isinstance(event, AgentRun.ToolCallStarted):
+        add.counts["tool_calls"] += 1
+    elif isinstance(event, AgentRun.RunCompleted):
+        add.counts["completed"] += 1
+        add.costs.append(event.cost_usd or 0.0)
+        row.update(status="completed", duration_ms=event.duration_ms)
+        row["finished_at"] = iso(event.timestamp)
+    elif isinstance(event, AgentRun.RunFailed):
+        add.counts["failed"] += 1
+        row.update(status="failed", duration_ms=event.duration_ms)
+        row["finished_at"] = iso(event.timestamp)
+    return row
 
 
-def _run_row(cursor: ViewCursor, run_id: str) -> tuple[str, int] | None:
-    cursor.execute("SELECT agent, version FROM al_metric_runs WHERE run_id = ?", (run_id,))
-    row = cursor.fetchone()
-    return None if row is None else (row[0], row[1])
+def _add(cursor: ViewCursor, deltas: dict[str, _Deltas]) -> None:
+    """Add each agent's deltas to its counters, creating its row on first sight: one
+    statement per number of costs to add (usually one in all)."""
+    by_shape: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+    for agent, add in deltas.items():
+        if not add.costs and not any(add.counts.values()):
+            continue  # e.g. only tool calls finishing: nothing to add
+        new_row_cost = 0.0
+        for cost in add.costs:
+            new_row_cost += cost
+        by_shape[len(add.costs)].append((agent, *add.counts.values(), new_row_cost, *add.costs))
+    for costs, params in by_shape.items():
+        cursor.executemany(_add_sql(costs), params)
 
 
-def _insert_run(
-    cursor: ViewCursor,
-    event: AgentRun.RunRequested | TaskRejection.TaskRejected,
-    agent: str,
-    status: str,
-) -> None:
-    cursor.execute(
-        "INSERT INTO al_metric_runs (run_id, agent, status, version) VALUES (?, ?, ?, ?)",
-        (str(event.originator_id), agent, status, event.originator_version),
-    )
-
-
-def _add(cursor: ViewCursor, agent: str, **amounts: float) -> None:
-    """Add to an agent's counters, creating its row on first sight."""
-    columns = list(amounts)
-    cursor.execute(
+@lru_cache(maxsize=64)
+def _add_sql(costs: int) -> str:
+    columns = (*_INTEGER_COUNTERS, "cost_usd")
+    assignments = [f"{c} = al_agent_metrics.{c} + excluded.{c}" for c in _INTEGER_COUNTERS]
+    if costs:
+        assignments.append("cost_usd = al_agent_metrics.cost_usd" + " + ?" * costs)
+    return (
         f"INSERT INTO al_agent_metrics (agent, {', '.join(columns)})"
         f" VALUES (?{', ?' * len(columns)}) ON CONFLICT (agent) DO UPDATE SET "
-        + ", ".join(f"{c} = al_agent_metrics.{c} + excluded.{c}" for c in columns),
-        (agent, *amounts.values()),
+        + ", ".join(assignments)
     )
 
 

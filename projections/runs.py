@@ -11,7 +11,16 @@ from pydantic import BaseModel, ConfigDict
 
 from domain.rejection import TaskRejection
 from domain.run import AgentRun
-from projections.base import Projection, ViewCursor, dumps, iso, loads
+from projections.base import (
+    Projection,
+    ViewCursor,
+    dumps,
+    group_by_aggregate,
+    iso,
+    loads,
+    select_rows,
+    upsert_sql,
+)
 
 __all__ = ["RunStatusView", "RunView", "RunsProjection", "get_run", "list_runs"]
 
@@ -109,105 +118,152 @@ class RunsProjection(Projection):
     )
 
     def apply(self, event: object, cursor: ViewCursor) -> None:
-        if isinstance(event, AgentRun.RunRequested):
-            cursor.execute(
-                "INSERT INTO al_runs (run_id, task_id, agent, session_id, status, prompt,"
-                " metadata, retryable, requests, input_tokens, output_tokens, tool_calls,"
-                " steps, requested_at, version)"
-                " VALUES (?, ?, ?, ?, 'running', ?, ?, 0, 0, 0, 0, 0, 0, ?, ?)"
-                " ON CONFLICT (run_id) DO NOTHING",
-                (
-                    str(event.originator_id),
-                    event.task_id,
-                    event.agent,
-                    event.session_id,
-                    event.prompt,
-                    dumps(event.metadata),
-                    iso(event.timestamp),
-                    event.originator_version,
-                ),
-            )
-        elif isinstance(event, AgentRun.ModelRequestSent):
-            _update(cursor, event, "steps = ?", (event.step,))
-        elif isinstance(event, AgentRun.ModelResponseReceived):
-            _update(
-                cursor,
-                event,
-                "requests = requests + 1, input_tokens = input_tokens + ?,"
-                " output_tokens = output_tokens + ?",
-                (event.input_tokens, event.output_tokens),
-            )
-        elif isinstance(event, AgentRun.ToolCallStarted):
-            _update(cursor, event, "tool_calls = tool_calls + 1", ())
-        elif isinstance(event, AgentRun.ToolCallFinished | AgentRun.ToolCallFailed):
-            _update(cursor, event, "status = status", ())
-        elif isinstance(event, AgentRun.RunCompleted):
-            # The completion carries the run's totals: they win over the live sums.
-            _update(
-                cursor,
-                event,
-                "status = 'completed', output = ?, requests = ?, input_tokens = ?,"
-                " output_tokens = ?, tool_calls = ?, cost_usd = ?, duration_ms = ?,"
-                " finished_at = ?",
-                (
-                    dumps(event.output),
-                    event.requests,
-                    event.input_tokens,
-                    event.output_tokens,
-                    event.tool_calls,
-                    event.cost_usd,
-                    event.duration_ms,
-                    iso(event.timestamp),
-                ),
-            )
-        elif isinstance(event, AgentRun.RunFailed):
-            _update(
-                cursor,
-                event,
-                "status = 'failed', error_kind = ?, error_message = ?, retryable = ?,"
-                " duration_ms = ?, finished_at = ?",
-                (
-                    event.error_kind,
-                    event.message,
-                    int(event.retryable),
-                    event.duration_ms,
-                    iso(event.timestamp),
-                ),
-            )
-        elif isinstance(event, TaskRejection.TaskRejected):
-            at = iso(event.timestamp)
-            cursor.execute(
-                "INSERT INTO al_runs (run_id, task_id, agent, status, metadata, error_kind,"
-                " error_message, retryable, requests, input_tokens, output_tokens, tool_calls,"
-                " steps, requested_at, finished_at, version)"
-                " VALUES (?, ?, ?, 'rejected', '{}', ?, ?, 0, 0, 0, 0, 0, 0, ?, ?, ?)"
-                " ON CONFLICT (run_id) DO NOTHING",
-                (
-                    str(event.originator_id),
-                    event.task_id,
-                    event.agent,
-                    event.error_kind,
-                    event.reason,
-                    at,
-                    at,
-                    event.originator_version,
-                ),
-            )
+        self.apply_batch((event,), cursor)
+
+    def apply_batch(self, events: Sequence[object], cursor: ViewCursor) -> None:
+        """Read the touched rows in one SELECT, fold each run's events into its row in
+        memory, then write the new rows with one INSERT and the changed ones with one
+        UPDATE (of the columns that can change)."""
+        groups = group_by_aggregate(events, (AgentRun.Event, TaskRejection.TaskRejected))
+        if not groups:
+            return
+        rows = select_rows(cursor, "al_runs", _COLUMNS, groups)
+        new: list[tuple[Any, ...]] = []
+        changed: list[tuple[Any, ...]] = []
+        for run_id, run_events in groups.items():
+            before = row = rows.get(run_id)
+            for event in run_events:
+                row = _fold(row, run_id, event)
+            if row is None or row is before:
+                continue
+            if before is None:
+                new.append(tuple(row[c] for c in _COLUMNS))
+            else:
+                changed.append((*(row[c] for c in _MUTABLE), run_id))
+        if new:
+            cursor.executemany(_UPSERT, new)
+        if changed:
+            cursor.executemany(_UPDATE, changed)
 
 
-def _update(
-    cursor: ViewCursor, event: AgentRun.Event, assignments: str, params: Sequence[Any]
-) -> None:
-    """Apply `assignments` to the run's row unless this version was applied already."""
-    cursor.execute(
-        f"UPDATE al_runs SET {assignments}, version = ? WHERE run_id = ? AND version < ?",
-        (
-            *params,
-            event.originator_version,
-            str(event.originator_id),
-            event.originator_version,
-        ),
-    )
+_UPSERT = upsert_sql("al_runs", _COLUMNS, ("run_id",))
+_IMMUTABLE = ("run_id", "task_id", "agent", "session_id", "prompt", "metadata", "requested_at")
+"""Set when the row is made, never changed (not sent again: the prompt may be long)."""
+_MUTABLE = tuple(c for c in _COLUMNS if c not in _IMMUTABLE)
+_UPDATE = f"UPDATE al_runs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE run_id = ?"
+
+
+def _fold(row: dict[str, Any] | None, run_id: str, event: object) -> dict[str, Any] | None:
+    """The run's row after `event`: a new dict if the event changes it, else `row`.
+
+    A creation event makes the row if there is none; any other event changes an existing
+    row whose version is below its own (and sets the version), else nothing.
+    """
+    if isinstance(event, AgentRun.RunRequested):
+        if row is not None:
+            return row
+        return _new_row(
+            run_id=run_id,
+            task_id=event.task_id,
+            agent=event.agent,
+            session_id=event.session_id,
+            status="running",
+            prompt=event.prompt,
+            metadata=dumps(event.metadata),
+            requested_at=iso(event.timestamp),
+            version=event.originator_version,
+        )
+    if isinstance(event, TaskRejection.TaskRejected):
+        if row is not None:
+            return row
+        at = iso(event.timestamp)
+        return _new_row(
+            run_id=run_id,
+            task_id=event.task_id,
+            agent=event.agent,
+            status="rejected",
+            metadata="{}",
+            error_kind=event.error_kind,
+            error_message=event.reason,
+            requested_at=at,
+            finished_at=at,
+            version=event.originator_version,
+        )
+    if not isinstance(event, _UPDATES) or row is None:
+        return row
+    if row["version"] >= event.originator_version:
+        return row
+    row = dict(row)
+    if isinstance(event, AgentRun.ModelRequestSent):
+        row["steps"] = event.step
+    elif isinstance(event, AgentRun.ModelResponseReceived):
+        row["requests"] += 1
+        row["input_tokens"] += event.input_tokens
+        row["output_tokens"] += event.output_tokens
+    elif isinstance(event, AgentRun.ToolCallStarted):
+        row["tool_calls"] += 1
+    elif isinstance(event, AgentRun.ToolCallFinished | AgentRun.ToolCallFailed):
+        pass
+    elif isinstance(event, AgentRun.RunCompleted):
+        # The completion carries the run's totals: they win over the live sums.
+        row.update(
+            status="completed",
+            output=dumps(event.output),
+            requests=event.requests,
+            input_tokens=event.input_tokens,
+            output_tokens=event.output_tokens,
+            tool_calls=event.tool_calls,
+            cost_usd=event.cost_usd,
+            duration_ms=event.duration_ms,
+            finished_at=iso(event.timestamp),
+        )
+    elif isinstance(event, AgentRun.RunFailed):
+        row.update(
+            status="failed",
+            error_kind=event.error_kind,
+            error_message=event.message,
+            retryable=int(event.retryable),
+            duration_ms=event.duration_ms,
+            finished_at=iso(event.timestamp),
+        )
+    row["version"] = event.originator_version
+    return row
+
+
+_UPDATES = (
+    AgentRun.ModelRequestSent,
+    AgentRun.ModelResponseReceived,
+    AgentRun.ToolCallStarted,
+    AgentRun.ToolCallFinished,
+    AgentRun.ToolCallFailed,
+    AgentRun.RunCompleted,
+    AgentRun.RunFailed,
+)
+"""The run events that change an existing row (each at least its version)."""
+
+
+def _new_row(**values: Any) -> dict[str, Any]:
+    """A row with the defaults of a new run, overridden by `values`."""
+    row: dict[str, Any] = {
+        "task_id": None,
+        "agent": None,
+        "session_id": None,
+        "prompt": None,
+        "output": None,
+        "error_kind": None,
+        "error_message": None,
+        "retryable": 0,
+        "requests": 0,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "tool_calls": 0,
+        "cost_usd": None,
+        "steps": 0,
+        "finished_at": None,
+        "duration_ms": None,
+    }
+    row.update(values)
+    return row
 
 
 def _view(row: tuple[Any, ...]) -> RunView:

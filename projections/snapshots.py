@@ -8,6 +8,7 @@ tracks its turns. Operators use it to see what a restart will resume.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -15,7 +16,16 @@ from pydantic import BaseModel, ConfigDict
 
 from domain.conversation import Conversation
 from domain.run import AgentRun
-from projections.base import Projection, ViewCursor, dumps, iso, loads
+from projections.base import (
+    Projection,
+    ViewCursor,
+    dumps,
+    group_by_aggregate,
+    iso,
+    loads,
+    select_rows,
+    upsert_sql,
+)
 
 __all__ = [
     "PendingToolCall",
@@ -102,86 +112,108 @@ class SnapshotsProjection(Projection):
     )
 
     def apply(self, event: object, cursor: ViewCursor) -> None:
-        if isinstance(event, AgentRun.RunRequested):
-            cursor.execute(
-                "INSERT INTO al_snapshots (aggregate_id, kind, version, updated_at, task_id,"
-                " agent, session_id) VALUES (?, 'run', ?, ?, ?, ?, ?)"
-                " ON CONFLICT (aggregate_id) DO NOTHING",
-                (
-                    str(event.originator_id),
-                    event.originator_version,
-                    iso(event.timestamp),
-                    event.task_id,
-                    event.agent,
-                    event.session_id,
-                ),
-            )
-        elif isinstance(event, AgentRun.RunCompleted | AgentRun.RunFailed):
-            cursor.execute(
-                "DELETE FROM al_snapshots WHERE aggregate_id = ?", (str(event.originator_id),)
-            )
-        elif isinstance(event, AgentRun.ModelRequestSent):
-            _update(cursor, event, "steps = ?, messages = messages + 1", (event.step,))
-        elif isinstance(event, AgentRun.ModelResponseReceived):
-            _update(cursor, event, "messages = messages + 1", ())
-        elif isinstance(
-            event, AgentRun.ToolCallStarted | AgentRun.ToolCallFinished | AgentRun.ToolCallFailed
-        ):
-            self._track_tool_call(event, cursor)
-        elif isinstance(event, AgentRun.Event):
-            _update(cursor, event, "kind = kind", ())
-        elif isinstance(event, Conversation.ConversationStarted):
-            cursor.execute(
-                "INSERT INTO al_snapshots (aggregate_id, kind, version, updated_at, session_id)"
-                " VALUES (?, 'session', ?, ?, ?) ON CONFLICT (aggregate_id) DO NOTHING",
-                (
-                    str(event.originator_id),
-                    event.originator_version,
-                    iso(event.timestamp),
-                    event.session_id,
-                ),
-            )
-        elif isinstance(event, Conversation.TurnRecorded):
-            _update(cursor, event, "turns = ?, last_run_id = ?", (event.turn, event.run_id))
+        self.apply_batch((event,), cursor)
 
-    def _track_tool_call(
-        self,
-        event: AgentRun.ToolCallStarted | AgentRun.ToolCallFinished | AgentRun.ToolCallFailed,
-        cursor: ViewCursor,
-    ) -> None:
-        cursor.execute(
-            "SELECT pending_tool_calls, version FROM al_snapshots WHERE aggregate_id = ?",
-            (str(event.originator_id),),
-        )
-        row = cursor.fetchone()
-        if row is None or row[1] >= event.originator_version:
+    def apply_batch(self, events: Sequence[object], cursor: ViewCursor) -> None:
+        """Read the touched rows in one SELECT, fold each aggregate's events into its row
+        in memory, then upsert the changed rows and delete the finished runs' rows."""
+        groups = group_by_aggregate(events, (AgentRun.Event, Conversation.Event))
+        if not groups:
             return
+        rows = select_rows(cursor, "al_snapshots", _COLUMNS, groups)
+        changed: list[tuple[Any, ...]] = []
+        gone: list[tuple[str]] = []
+        for aggregate_id, aggregate_events in groups.items():
+            before = row = rows.get(aggregate_id)
+            for event in aggregate_events:
+                row = _fold(row, aggregate_id, event)
+            if row is None:
+                if before is not None:
+                    gone.append((aggregate_id,))
+            elif row is not before:
+                changed.append(tuple(row[c] for c in _COLUMNS))
+        if gone:
+            cursor.executemany("DELETE FROM al_snapshots WHERE aggregate_id = ?", gone)
+        if changed:
+            cursor.executemany(_UPSERT, changed)
+
+
+_UPSERT = upsert_sql("al_snapshots", _COLUMNS, ("aggregate_id",))
+
+
+def _fold(row: dict[str, Any] | None, aggregate_id: str, event: object) -> dict[str, Any] | None:
+    """The aggregate's row after `event`: a new dict (or None: deleted) if the event
+    changes it, else `row`.
+
+    A creation event makes the row if there is none, the end of a run deletes it, and any
+    other event changes an existing row whose version is below its own (setting the
+    version and `updated_at`), else nothing.
+    """
+    if isinstance(event, AgentRun.RunRequested):
+        if row is not None:
+            return row
+        return _new_row(
+            aggregate_id=aggregate_id,
+            kind="run",
+            version=event.originator_version,
+            updated_at=iso(event.timestamp),
+            task_id=event.task_id,
+            agent=event.agent,
+            session_id=event.session_id,
+        )
+    if isinstance(event, Conversation.ConversationStarted):
+        if row is not None:
+            return row
+        return _new_row(
+            aggregate_id=aggregate_id,
+            kind="session",
+            version=event.originator_version,
+            updated_at=iso(event.timestamp),
+            session_id=event.session_id,
+        )
+    if isinstance(event, AgentRun.RunCompleted | AgentRun.RunFailed):
+        return None
+    if not isinstance(event, AgentRun.Event | Conversation.TurnRecorded):
+        return row
+    if row is None or row["version"] >= event.originator_version:
+        return row
+    row = dict(row, version=event.originator_version, updated_at=iso(event.timestamp))
+    if isinstance(event, AgentRun.ModelRequestSent):
+        row["steps"] = event.step
+        row["messages"] += 1
+    elif isinstance(event, AgentRun.ModelResponseReceived):
+        row["messages"] += 1
+    elif isinstance(
+        event, AgentRun.ToolCallStarted | AgentRun.ToolCallFinished | AgentRun.ToolCallFailed
+    ):
         pending: list[dict[str, str]] = [
-            call for call in loads(row[0]) if call["tool_call_id"] != event.tool_call_id
+            call
+            for call in loads(row["pending_tool_calls"])
+            if call["tool_call_id"] != event.tool_call_id
         ]
         if isinstance(event, AgentRun.ToolCallStarted):
             pending.append({"tool_call_id": event.tool_call_id, "tool_name": event.tool_name})
-        _update(cursor, event, "pending_tool_calls = ?", (dumps(pending),))
+        row["pending_tool_calls"] = dumps(pending)
+    elif isinstance(event, Conversation.TurnRecorded):
+        row["turns"] = event.turn
+        row["last_run_id"] = event.run_id
+    return row
 
 
-def _update(
-    cursor: ViewCursor,
-    event: AgentRun.Event | Conversation.Event,
-    assignments: str,
-    params: tuple[Any, ...],
-) -> None:
-    """Apply `assignments` to the aggregate's row unless this version was applied already."""
-    cursor.execute(
-        f"UPDATE al_snapshots SET {assignments}, version = ?, updated_at = ?"
-        " WHERE aggregate_id = ? AND version < ?",
-        (
-            *params,
-            event.originator_version,
-            iso(event.timestamp),
-            str(event.originator_id),
-            event.originator_version,
-        ),
-    )
+def _new_row(**values: Any) -> dict[str, Any]:
+    """A row with the column defaults, overridden by `values`."""
+    row: dict[str, Any] = {
+        "task_id": None,
+        "agent": None,
+        "session_id": None,
+        "steps": 0,
+        "messages": 0,
+        "pending_tool_calls": "[]",
+        "turns": 0,
+        "last_run_id": None,
+    }
+    row.update(values)
+    return row
 
 
 def _view(row: tuple[Any, ...]) -> SnapshotView:

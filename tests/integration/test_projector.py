@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ import pytest
 from domain.conversation import Conversation
 from domain.rejection import TaskRejection
 from domain.run import AgentRun
-from handlers.projector import Projector, UnknownEventTopic
+from handlers.projector import Projector, UnknownEventTopic, _notify_channel
 from infra.event_store import EventStore, StoreUnavailable
 from infra.settings import Settings
 from infra.view_store import ViewStore, to_pyformat, view_store_for
@@ -288,3 +289,120 @@ def test_to_pyformat() -> None:
         "SELECT %s WHERE x LIKE 'a%%?' AND y = %s"
     )
     assert to_pyformat("SELECT 'it''s ?', \"col?\", ?") == "SELECT 'it''s ?', \"col?\", %s"
+
+
+def save_busy_runs(store: EventStore) -> None:
+    """Runs with many events each (several steps, tool calls that fail, retry and stay
+    pending), saved in one go and step by step, so batches cut them anywhere."""
+    for i in range(3):
+        run = new_run(f"busy-{i}", "echo" if i % 2 else "helper", session_id=None)
+        for step in range(1, 4):
+            run.send_model_request({"kind": "request", "parts": [], "step": step})
+            run.receive_model_response({"kind": "response", "parts": []}, "test", 10 + i, step)
+            run.start_tool_call(f"c{step}", "add", {"step": step})
+            run.start_tool_call(f"d{step}", "div", {"step": step})
+            run.fail_tool_call(f"d{step}", "div", "division by zero", retry=True)
+            run.finish_tool_call(f"c{step}", "add", step)
+            if i == 1:
+                store.save(run)
+        run.start_tool_call("left", "slow", {})
+        if i < 2:
+            run.complete({"i": i}, cost_usd=0.1 * (i + 1), duration_ms=3.0 + i)
+        store.save(run)
+
+
+@pytest.mark.parametrize("batch", [4, 1000])
+def test_a_batch_folds_to_the_same_rows_as_one_event_at_a_time(
+    store: EventStore, views: ViewStore, batch: int
+) -> None:
+    save_mix(store)
+    save_busy_runs(store)
+    projections = [p() for p in ALL_PROJECTIONS]
+    one_at_a_time = Projector(store, views, projections, batch=1)
+    assert drain(one_at_a_time) == store.max_notification_id() * len(ALL_PROJECTIONS)
+    expected = table_contents(views)
+    assert len(expected["al_runs"]) == 10 and len(expected["al_snapshots"]) == 4
+
+    # A rebuild folds the log again, `batch` events per transaction (1000: all of it in
+    # one batch, every run's events together).
+    batched = Projector(store, views, projections, batch=batch)
+    for projection in ALL_PROJECTIONS:
+        batched.rebuild(projection.name)
+    assert table_contents(views) == expected
+
+    # And so does the live path, after a batch already applied is applied again.
+    for projection in projections:
+        with views.transaction() as cursor:
+            events = [store.decode(n) for n in store.notifications(start=1, limit=1000)]
+            projection.apply_batch(events, cursor)
+    assert table_contents(views) == expected
+
+
+def _copy_event_sql(notification_id: int, later_by: int) -> str:
+    """SQL that inserts a copy of a stored event as a later version of its aggregate."""
+    return (
+        "INSERT INTO agentledger_events (originator_id, originator_version, topic, state)"
+        f" SELECT originator_id, originator_version + {later_by}, topic, state"
+        f" FROM agentledger_events WHERE notification_id = {notification_id}"
+    )
+
+
+def test_an_event_that_commits_late_is_not_skipped(
+    backend: Backend, settings: Settings, store: EventStore, views: ViewStore, projector: Projector
+) -> None:
+    if backend != "postgres":
+        pytest.skip("SQLite serialises its writers: ids always commit in order")
+    import psycopg
+
+    assert settings.postgres_dsn is not None
+    dsn = settings.postgres_dsn.get_secret_value()
+    save_session(store, "s-1", turns=1)
+    drain(projector)
+
+    # A transaction draws the next id and stays open while later ids commit.
+    with psycopg.connect(dsn) as late:
+        late.execute(_copy_event_sql(1, later_by=1000))
+        (in_flight,) = late.execute("SELECT max(notification_id) FROM agentledger_events")
+        save_session(store, "s-2", turns=1)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            projector.run_once()
+            time.sleep(0.01)
+        assert {views.tracking(p.name) for p in ALL_PROJECTIONS} == {in_flight[0] - 1}
+        late.commit()
+    drain(projector)
+    assert {views.tracking(p.name) for p in ALL_PROJECTIONS} == {store.max_notification_id()}
+
+    # A transaction that rolls back leaves its id unused for ever: it is skipped.
+    with psycopg.connect(dsn) as gone:
+        gone.execute(_copy_event_sql(1, later_by=2000))
+        gone.rollback()
+    save_session(store, "s-3", turns=1)
+    deadline = time.monotonic() + 5.0
+    while views.tracking("runs") < store.max_notification_id() and time.monotonic() < deadline:
+        projector.run_once()
+        time.sleep(0.01)
+    assert {views.tracking(p.name) for p in ALL_PROJECTIONS} == {store.max_notification_id()}
+    with views.read() as cursor:
+        assert get_conversation(cursor, "s-3") is not None
+
+
+def test_a_commit_wakes_a_listening_projector(
+    backend: Backend, store: EventStore, views: ViewStore
+) -> None:
+    signal = views.commit_signal(_notify_channel(store))
+    if backend == "sqlite":
+        assert signal is None
+        return
+    assert signal is not None
+    try:
+        deadline = time.monotonic() + 10.0
+        while not signal.listening and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert signal.listening
+        signal.clear()
+        assert not signal.wait(0.05)
+        save_session(store, "s-1", turns=1)
+        assert signal.wait(5.0)
+    finally:
+        signal.close()

@@ -167,3 +167,32 @@ def test_a_turn_before_its_session_started_is_an_error(cursor: sqlite3.Cursor) -
     _, turn = conversation.collect_events()
     with pytest.raises(ProjectionError, match="before the conversation started"):
         fold(cursor, [turn])
+
+
+def test_a_batch_folds_like_one_event_at_a_time(cursor: sqlite3.Cursor) -> None:
+    first = Conversation(session_id="s-1")
+    second = Conversation(session_id="s-2")
+    for turn in range(3):
+        first.record_turn(f"run-{turn}", f"t-{turn}", "echo", [{"turn": turn}])
+    second.record_turn("run-9", "t-9", "helper", [])
+    events = [*first.collect_events(), *second.collect_events()]
+
+    def rows() -> list[tuple[Any, ...]]:
+        return [
+            *cursor.execute("SELECT * FROM al_conversations ORDER BY session_id").fetchall(),
+            *cursor.execute(
+                "SELECT * FROM al_conversation_turns ORDER BY session_id, turn"
+            ).fetchall(),
+        ]
+
+    fold(cursor, events)
+    expected = rows()
+    cursor.execute("DELETE FROM al_conversations")
+    cursor.execute("DELETE FROM al_conversation_turns")
+
+    projection = ConversationsProjection()
+    projection.apply_batch(events[:3], cursor)
+    projection.apply_batch(events[1:], cursor)  # overlapping: applied events are skipped
+    assert rows() == expected
+    projection.apply_batch(events, cursor)
+    assert rows() == expected

@@ -128,3 +128,58 @@ def test_an_event_of_an_unknown_run_is_an_error(cursor: sqlite3.Cursor) -> None:
     _, *rest = finished_run("t", "alpha", duration_ms=3.0).collect_events()
     with pytest.raises(ProjectionError, match="before the run was requested"):
         fold(cursor, rest)
+
+
+def _metrics_rows(cursor: sqlite3.Cursor) -> list[tuple[object, ...]]:
+    return [
+        *cursor.execute("SELECT * FROM al_agent_metrics ORDER BY agent").fetchall(),
+        *cursor.execute("SELECT * FROM al_metric_runs ORDER BY run_id").fetchall(),
+    ]
+
+
+def test_a_batch_folds_like_one_event_at_a_time(cursor: sqlite3.Cursor) -> None:
+    runs = []
+    # Costs whose float sum depends on the order of the additions.
+    for i, cost in enumerate((0.1, 0.2, 0.3, None, None)):
+        run = AgentRun(
+            task_id=f"c-{i}",
+            agent="alpha",
+            prompt="p",
+            session_id=None,
+            metadata={},
+            usage_limits={},
+            deadline=None,
+            history_version=0,
+        )
+        run.send_model_request({})
+        run.receive_model_response({}, "test", 100 + i, 10)
+        run.start_tool_call("c", "add", {})
+        run.finish_tool_call("c", "add", 1)
+        if i == 3:
+            run.fail("model_error", "boom", retryable=False, duration_ms=2.0)
+        else:
+            run.complete("ok", cost_usd=cost, duration_ms=1.0 + i)
+        runs.append(run)
+    rejection = TaskRejection(
+        key="k",
+        task_id=None,
+        agent=None,
+        subject="ledger.tasks.run.x",
+        error_kind="invalid_payload",
+        reason="bad",
+        payload_excerpt="",
+    )
+    events = [e for run in runs for e in run.collect_events()] + rejection.collect_events()
+    fold(cursor, events)
+    expected = _metrics_rows(cursor)
+    (alpha,) = [row for row in expected if row[0] == "alpha"]
+    assert alpha[-1] == (0.1 + 0.2) + 0.3 != 0.1 + (0.2 + 0.3)  # added in log order
+    cursor.execute("DELETE FROM al_agent_metrics")
+    cursor.execute("DELETE FROM al_metric_runs")
+
+    projection = MetricsProjection()
+    projection.apply_batch(events[:9], cursor)
+    projection.apply_batch(events[7:], cursor)  # overlapping: applied events are skipped
+    assert _metrics_rows(cursor) == expected
+    projection.apply_batch(events, cursor)
+    assert _metrics_rows(cursor) == expected

@@ -173,3 +173,37 @@ def test_views_are_json_serialisable(cursor: sqlite3.Cursor) -> None:
     data: dict[str, Any] = view.model_dump(mode="json")
     assert data["output"] == {"nested": [1, "two"]}
     assert data["requested_at"].endswith("Z") or data["requested_at"].endswith("+00:00")
+
+
+def test_a_batch_folds_like_one_event_at_a_time(cursor: sqlite3.Cursor) -> None:
+    done = with_tool_step(requested("t-7", session_id="s"))
+    done.complete({"answer": 3}, cost_usd=0.5, duration_ms=9.0)
+    failed = requested("t-8")
+    failed.send_model_request({})
+    failed.fail("model_error", "no", retryable=True, duration_ms=2.0)
+    rejection = TaskRejection(
+        key="t-9",
+        task_id="t-9",
+        agent=None,
+        subject="ledger.tasks.run.x",
+        error_kind="invalid_payload",
+        reason="bad",
+        payload_excerpt="{}",
+    )
+    in_flight = with_tool_step(requested("t-10"))
+    events = [
+        *done.collect_events(),
+        *failed.collect_events(),
+        *rejection.collect_events(),
+        *in_flight.collect_events(),
+    ]
+    fold(cursor, events)
+    expected = cursor.execute("SELECT * FROM al_runs ORDER BY run_id").fetchall()
+    cursor.execute("DELETE FROM al_runs")
+
+    projection = RunsProjection()
+    projection.apply_batch(events[:5], cursor)
+    projection.apply_batch(events[3:], cursor)  # overlapping: applied events are skipped
+    assert cursor.execute("SELECT * FROM al_runs ORDER BY run_id").fetchall() == expected
+    projection.apply_batch(events, cursor)
+    assert cursor.execute("SELECT * FROM al_runs ORDER BY run_id").fetchall() == expected

@@ -106,3 +106,33 @@ def test_applying_events_again_changes_nothing(cursor: sqlite3.Cursor) -> None:
     before = list_snapshots(cursor)
     fold(cursor, events)
     assert list_snapshots(cursor) == before
+
+
+def test_a_batch_folds_like_one_event_at_a_time(cursor: sqlite3.Cursor) -> None:
+    ended = new_run("t-5")
+    ended.send_model_request({})
+    ended.start_tool_call("c1", "add", {})
+    ended.complete("ok", cost_usd=None, duration_ms=1.0)
+    busy = new_run("t-6")
+    busy.send_model_request({})
+    busy.receive_model_response({}, "test", 1, 1)
+    busy.start_tool_call("c1", "add", {})
+    busy.start_tool_call("c2", "mul", {})
+    busy.fail_tool_call("c1", "add", "boom", retry=True)
+    busy.start_tool_call("c3", "div", {})
+    busy.finish_tool_call("c2", "mul", 6)
+    conversation = Conversation(session_id="s-2")
+    conversation.record_turn("run-1", "t-1", "echo", [])
+    conversation.record_turn("run-2", "t-2", "echo", [])
+    events = [*ended.collect_events(), *busy.collect_events(), *conversation.collect_events()]
+    fold(cursor, events)
+    expected = cursor.execute("SELECT * FROM al_snapshots ORDER BY aggregate_id").fetchall()
+    assert len(expected) == 2
+    cursor.execute("DELETE FROM al_snapshots")
+
+    projection = SnapshotsProjection()
+    projection.apply_batch(events[:7], cursor)
+    projection.apply_batch(events[5:], cursor)  # overlapping: applied events are skipped
+    assert cursor.execute("SELECT * FROM al_snapshots ORDER BY aggregate_id").fetchall() == (
+        expected
+    )
