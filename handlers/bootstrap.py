@@ -105,7 +105,7 @@ def make_projector(settings: Settings, store: EventStore, views: ViewStore) -> P
     return Projector(
         store=store,
         views=views,
-        projections=[p() for p in ALL_PROJECTIONS],
+        projections=[p(views.sealer) for p in ALL_PROJECTIONS],
         batch=settings.projection_batch,
         poll_s=settings.projection_poll_s,
     )

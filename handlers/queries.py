@@ -87,13 +87,15 @@ def answer(views: ViewStore, view: str, arguments: dict[str, Any]) -> Any:
     with views.read() as cursor:
         result: Any
         if isinstance(query, ConversationQuery):
-            result = get_conversation(cursor, query.session_id)
+            result = get_conversation(cursor, query.session_id, views.sealer)
             if result is None:
                 raise QueryError(f"no conversation {query.session_id!r}")
         elif isinstance(query, RunQuery):
             if not (query.run_id or query.task_id):
                 raise QueryError("run needs run_id or task_id")
-            result = get_run(cursor, run_id=query.run_id, task_id=query.task_id)
+            result = get_run(
+                cursor, run_id=query.run_id, task_id=query.task_id, sealer=views.sealer
+            )
             if result is None:
                 raise QueryError(f"no run {query.run_id or query.task_id!r}")
         elif isinstance(query, RunsQuery):
@@ -104,6 +106,7 @@ def answer(views: ViewStore, view: str, arguments: dict[str, Any]) -> Any:
                 session_id=query.session_id,
                 limit=query.limit,
                 offset=query.offset,
+                sealer=views.sealer,
             )
         elif isinstance(query, MetricsQuery):
             result = agent_metrics(cursor, agent=query.agent)

@@ -34,7 +34,8 @@ from psycopg import sql
 
 from infra.event_store import StoreUnavailable
 from infra.settings import Settings
-from projections.base import Projection, ViewCursor
+from infra.view_cipher import AesSealer
+from projections.base import PLAIN, Projection, Sealer, ViewCursor
 
 __all__ = [
     "CommitSignal",
@@ -88,6 +89,9 @@ class ViewStore(ABC):
     """What makes a SELECT of the tracking row hold it until commit (PostgreSQL)."""
     sees_event_writers = False
     """Whether `event_writers` can tell which transactions are inserting events."""
+
+    sealer: Sealer = PLAIN
+    """Seals sensitive view columns; an `AesSealer` when a cipher key is configured."""
 
     def __init__(self) -> None:
         self._tracking_ready = False
@@ -487,7 +491,13 @@ class _PostgresCommitSignal:
 
 
 def view_store_for(settings: Settings) -> ViewStore:
-    """The view store these settings name: PostgreSQL if a DSN is set, else SQLite."""
+    """The view store these settings name: PostgreSQL if a DSN is set, else SQLite; with
+    a cipher key, prompts, outputs and transcripts are sealed in the views too."""
+    store: ViewStore
     if settings.postgres_dsn is not None:
-        return PostgresViewStore(settings.postgres_dsn.get_secret_value())
-    return SQLiteViewStore(settings.views_sqlite_file)
+        store = PostgresViewStore(settings.postgres_dsn.get_secret_value())
+    else:
+        store = SQLiteViewStore(settings.views_sqlite_file)
+    if settings.cipher_key is not None:
+        store.sealer = AesSealer(settings.cipher_key.get_secret_value())
+    return store

@@ -21,8 +21,11 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 __all__ = [
+    "PLAIN",
+    "PlainText",
     "Projection",
     "ProjectionError",
+    "Sealer",
     "ViewCursor",
     "dumps",
     "group_by_aggregate",
@@ -34,6 +37,27 @@ __all__ = [
 
 _IN_CHUNK = 500
 """Keys per `IN (...)` list: far below SQLite's and PostgreSQL's parameter limits."""
+
+
+class Sealer(Protocol):
+    """Seals sensitive text columns (prompts, outputs, transcripts) at rest."""
+
+    def seal(self, text: str) -> str: ...
+
+    def unseal(self, text: str) -> str: ...
+
+
+class PlainText:
+    """The identity sealer: views stored as they are (no cipher key configured)."""
+
+    def seal(self, text: str) -> str:
+        return text
+
+    def unseal(self, text: str) -> str:
+        return text
+
+
+PLAIN: Sealer = PlainText()
 
 
 class ViewCursor(Protocol):
@@ -69,6 +93,10 @@ class Projection(ABC):
     """`CREATE TABLE IF NOT EXISTS` / `CREATE INDEX IF NOT EXISTS` statements."""
     tables: ClassVar[tuple[str, ...]]
     """The tables `ddl` creates, dropped when the view is rebuilt."""
+
+    def __init__(self, sealer: Sealer = PLAIN) -> None:
+        self.sealer = sealer
+        """Seals the sensitive columns this view writes (see `Sealer`)."""
 
     @abstractmethod
     def apply(self, event: object, cursor: ViewCursor) -> None:

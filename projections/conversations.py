@@ -11,8 +11,10 @@ from pydantic import BaseModel, ConfigDict
 
 from domain.conversation import Conversation
 from projections.base import (
+    PLAIN,
     Projection,
     ProjectionError,
+    Sealer,
     ViewCursor,
     dumps,
     group_by_aggregate,
@@ -100,7 +102,7 @@ class ConversationsProjection(Projection):
         for aggregate_id, conversation_events in groups.items():
             before = row = rows.get(aggregate_id)
             for event in conversation_events:
-                row = _fold(row, aggregate_id, event, turns)
+                row = _fold(row, aggregate_id, event, turns, self.sealer)
             if row is not None and row is not before:
                 changed.append(tuple(row[c] for c in _COLUMNS))
         if turns:
@@ -131,6 +133,7 @@ def _fold(
     aggregate_id: str,
     event: object,
     turns: list[tuple[Any, ...]],
+    sealer: Sealer = PLAIN,
 ) -> dict[str, Any] | None:
     """The session's row after `event` (a new dict if the event changes it, else `row`);
     a recorded turn's row goes to `turns`."""
@@ -165,7 +168,7 @@ def _fold(
             event.run_id,
             event.task_id,
             event.agent,
-            dumps(event.messages),
+            sealer.seal(dumps(event.messages)),
             at,
         )
     )
@@ -178,7 +181,9 @@ def _fold(
     )
 
 
-def get_conversation(cursor: ViewCursor, session_id: str) -> ConversationView | None:
+def get_conversation(
+    cursor: ViewCursor, session_id: str, sealer: Sealer = PLAIN
+) -> ConversationView | None:
     """A session's turns in order, or None if the session is unknown."""
     cursor.execute(
         "SELECT started_at, updated_at, last_run_id FROM al_conversations WHERE session_id = ?",
@@ -195,7 +200,7 @@ def get_conversation(cursor: ViewCursor, session_id: str) -> ConversationView | 
     )
     turns = []
     for turn, run_id, task_id, agent, recorded_at, messages_json in cursor.fetchall():
-        messages = loads(messages_json)
+        messages = loads(sealer.unseal(messages_json))
         turns.append(
             TurnView(
                 turn=turn,

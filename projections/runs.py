@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict
 from domain.rejection import TaskRejection
 from domain.run import AgentRun
 from projections.base import (
+    PLAIN,
     Projection,
+    Sealer,
     ViewCursor,
     dumps,
     group_by_aggregate,
@@ -133,7 +135,7 @@ class RunsProjection(Projection):
         for run_id, run_events in groups.items():
             before = row = rows.get(run_id)
             for event in run_events:
-                row = _fold(row, run_id, event)
+                row = _fold(row, run_id, event, self.sealer)
             if row is None or row is before:
                 continue
             if before is None:
@@ -153,7 +155,9 @@ _MUTABLE = tuple(c for c in _COLUMNS if c not in _IMMUTABLE)
 _UPDATE = f"UPDATE al_runs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE run_id = ?"
 
 
-def _fold(row: dict[str, Any] | None, run_id: str, event: object) -> dict[str, Any] | None:
+def _fold(
+    row: dict[str, Any] | None, run_id: str, event: object, sealer: Sealer = PLAIN
+) -> dict[str, Any] | None:
     """The run's row after `event`: a new dict if the event changes it, else `row`.
 
     A creation event makes the row if there is none; any other event changes an existing
@@ -168,7 +172,7 @@ def _fold(row: dict[str, Any] | None, run_id: str, event: object) -> dict[str, A
             agent=event.agent,
             session_id=event.session_id,
             status="running",
-            prompt=event.prompt,
+            prompt=sealer.seal(event.prompt),
             metadata=dumps(event.metadata),
             requested_at=iso(event.timestamp),
             version=event.originator_version,
@@ -208,7 +212,7 @@ def _fold(row: dict[str, Any] | None, run_id: str, event: object) -> dict[str, A
         # The completion carries the run's totals: they win over the live sums.
         row.update(
             status="completed",
-            output=dumps(event.output),
+            output=sealer.seal(dumps(event.output)),
             requests=event.requests,
             input_tokens=event.input_tokens,
             output_tokens=event.output_tokens,
@@ -266,16 +270,22 @@ def _new_row(**values: Any) -> dict[str, Any]:
     return row
 
 
-def _view(row: tuple[Any, ...]) -> RunView:
+def _view(row: tuple[Any, ...], sealer: Sealer) -> RunView:
     data = dict(zip(_COLUMNS, row, strict=True))
     data["metadata"] = loads(data["metadata"])
-    data["output"] = loads(data["output"])
+    if data["prompt"] is not None:
+        data["prompt"] = sealer.unseal(data["prompt"])
+    data["output"] = None if data["output"] is None else loads(sealer.unseal(data["output"]))
     data["retryable"] = bool(data["retryable"])
     return RunView.model_validate(data)
 
 
 def get_run(
-    cursor: ViewCursor, *, run_id: str | None = None, task_id: str | None = None
+    cursor: ViewCursor,
+    *,
+    run_id: str | None = None,
+    task_id: str | None = None,
+    sealer: Sealer = PLAIN,
 ) -> RunView | None:
     """One run by its run id, or the newest run of a task id; None if there is none."""
     if run_id is not None:
@@ -287,7 +297,7 @@ def get_run(
     else:
         raise ValueError("get_run needs run_id or task_id")
     row = cursor.fetchone()
-    return None if row is None else _view(row)
+    return None if row is None else _view(row, sealer)
 
 
 def list_runs(
@@ -298,6 +308,7 @@ def list_runs(
     session_id: str | None = None,
     limit: int = 50,
     offset: int = 0,
+    sealer: Sealer = PLAIN,
 ) -> list[RunView]:
     """Runs matching every given filter, newest first."""
     if limit < 1 or offset < 0:
@@ -313,4 +324,4 @@ def list_runs(
         f"{_SELECT}{where} ORDER BY requested_at DESC, run_id DESC LIMIT ? OFFSET ?",
         (*params, limit, offset),
     )
-    return [_view(row) for row in cursor.fetchall()]
+    return [_view(row, sealer) for row in cursor.fetchall()]

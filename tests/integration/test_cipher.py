@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 
 import psycopg
@@ -11,9 +13,10 @@ from eventsourcing.cipher import AESCipher
 
 from domain.tasks import RunAgent
 from handlers.client import submit
+from handlers.queries import answer
 from infra.settings import Settings
 from support.agents import write_catalog
-from support.harness import nats_client, run_events, running_worker
+from support.harness import nats_client, run_events, running_projector, running_worker
 
 pytestmark = pytest.mark.asyncio
 
@@ -54,7 +57,11 @@ async def test_cipher_key_hides_prompts_and_outputs_at_rest(
     settings: Settings = make_settings(
         backend, catalog=str(write_catalog(tmp_path)), cipher_key=key
     )
-    async with running_worker(settings), nats_client(settings) as nc:
+    async with (
+        running_worker(settings),
+        running_projector(settings, relay=False, queries=False) as projector,
+        nats_client(settings) as nc,
+    ):
         task = RunAgent(
             task_id="secret-1", agent="echo", prompt=f"my code is {PROMPT_MARKER}", session_id="s"
         )
@@ -65,6 +72,15 @@ async def test_cipher_key_hides_prompts_and_outputs_at_rest(
             RunAgent(task_id="secret-2", agent="echo", prompt="and now?", session_id="s"),
             timeout=20,
         )
+        assert projector.store is not None and projector.views is not None
+        assert await asyncio.to_thread(
+            projector.wait_until, projector.store.max_notification_id(), 10
+        )
+        # The views are sealed too, and read back in clear through the query API.
+        run = answer(projector.views, "run", {"task_id": "secret-1"})
+        conversation = answer(projector.views, "conversation", {"session_id": "s"})
+    assert run["prompt"] == f"my code is {PROMPT_MARKER}" and PROMPT_MARKER in run["output"]
+    assert PROMPT_MARKER in json.dumps(conversation["turns"][0]["messages"])
     assert outcome is not None and outcome.status == "completed"
     assert PROMPT_MARKER in str(outcome.output)
     # The session's history was decrypted and used: this is its second turn.
