@@ -191,8 +191,13 @@ class ProjectorService:
             await ensure_streams(self._nc.jetstream(), settings)
         if self.relay:
             assert self._nc is not None
+            views, names = self.views, [p.name for p in self.projector.projections]
             relay = EventRelay(
-                store=self.store, views=self.views, nc=self._nc, prefix=settings.subject_prefix
+                store=self.store,
+                views=views,
+                nc=self._nc,
+                prefix=settings.subject_prefix,
+                horizon=lambda: min(views.tracking(name) for name in names),
             )
             self._relay_task = asyncio.create_task(relay.run_forever(self._relay_stop))
         if self.queries:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 import structlog
 from nats.aio.client import Client
@@ -39,6 +40,7 @@ class EventRelay:
         prefix: str,
         batch: int = 256,
         poll_s: float = 0.02,
+        horizon: Callable[[], int] | None = None,
     ) -> None:
         self._store = store
         self._views = views
@@ -46,6 +48,7 @@ class EventRelay:
         self._prefix = prefix
         self._batch = batch
         self._poll_s = poll_s
+        self._horizon = horizon
         self.position: int | None = None
         """Last published notification id; read from the tracking row once, then kept."""
 
@@ -54,9 +57,15 @@ class EventRelay:
         if self.position is None:
             self.position = await asyncio.to_thread(self._views.tracking, TRACKING_NAME)
         position = self.position
-        notifications = await asyncio.to_thread(
-            self._store.notifications, position + 1, self._batch
-        )
+        limit = self._batch
+        if self._horizon is not None:
+            # Publish only what the projector has applied: on PostgreSQL notification ids
+            # can commit out of order, and the projector's position never passes an id
+            # still in flight, so nothing is skipped here either.
+            limit = min(limit, await asyncio.to_thread(self._horizon) - position)
+            if limit <= 0:
+                return 0
+        notifications = await asyncio.to_thread(self._store.notifications, position + 1, limit)
         if not notifications:
             return 0
         js = self._nc.jetstream()

@@ -115,3 +115,27 @@ async def test_queries_over_nats_request_reply(settings: Settings) -> None:
     by_agent = {m["agent"]: m for m in metrics}
     assert by_agent["notes"]["completed"] == 2 and by_agent["calculator"]["runs"] == 1
     assert by_agent["calculator"]["latency_p50_ms"] is not None
+
+
+async def test_relay_never_publishes_past_its_horizon(settings: Settings) -> None:
+    # On PostgreSQL ids can commit out of order; the relay follows the projector's
+    # position (which never passes an id still in flight) instead of the raw log head.
+    prefix = settings.subject_prefix
+    async with running_worker(settings), nats_client(settings) as nc:
+        await submit(nc, prefix, RunAgent(task_id="hz-1", agent="calculator", prompt="add 1 and 2"))
+        store = EventStore(settings)
+        views = view_store_for(settings)
+        try:
+            assert store.max_notification_id() > 3
+            horizon = 3
+            relay = EventRelay(
+                store=store, views=views, nc=nc, prefix=prefix, horizon=lambda: horizon
+            )
+            assert await relay.publish_once() == 3
+            assert await relay.publish_once() == 0
+            horizon = store.max_notification_id()
+            assert await relay.publish_once() == horizon - 3
+        finally:
+            views.close()
+            store.close()
+        assert await _stream_messages(nc, settings.events_stream) == horizon
