@@ -197,7 +197,7 @@ class ProjectorService:
                 views=views,
                 nc=self._nc,
                 prefix=settings.subject_prefix,
-                horizon=lambda: min(views.tracking(name) for name in names),
+                horizon=lambda: views.lowest_tracking(names),
             )
             self._relay_task = asyncio.create_task(relay.run_forever(self._relay_stop))
         if self.queries:

@@ -57,8 +57,6 @@ def _explain(e: BaseException) -> str:
             "NATS rejected the credentials (authorization violation); check "
             "AGENTLEDGER_NATS_USER / AGENTLEDGER_NATS_PASSWORD / AGENTLEDGER_NATS_TOKEN"
         )
-    if type(e).__name__ in ("NoServersError", "ConnectionRefusedError"):
-        return "cannot reach NATS: start one with `agentledger nats` or set AGENTLEDGER_NATS_URL"
     if isinstance(e, ValidationError):
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -16,6 +16,7 @@ from nats.js.errors import NotFoundError
 
 from domain.tasks import RunAgent, RunOutcome
 from handlers.worker import task_subject
+from infra.nats import results_stream
 
 __all__ = ["OutcomeTimeout", "query_over_nats", "submit"]
 
@@ -24,14 +25,10 @@ class OutcomeTimeout(Exception):
     """No outcome arrived in time (the task stays queued; it is not cancelled)."""
 
 
-def _results_stream(prefix: str) -> str:
-    return f"{prefix.upper()}_RESULTS"
-
-
 async def _stored_outcome(nc: Client, prefix: str, task_id: str) -> RunOutcome | None:
     try:
         msg = await nc.jetstream().get_last_msg(
-            _results_stream(prefix), f"{prefix}.results.{task_id}"
+            results_stream(prefix), f"{prefix}.results.{task_id}"
         )
     except NotFoundError:
         return None

@@ -264,7 +264,7 @@ class Projector:
         False if `timeout` seconds pass first. Something must be running the projector."""
         deadline = time.monotonic() + timeout
         while True:
-            if all(self.views.tracking(p.name) >= notification_id for p in self.projections):
+            if self.views.lowest_tracking([p.name for p in self.projections]) >= notification_id:
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -147,14 +147,7 @@ class TaskWorker:
             await self.publish_outcome(outcome, reply_to)
             await msg.ack()
         except Rejection as rejection:
-            try:
-                outcome = await self._record_rejection(rejection, task_raw)
-            except StoreUnavailable as e:
-                bound.warning("cannot record rejection yet; will retry", error=str(e))
-                await msg.nack(delay=backoff_s(delivered))
-                return
-            await self.publish_outcome(outcome, reply_to)
-            await msg.reject()
+            await self._reject(msg, rejection, task_raw, reply_to, delivered, bound)
         except (TransientRunError, StoreUnavailable, RunSuperseded) as e:
             delay = backoff_s(delivered)
             bound.warning("transient failure; will redeliver", error=str(e), delay_s=delay)
@@ -174,13 +167,27 @@ class TaskWorker:
                 key=task_id or task_raw.msg_id or task_raw.fallback_key,
                 task_id=task_id,
             )
-            try:
-                outcome = await self._record_rejection(failure, task_raw)
-            except StoreUnavailable:
-                await msg.nack(delay=backoff_s(delivered))
-                return
-            await self.publish_outcome(outcome, reply_to)
-            await msg.reject()
+            await self._reject(msg, failure, task_raw, reply_to, delivered, bound)
+
+    async def _reject(
+        self,
+        msg: NatsMessage,
+        rejection: Rejection,
+        raw: RawTask,
+        reply_to: str | None,
+        delivered: int,
+        bound: Any,
+    ) -> None:
+        """Record the rejection, answer it, terminate the message (or retry the whole
+        thing later if the store is down: a rejection is never dropped unrecorded)."""
+        try:
+            outcome = await self._record_rejection(rejection, raw)
+        except StoreUnavailable as e:
+            bound.warning("cannot record rejection yet; will retry", error=str(e))
+            await msg.nack(delay=backoff_s(delivered))
+            return
+        await self.publish_outcome(outcome, reply_to)
+        await msg.reject()
 
     async def _record_rejection(self, rejection: Rejection, raw: RawTask) -> RunOutcome:
         record = TaskRejection(

@@ -23,6 +23,7 @@ __all__ = [
     "make_broker",
     "nats_connect_kwargs",
     "nats_url",
+    "results_stream",
 ]
 
 DEFAULT_LOCAL_URL = "nats://127.0.0.1:4222"
@@ -140,7 +141,7 @@ def _stream_configs(settings: Settings) -> list[StreamConfig]:
             num_replicas=settings.stream_replicas,
         ),
         StreamConfig(
-            name=f"{prefix.upper()}_RESULTS",
+            name=results_stream(prefix),
             subjects=[f"{prefix}.results.>"],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
@@ -174,5 +175,6 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             await js.update_stream(config)
 
 
-def results_stream(settings: Settings) -> str:
-    return f"{settings.subject_prefix.upper()}_RESULTS"
+def results_stream(prefix: str) -> str:
+    """The stream keeping the last outcome of each task (`<prefix>.results.>`)."""
+    return f"{prefix.upper()}_RESULTS"

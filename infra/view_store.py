@@ -145,6 +145,16 @@ class ViewStore(ABC):
             row = cursor.fetchone()
         return 0 if row is None else int(row[0])
 
+    def lowest_tracking(self, names: Sequence[str]) -> int:
+        """The lowest position among `names` (0 if any has none), in one query: how far
+        every one of those projections has applied the log."""
+        self._ensure_tracking_table()
+        wanted = sorted(set(names))
+        with self.read() as cursor:
+            cursor.execute(f"{_SELECT_TRACKINGS} ({', '.join('?' * len(wanted))})", wanted)
+            found = {str(name): int(position) for name, position in cursor.fetchall()}
+        return min((found.get(name, 0) for name in wanted), default=0)
+
     def lock_tracking(self, cursor: ViewCursor, name: str) -> int | None:
         """Inside a transaction: the position under `name`, locked until commit (None if the
         projection has no tracking row, e.g. while it is being dropped)."""

@@ -76,10 +76,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         env[f"AGENTLEDGER_{name.upper()}"] = str(value)
-    for name in ("postgres_dsn", "nats_password", "nats_token", "cipher_key"):
-        secret = getattr(settings, name)
-        if secret is not None:
-            env[f"AGENTLEDGER_{name.upper()}"] = secret.get_secret_value()
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
     return env
 
