@@ -32,12 +32,14 @@ class Conversation(Aggregate):
         """The first task of a session arrived."""
 
         TOPIC = "agentledger.Conversation.ConversationStarted"
+        class_version = 1
         session_id: str
 
     class TurnRecorded(Event):
         """A run of this session completed; `messages` are the ones it added."""
 
         TOPIC = "agentledger.Conversation.TurnRecorded"
+        class_version = 1
         turn: int
         run_id: str
         task_id: str

@@ -26,6 +26,7 @@ class TaskRejection(Aggregate):
         """A message was rejected; `key` is its task id, or its message id if unreadable."""
 
         TOPIC = "agentledger.TaskRejection.TaskRejected"
+        class_version = 1
         key: str
         task_id: str | None
         agent: str | None

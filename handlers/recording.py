@@ -9,9 +9,9 @@ executed and its result saved before the run moves on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic_ai import ModelRetry, RunContext
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
@@ -25,6 +25,7 @@ __all__ = [
     "LedgerToolset",
     "StepRecorder",
     "ToolCallError",
+    "ToolEffects",
     "append_messages",
     "messages_from_json",
     "messages_to_json",
@@ -33,7 +34,25 @@ __all__ = [
 
 
 class ToolCallError(Exception):
-    """A tool raised (other than `ModelRetry`); the run fails with `tool_error`."""
+    """A tool raised (other than `ModelRetry`); the run fails with `tool_error`.
+
+    Raised by a `ToolEffects`, its message is recorded as it is."""
+
+
+Execute = Callable[[], Awaitable[Any]]
+"""Runs the tool call itself."""
+
+
+class ToolEffects(Protocol):
+    """Carries out a tool call that has no recorded result: `execute()` runs the tool.
+
+    The default runs it; replay serves the recorded result instead. Whatever it returns
+    or raises is recorded like the tool's own result: `ModelRetry` as a retry,
+    `ToolCallError` with its message, any other exception as the tool's failure."""
+
+    def __call__(
+        self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], execute: Execute
+    ) -> Awaitable[Any]: ...
 
 
 def messages_to_json(messages: Sequence[ModelMessage]) -> list[Any]:
@@ -99,6 +118,7 @@ class LedgerToolset(WrapperToolset[Any]):
 
     recorder: StepRecorder | None = None
     ledger: Mapping[str, Any] = field(default_factory=dict)
+    effects: ToolEffects | None = None
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
@@ -106,14 +126,24 @@ class LedgerToolset(WrapperToolset[Any]):
         call_id = ctx.tool_call_id or ""
         if call_id in self.ledger:
             return self.ledger[call_id]
+
+        def execute() -> Awaitable[Any]:
+            return WrapperToolset.call_tool(self, name, tool_args, ctx, tool)
+
         recorder = self.recorder
         if recorder is None:
-            return await super().call_tool(name, tool_args, ctx, tool)
+            return await execute()
         await recorder.start_tool(call_id, name, tool_args)
         try:
-            result = await super().call_tool(name, tool_args, ctx, tool)
+            if self.effects is None:
+                result = await execute()
+            else:
+                result = await self.effects(name, tool_args, ctx, execute)
         except ModelRetry as e:
             await recorder.fail_tool(call_id, name, str(e), retry=True)
+            raise
+        except ToolCallError as e:
+            await recorder.fail_tool(call_id, name, str(e), retry=False)
             raise
         except Exception as e:
             error = f"tool {name!r} raised {type(e).__name__}: {e}"
@@ -125,6 +155,9 @@ class LedgerToolset(WrapperToolset[Any]):
 
 
 def wrap_toolsets(
-    toolsets: Sequence[AbstractToolset[Any]], recorder: StepRecorder, ledger: Mapping[str, Any]
+    toolsets: Sequence[AbstractToolset[Any]],
+    recorder: StepRecorder,
+    ledger: Mapping[str, Any],
+    effects: ToolEffects | None = None,
 ) -> list[AbstractToolset[Any]]:
-    return [LedgerToolset(ts, recorder=recorder, ledger=ledger) for ts in toolsets]
+    return [LedgerToolset(ts, recorder=recorder, ledger=ledger, effects=effects) for ts in toolsets]

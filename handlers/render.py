@@ -9,10 +9,20 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from domain.divergence import Divergence
 from domain.tasks import RunOutcome
 from domain.timeline import EventRecord
 
-__all__ = ["conversation_table", "metrics_table", "outcomes_table", "runs_table", "timeline_table"]
+__all__ = [
+    "conversation_table",
+    "divergence_text",
+    "metrics_table",
+    "outcomes_table",
+    "replay_table",
+    "runs_table",
+    "size_table",
+    "timeline_table",
+]
 
 
 def _short(value: Any, width: int = 60) -> str:
@@ -101,7 +111,10 @@ def _event_summary(record: EventRecord) -> str:
     data = record.data
     name = record.name
     if name == "RunRequested":
-        return f"{data['agent']}: {_short(data['prompt'], 50)}"
+        fork = ""
+        if data.get("parent_run_id"):
+            fork = f"  (fork of {data['parent_run_id'][:8]} at {data['fork_at']})"
+        return f"{data['agent']}: {_short(data['prompt'], 50)}{fork}"
     if name in ("ModelRequestSent", "ModelResponseReceived"):
         parts = data["message"].get("parts", [])
         kinds = ", ".join(p.get("part_kind", "?") for p in parts)
@@ -135,4 +148,47 @@ def timeline_table(records: Sequence[EventRecord], title: str = "Event timeline"
             record.name,
             _event_summary(record),
         )
+    return table
+
+
+def replay_table(reports: Sequence[Any], title: str = "Replay") -> Table:
+    """One row per replayed run (`handlers.replay.ReplayReport`)."""
+    table = Table(title=title)
+    for column in ("task", "agent", "verdict", "events rec/rep", "first divergence / note"):
+        table.add_column(column)
+    for r in reports:
+        style = "green" if r.identical else "red"
+        detail = r.divergence.summary() if r.divergence else (r.note or "")
+        table.add_row(
+            r.task_id,
+            r.agent,
+            Text(r.verdict, style=style),
+            f"{r.recorded_events}/{r.replayed_events}",
+            _short(detail, 80),
+        )
+    return table
+
+
+def divergence_text(divergence: Divergence) -> Text:
+    """The divergence's summary line and its diff, coloured."""
+    text = Text(divergence.summary() + "\n", style="bold red")
+    for line in divergence.diff:
+        style = "red" if line.startswith("-") else "green" if line.startswith("+") else "dim"
+        if line.startswith("@@"):
+            style = "cyan"
+        text.append(line + "\n", style=style)
+    return text
+
+
+def size_table(sizes: Sequence[Any], title: str = "Event store size") -> Table:
+    """One row per aggregate type (`handlers.retention.AggregateSize`), then the total."""
+    table = Table(title=title)
+    for column in ("aggregate type", "aggregates", "events", "bytes", "bytes/event"):
+        table.add_column(column, justify="left" if column == "aggregate type" else "right")
+    for s in sizes:
+        per = f"{s.bytes / s.events:,.0f}" if s.events else "-"
+        table.add_row(s.aggregate_type, f"{s.aggregates:,}", f"{s.events:,}", f"{s.bytes:,}", per)
+    total_events = sum(s.events for s in sizes)
+    total_bytes = sum(s.bytes for s in sizes)
+    table.add_row(Text("total", style="bold"), "", f"{total_events:,}", f"{total_bytes:,}", "")
     return table

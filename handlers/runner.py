@@ -40,6 +40,7 @@ from handlers.catalog import Catalog, CatalogEntry
 from handlers.recording import (
     StepRecorder,
     ToolCallError,
+    ToolEffects,
     append_messages,
     messages_from_json,
     messages_to_json,
@@ -120,10 +121,20 @@ def _utcnow() -> datetime:
 class AgentRunner:
     """Runs tasks against the catalog, recording every step in the event store."""
 
-    def __init__(self, *, store: AsyncEventStore, catalog: Catalog, clock: Clock = _utcnow) -> None:
+    def __init__(
+        self,
+        *,
+        store: AsyncEventStore,
+        catalog: Catalog,
+        clock: Clock = _utcnow,
+        tool_effects: ToolEffects | None = None,
+    ) -> None:
+        """`tool_effects` replaces how a tool call not yet recorded is carried out (replay
+        serves recorded results through it); by default the tool runs."""
         self._store = store
         self._catalog = catalog
         self._clock = clock
+        self._tool_effects = tool_effects
 
     async def run(
         self,
@@ -222,7 +233,7 @@ class AgentRunner:
     ) -> RunOutcome:
         agent: Agent[Any, Any] = entry.agent
         prior: list[ModelMessage] = messages_from_json(session_json + history.messages)
-        prompt = None if history.messages else task.prompt
+        prompt = history.prompt_to_send(task.prompt, run.fork_prompt)
         recorder = StepRecorder(run=run, store=self._store)
         limits = UsageLimits(**(task.usage_limits.model_dump() if task.usage_limits else {}))
         usage = RunUsage(
@@ -239,7 +250,9 @@ class AgentRunner:
                     overrides["model"] = entry.model
                 with agent.override(
                     tools=[],
-                    toolsets=wrap_toolsets(agent.toolsets, recorder, history.tool_results),
+                    toolsets=wrap_toolsets(
+                        agent.toolsets, recorder, history.tool_results, self._tool_effects
+                    ),
                     **overrides,
                 ):
                     async with agent.iter(
@@ -315,7 +328,8 @@ class AgentRunner:
         """Save the last step, `RunCompleted` and (for a session) the turn atomically.
 
         A session's turns are appended with optimistic concurrency: when another turn
-        committed first, reload and retry (bounded)."""
+        committed first, reload and retry (bounded). A fork sees its parent's session
+        history but records no turn: it is a branch, not a turn of the conversation."""
         output_json = to_jsonable_python(output)
         final_json = messages_to_json(final)
         turn_messages = recorded_before + recorder.recorded + final_json
@@ -323,7 +337,7 @@ class AgentRunner:
             append_messages(run, final, final_json)
             run.complete(output_json, self._cost(run, entry), self._duration_ms(run))
             conversation: Conversation | None = None
-            if run.session_id is not None:
+            if run.session_id is not None and run.parent_run_id is None:
                 conversation = await self._store.get(
                     session_aggregate_id_for(run.session_id), Conversation
                 ) or Conversation(session_id=run.session_id)

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -26,6 +27,7 @@ from eventsourcing.persistence import (
     OperationalError,
     PersistenceError,
 )
+from psycopg import sql as pg_sql
 
 import domain.conversation
 import domain.rejection
@@ -37,6 +39,8 @@ __all__ = [
     "ConcurrencyConflict",
     "EventStore",
     "StoreUnavailable",
+    "TopicSize",
+    "UnsafeDelete",
     "store_env",
 ]
 
@@ -143,10 +147,28 @@ def _translate(call: Callable[[], T]) -> T:
         raise StoreUnavailable(f"event store error: {e}") from None
 
 
+@dataclass(frozen=True, kw_only=True)
+class TopicSize:
+    """How much of the store one event topic takes."""
+
+    topic: str
+    events: int
+    bytes: int
+    """Stored state bytes (after compression and encryption, if any)."""
+
+
 class EventStore:
     """Synchronous facade over the eventsourcing application."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings | None = None, *, env: dict[str, str] | None = None):
+        """A store for `settings`, or (with `env`) for eventsourcing's own variables;
+        `EventStore.in_memory()` is a throwaway store (replay runs in one)."""
+        if settings is None:
+            if env is None:
+                raise ValueError("EventStore needs settings or an eventsourcing env")
+            self._app = _translate(lambda: _Ledger(env=env))
+            self.name = APPLICATION_NAME
+            return
         env = store_env(settings)
         if settings.postgres_dsn is not None:
             # Processes starting together on a fresh database would race to create the
@@ -209,8 +231,150 @@ class EventStore:
         """The domain event of a notification (decrypted if a cipher is configured)."""
         return self._app.mapper.to_domain_event(notification)
 
+    @classmethod
+    def in_memory(cls) -> EventStore:
+        """A store in this process's memory only (eventsourcing's POPO recorders)."""
+        return cls(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+
+    @property
+    def backend(self) -> str:
+        recorder = type(self._app.recorder).__module__
+        return recorder.rpartition(".")[2]  # "postgres", "sqlite" or "popo"
+
+    def _tables(self) -> tuple[str, str | None]:
+        events = self._app.recorder.events_table_name  # type: ignore[attr-defined]
+        snapshots = self._app.snapshots.recorder if self._app.snapshots else None
+        return events, getattr(snapshots, "events_table_name", None)
+
+    def topic_sizes(self) -> tuple[list[TopicSize], TopicSize | None]:
+        """Events and stored bytes per topic, and the same for all snapshots together."""
+        if self.backend not in ("postgres", "sqlite"):
+            raise NotImplementedError(f"no size report for the {self.backend} backend")
+        events_table, snapshots_table = self._tables()
+
+        def measure(table: str) -> list[TopicSize]:
+            length = "octet_length" if self.backend == "postgres" else "length"
+            rows = self._select(
+                f"SELECT topic, COUNT(*), COALESCE(SUM({length}(state)), 0) FROM {{table}}"
+                " GROUP BY topic ORDER BY topic",
+                table,
+            )
+            return [TopicSize(topic=r[0], events=int(r[1]), bytes=int(r[2])) for r in rows]
+
+        def call() -> tuple[list[TopicSize], TopicSize | None]:
+            topics = measure(events_table)
+            snapshot = None
+            if snapshots_table is not None:
+                sizes = measure(snapshots_table)
+                snapshot = TopicSize(
+                    topic="(snapshots)",
+                    events=sum(t.events for t in sizes),
+                    bytes=sum(t.bytes for t in sizes),
+                )
+            return topics, snapshot
+
+        return _translate(call)
+
+    def _select(self, statement: str, table: str, params: Sequence[Any] = ()) -> list[Any]:
+        datastore = self._app.recorder.datastore  # type: ignore[attr-defined]
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute(self._sql(statement, table), params)
+            return [_row(r) for r in cursor.fetchall()]
+
+    def _sql(self, statement: str, table: str) -> Any:
+        if self.backend == "postgres":
+            schema = self._app.recorder.datastore.schema  # type: ignore[attr-defined]
+            return pg_sql.SQL(statement.replace("?", "%s")).format(
+                table=pg_sql.Identifier(schema, table)
+            )
+        return statement.format(table=table)
+
+    def delete_aggregates(self, aggregate_ids: Sequence[UUID]) -> int:
+        """Remove these aggregates' events (and snapshots) in one transaction; the number
+        of events removed. For archiving only: the events must be kept elsewhere first.
+
+        The event holding the highest notification id is never removed (`UnsafeDelete`):
+        SQLite draws the next id from the highest row left, so removing the last one
+        would hand its id out again and projections past it would miss the new event.
+        """
+        if self.backend not in ("postgres", "sqlite"):
+            raise NotImplementedError(f"cannot delete from the {self.backend} backend")
+        if not aggregate_ids:
+            return 0
+        events_table, snapshots_table = self._tables()
+        as_param = [self._id_param(i) for i in aggregate_ids]
+        marks = ", ".join("?" for _ in as_param)
+        notification = "notification_id" if self.backend == "postgres" else "rowid"
+
+        def call() -> int:
+            datastore = self._app.recorder.datastore  # type: ignore[attr-defined]
+            with datastore.transaction(commit=True) as cursor:
+                if self.backend == "postgres":
+                    # The same lock eventsourcing's inserts take: no id drawn meanwhile.
+                    cursor.execute(self._sql("LOCK TABLE {table} IN EXCLUSIVE MODE", events_table))
+                cursor.execute(
+                    self._sql(
+                        f"SELECT originator_id FROM {{table}} WHERE {notification} ="
+                        f" (SELECT MAX({notification}) FROM {{table}})",
+                        events_table,
+                    )
+                )
+                last = [_row(r)[0] for r in cursor.fetchall()]
+                if any(str(holder) in {str(p) for p in as_param} for holder in last):
+                    raise UnsafeDelete(
+                        "an aggregate to remove holds the newest event of the store; keep it"
+                        " until newer events are recorded"
+                    )
+                cursor.execute(
+                    self._sql(
+                        f"DELETE FROM {{table}} WHERE originator_id IN ({marks})", events_table
+                    ),
+                    as_param,
+                )
+                removed = int(getattr(cursor, "sqlite_cursor", cursor).rowcount)
+                if snapshots_table is not None:
+                    cursor.execute(
+                        self._sql(
+                            f"DELETE FROM {{table}} WHERE originator_id IN ({marks})",
+                            snapshots_table,
+                        ),
+                        as_param,
+                    )
+                return removed
+
+        return _translate(call)
+
+    def newest_aggregate_id(self) -> UUID | None:
+        """The aggregate holding the event with the highest notification id."""
+        if self.backend not in ("postgres", "sqlite"):
+            raise NotImplementedError(f"not available on the {self.backend} backend")
+        events_table, _ = self._tables()
+        notification = "notification_id" if self.backend == "postgres" else "rowid"
+        rows = _translate(
+            lambda: self._select(
+                f"SELECT originator_id FROM {{table}} WHERE {notification} ="
+                f" (SELECT MAX({notification}) FROM {{table}})",
+                events_table,
+            )
+        )
+        if not rows:
+            return None
+        value = rows[0][0]
+        return value if isinstance(value, UUID) else UUID(str(value))
+
+    def _id_param(self, aggregate_id: UUID) -> Any:
+        return aggregate_id if self.backend == "postgres" else aggregate_id.hex
+
     def close(self) -> None:
         self._app.close()
+
+
+def _row(row: Any) -> tuple[Any, ...]:
+    return tuple(row.values()) if isinstance(row, dict) else tuple(row)
+
+
+class UnsafeDelete(Exception):
+    """Removing these events would let the store reuse a notification id."""
 
 
 class AsyncEventStore:

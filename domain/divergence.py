@@ -1,0 +1,139 @@
+"""Comparing a replayed run's events with the recorded ones: the first divergence.
+
+What counts: every field an agent's code decides (messages, tool calls and results,
+outputs, errors, token counts). What does not: when things happened (timestamps,
+durations), pydantic-ai's per-execution ids (`run_id`, `conversation_id` in messages)
+and the cost, which follows the catalog's price rather than the agent's behaviour.
+
+Tool calls made in one model response may run in parallel, so their events are stored
+in completion order; both sides are put in the order the model asked for the calls
+before comparing, and indices are reported as stored (the event's version).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from domain.timeline import EventRecord
+
+__all__ = ["Divergence", "comparable", "first_divergence"]
+
+VOLATILE_MESSAGE_KEYS = frozenset({"timestamp", "run_id", "conversation_id"})
+"""Keys of pydantic-ai message JSON that differ between two executions of one run."""
+
+IGNORED_FIELDS: dict[str, frozenset[str]] = {
+    "RunCompleted": frozenset({"duration_ms", "cost_usd"}),
+    "RunFailed": frozenset({"duration_ms"}),
+}
+"""Event fields that describe the execution, not the agent's behaviour."""
+
+_TOOL_EVENTS = frozenset({"ToolCallStarted", "ToolCallFinished", "ToolCallFailed"})
+_MESSAGE_EVENTS = frozenset({"ModelRequestSent", "ModelResponseReceived"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Divergence:
+    """Where a replay first differs from the recording."""
+
+    index: int
+    """The event index (1-based, the aggregate version) in the recording; one past
+    its last event when the replay produced more events than were recorded."""
+    expected: EventRecord | None
+    """The recorded event there (None when the recording has no more events)."""
+    actual: EventRecord | None
+    """The replayed event there (None when the replay stopped short)."""
+    diff: tuple[str, ...]
+    """A unified diff of the two events' compared fields."""
+
+    def summary(self) -> str:
+        expected = self.expected.name if self.expected else "end of recording"
+        actual = self.actual.name if self.actual else "end of replay"
+        return f"diverged at event {self.index}: expected {expected}, got {actual}"
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE_MESSAGE_KEYS}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def comparable(record: EventRecord) -> dict[str, Any]:
+    """The fields of an event that a replay must reproduce."""
+    ignored = IGNORED_FIELDS.get(record.name, frozenset())
+    data = {k: v for k, v in record.data.items() if k not in ignored}
+    if record.name in _MESSAGE_EVENTS and "message" in data:
+        data["message"] = _strip(data["message"])
+    return {"event": record.name, **data}
+
+
+def _call_order(response: EventRecord) -> dict[str, int]:
+    parts = response.data.get("message", {}).get("parts", [])
+    ids = [p.get("tool_call_id") for p in parts if p.get("part_kind") == "tool-call"]
+    return {call_id: i for i, call_id in enumerate(ids) if call_id}
+
+
+def canonical_order(records: Sequence[EventRecord]) -> list[EventRecord]:
+    """The records with each block of tool-call events in the order the model asked for
+    the calls (started before finished), other events where they are."""
+    ordered: list[EventRecord] = []
+    block: list[EventRecord] = []
+    order: dict[str, int] = {}
+
+    def flush() -> None:
+        block.sort(
+            key=lambda r: (
+                order.get(str(r.data.get("tool_call_id")), len(order)),
+                r.name != "ToolCallStarted",
+            )
+        )
+        ordered.extend(block)
+        block.clear()
+
+    for record in records:
+        if record.name in _TOOL_EVENTS:
+            block.append(record)
+            continue
+        flush()
+        if record.name == "ModelResponseReceived":
+            order = _call_order(record)
+        ordered.append(record)
+    flush()
+    return ordered
+
+
+def _diff(expected: EventRecord | None, actual: EventRecord | None) -> tuple[str, ...]:
+    def lines(record: EventRecord | None) -> list[str]:
+        if record is None:
+            return []
+        return json.dumps(comparable(record), indent=2, sort_keys=True, default=str).splitlines()
+
+    return tuple(
+        difflib.unified_diff(
+            lines(expected), lines(actual), "recorded", "replayed", n=3, lineterm=""
+        )
+    )
+
+
+def first_divergence(
+    expected: Sequence[EventRecord], actual: Sequence[EventRecord]
+) -> Divergence | None:
+    """The first event where `actual` differs from `expected`, or None if they agree."""
+    recorded = canonical_order(expected)
+    replayed = canonical_order(actual)
+    for i in range(max(len(recorded), len(replayed))):
+        want = recorded[i] if i < len(recorded) else None
+        got = replayed[i] if i < len(replayed) else None
+        if want is not None and got is not None and comparable(want) == comparable(got):
+            continue
+        if want is not None:
+            index = want.version
+        else:
+            index = max((r.version for r in recorded), default=0) + 1
+        return Divergence(index=index, expected=want, actual=got, diff=_diff(want, got))
+    return None

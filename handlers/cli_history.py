@@ -1,0 +1,366 @@
+"""The history commands of the CLI: replay, fork, export, import, archive, store-size.
+
+`replay` exits 0 when every replayed run is identical, 2 when one diverged (1 is an
+error, as for every command), so it can gate CI on recorded fixtures.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from domain.conversation import Conversation
+from domain.history_file import HistoryDocument, parse_history
+from domain.ids import run_id_for
+from domain.run import AgentRun
+from handlers.cli_support import (
+    CliError,
+    console,
+    err_console,
+    one_line_errors,
+    print_json,
+    resolve,
+    run,
+    settings_from_env,
+)
+from infra.settings import Settings
+
+__all__ = ["register"]
+
+DIVERGED_EXIT = 2
+
+
+def _progress(label: str, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def _session_run_ids(settings: Settings, session_id: str) -> list[UUID]:
+    """The session's runs from the runs view (failed ones and forks record no turn);
+    empty when the views were never built."""
+    from infra.view_store import view_store_for
+    from projections.runs import RunsProjection, list_runs
+
+    views = view_store_for(settings)
+    try:
+        views.ensure(RunsProjection)
+        with views.read() as cursor:
+            rows = list_runs(cursor, session_id=session_id, limit=100_000)
+        return [UUID(r.run_id) for r in reversed(rows) if r.status != "rejected"]
+    finally:
+        views.close()
+
+
+def _archived_hint(settings: Settings, identifier: str) -> str | None:
+    from infra.archive_log import ArchiveLog
+    from infra.view_store import view_store_for
+
+    views = view_store_for(settings)
+    try:
+        candidates = [identifier, str(run_id_for(identifier))]
+        for candidate in candidates:
+            where = ArchiveLog(views).where(candidate)
+            if where:
+                return where
+        return None
+    except Exception:
+        return None
+    finally:
+        views.close()
+
+
+def _load(settings: Settings, store: Any, identifier: str) -> tuple[str, list[UUID]]:
+    """('run' | 'session', run ids) for a run id, task id or session id."""
+    try:
+        aggregate_id, events = resolve(store, identifier)
+    except CliError:
+        archived = _archived_hint(settings, identifier)
+        if archived:
+            raise CliError(
+                f"{identifier} was archived to {archived}; use --file {archived}"
+            ) from None
+        raise
+    if isinstance(events[0], AgentRun.RunRequested):
+        return "run", [aggregate_id]
+    if isinstance(events[0], Conversation.ConversationStarted):
+        ids = [UUID(e.run_id) for e in events if isinstance(e, Conversation.TurnRecorded)]
+        ids += [r for r in _session_run_ids(settings, identifier) if r not in ids]
+        return "session", ids
+    raise CliError(f"{identifier} is a rejected task, not a run: nothing to replay")
+
+
+def _read_document(path: Path) -> HistoryDocument:
+    try:
+        text = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    except FileNotFoundError:
+        raise CliError(f"no such file: {path}") from None
+    return parse_history(text, str(path))
+
+
+def replay(
+    identifier: str = typer.Argument(None, help="Run id, task id or session id to replay."),
+    file: Path = typer.Option(None, "--file", "-f", help="Replay an export instead (no store)."),
+    run_tools: bool = typer.Option(
+        False, "--run-tools", help="Run the tools instead of serving recorded results."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
+) -> None:
+    """Re-execute recorded runs with the current agent code, serving the recorded model
+    responses and tool results; print `identical` or the first divergence."""
+    from handlers.bootstrap import load_catalog
+    from handlers.render import divergence_text, replay_table
+    from handlers.replay import ReplayReport, recorded_run, recorded_runs, replay_recorded
+    from infra.event_store import EventStore
+
+    if (identifier is None) == (file is None):
+        raise CliError("give a run, task or session id, or --file (one of them)")
+    settings = settings_from_env(log_level="WARNING")
+    catalog = load_catalog(settings)
+    if file is not None:
+        recorded = recorded_runs(_read_document(file))
+    else:
+        store = EventStore(settings)
+        try:
+            _, run_ids = _load(settings, store, identifier)
+            recorded = [recorded_run(store, r) for r in run_ids]
+        finally:
+            store.close()
+    if not recorded:
+        raise CliError("nothing to replay: no runs found")
+
+    async def go() -> list[ReplayReport]:
+        reports = []
+        with _progress("replaying", len(recorded) > 1 and not as_json) as progress:
+            bar = progress.add_task("replay", total=len(recorded))
+            for r in recorded:
+                reports.append(await replay_recorded(r, catalog, run_tools=run_tools))
+                progress.advance(bar)
+        return reports
+
+    reports = run(go())
+    if as_json:
+        print_json([r.as_dict() for r in reports])
+    elif len(reports) == 1:
+        report = reports[0]
+        if report.divergence is None:
+            console.print("identical" + (f"  ({report.note})" if report.note else ""))
+        else:
+            console.print(divergence_text(report.divergence))
+    else:
+        console.print(replay_table(reports))
+        for report in reports:
+            if report.divergence is not None:
+                console.print(f"[bold]{report.task_id}[/bold]")
+                console.print(divergence_text(report.divergence))
+    if not all(r.identical for r in reports):
+        raise typer.Exit(DIVERGED_EXIT)
+
+
+def export(
+    identifier: str = typer.Argument(..., help="Run id, task id or session id."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="File to write ('-' for stdout); default <id>.history.json."
+    ),
+) -> None:
+    """Write a run (with the session history it saw) or a whole session as versioned JSON."""
+    from handlers.bootstrap import load_catalog
+    from handlers.export import export_run, export_session
+    from infra.event_store import EventStore
+
+    settings = settings_from_env()
+    catalog = load_catalog(settings)
+    store = EventStore(settings)
+    try:
+        kind, run_ids = _load(settings, store, identifier)
+        if kind == "run":
+            document = export_run(store, run_ids[0], catalog)
+        else:
+            document = export_session(store, identifier, catalog, run_ids)
+    finally:
+        store.close()
+    text = document.to_json()
+    if str(out) == "-":
+        sys.stdout.write(text)
+        return
+    path = out or Path(f"{identifier}.history.json")
+    path.write_text(text, encoding="utf-8")
+    events = sum(len(a.events) for a in document.aggregates)
+    console.print(f"wrote {events} events of {len(document.aggregates)} aggregates to {path}")
+
+
+def import_(
+    files: list[Path] = typer.Argument(..., help="History files (exports or archives)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Load exported histories into the configured store (idempotent, atomic per file)."""
+    from handlers.export import import_history
+    from infra.event_store import EventStore
+
+    settings = settings_from_env()
+    store = EventStore(settings)
+    results = []
+    try:
+        for path in files:
+            report = import_history(store, _read_document(path))
+            results.append({"file": str(path), **vars(report)})
+    finally:
+        store.close()
+    if as_json:
+        print_json(results)
+        return
+    for r in results:
+        console.print(
+            f"{r['file']}: {r['imported_events']} events imported, {r['skipped_events']}"
+            f" already present ({r['aggregates']} aggregates)"
+        )
+
+
+def fork(
+    identifier: str = typer.Argument(..., help="Run id or task id of the parent run."),
+    at: int = typer.Option(..., "--at", help="Event index (the `v` of `agentledger events`)."),
+    prompt: str = typer.Option(None, "--prompt", "-p", help="A prompt to continue with."),
+    task_id: str = typer.Option(None, help="The fork's task id (default: <parent>-fork-<hex>)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Start a new run from a recorded run's state at an event and continue it live."""
+    from handlers.bootstrap import load_catalog
+    from handlers.fork import fork_run
+    from handlers.render import outcomes_table
+    from handlers.runner import AgentRunner
+    from infra.event_store import AsyncEventStore, EventStore
+
+    settings = settings_from_env(log_level="WARNING")
+    catalog = load_catalog(settings)
+    store = EventStore(settings)
+    try:
+        kind, run_ids = _load(settings, store, identifier)
+    except BaseException:
+        store.close()
+        raise
+    if kind != "run":
+        store.close()
+        raise CliError(f"{identifier} is a session; fork one of its runs")
+
+    async def go() -> Any:
+        async_store = AsyncEventStore(store, settings.store_threads, settings.store_retry_s)
+        try:
+            runner = AgentRunner(store=async_store, catalog=catalog)
+            return await fork_run(
+                async_store, runner, run_ids[0], at=at, prompt=prompt, task_id=task_id
+            )
+        finally:
+            async_store.close()
+
+    result = run(go())
+    if as_json:
+        print_json(
+            {
+                "run_id": result.run_id,
+                "task_id": result.task_id,
+                "parent_run_id": result.parent_run_id,
+                "at": result.at,
+                "outcome": result.outcome.model_dump(mode="json"),
+            }
+        )
+    else:
+        console.print(
+            f"forked {identifier} at event {result.at} as task {result.task_id}"
+            f" (run {result.run_id})"
+        )
+        console.print(outcomes_table([result.outcome], title="Fork outcome"))
+        console.print(f"[dim]Try: agentledger events {result.task_id}")
+    if result.outcome.status != "completed":
+        raise typer.Exit(2)
+
+
+def archive(
+    older_than_days: float = typer.Option(
+        ..., "--older-than-days", help="Archive runs that finished more than this many days ago."
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Directory for archive files (<data_dir>/archive)."
+    ),
+    batch: int = typer.Option(500, help="Runs per archive file."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be archived."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Archive finished runs to files, verify them, then remove them from the hot store."""
+    from handlers.bootstrap import load_catalog
+    from handlers.retention import archive_runs
+    from infra.event_store import EventStore
+    from infra.view_store import view_store_for
+
+    settings = settings_from_env()
+    store = EventStore(settings)
+    views = view_store_for(settings)
+    try:
+        with _progress("archiving", not as_json) as progress:
+            bar = progress.add_task("archive", total=None)
+            report = archive_runs(
+                store,
+                views,
+                out or settings.data_dir / "archive",
+                older_than_days=older_than_days,
+                batch=batch,
+                dry_run=dry_run,
+                catalog=load_catalog(settings),
+                progress=lambda done, total: progress.update(bar, completed=done, total=total),
+            )
+    finally:
+        views.close()
+        store.close()
+    if as_json:
+        print_json(vars(report))
+        return
+    if dry_run:
+        console.print(f"{report.candidates} finished runs older than {older_than_days:g} days")
+        return
+    console.print(
+        f"archived {report.archived_runs} runs ({report.removed_events} events) to"
+        f" {len(report.files)} file(s); {len(report.kept)} kept for a later pass"
+    )
+    for path in report.files:
+        console.print(f"  {path}")
+
+
+def store_size(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Report the event store's size by aggregate type."""
+    from handlers.render import size_table
+    from handlers.retention import store_report
+    from infra.event_store import EventStore
+
+    settings = settings_from_env()
+    store = EventStore(settings)
+    try:
+        sizes = store_report(store)
+    finally:
+        store.close()
+    if as_json:
+        print_json([vars(s) for s in sizes])
+    else:
+        console.print(size_table(sizes, title=f"Event store size ({settings.backend})"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the history commands to the CLI."""
+    for command, name in (
+        (replay, "replay"),
+        (fork, "fork"),
+        (export, "export"),
+        (import_, "import"),
+        (archive, "archive"),
+        (store_size, "store-size"),
+    ):
+        app.command(name=name)(one_line_errors(command))

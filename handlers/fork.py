@@ -1,0 +1,90 @@
+"""Fork: branch a recorded run at an event index and continue it live.
+
+The fork is a new run (its own task id) whose first event names its parent and the fork
+point, whose next events are copies of the parent's up to that point, and which the
+ordinary runner then resumes from those recorded messages with the agent's real model
+and tools. It shares the parent's session history but never records a turn in the
+session: a branch does not rewrite the conversation it came from.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from uuid import UUID
+
+from domain.fork import ForkPlan, plan_fork
+from domain.ids import run_id_for
+from domain.run import AgentRun, copy_steps
+from domain.tasks import RunAgent, RunOutcome, UsageLimitsSpec
+from handlers.replay import NotARun, RunNotFound
+from handlers.runner import AgentRunner
+from infra.event_store import AsyncEventStore
+
+__all__ = ["ForkResult", "fork_run"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForkResult:
+    """The fork's ids and how its live continuation ended."""
+
+    run_id: str
+    task_id: str
+    parent_run_id: str
+    at: int
+    outcome: RunOutcome
+
+
+async def fork_run(
+    store: AsyncEventStore,
+    runner: AgentRunner,
+    parent_run_id: UUID,
+    *,
+    at: int,
+    prompt: str | None = None,
+    task_id: str | None = None,
+) -> ForkResult:
+    """Fork `parent_run_id` after its event `at` (see `domain.fork` for the rules),
+    record it, and run it live to its end with `runner`."""
+    parent = await store.events(parent_run_id)
+    if not parent:
+        raise RunNotFound(str(parent_run_id))
+    if not isinstance(parent[0], AgentRun.RunRequested):
+        raise NotARun(f"{parent_run_id} is not a run")
+    plan: ForkPlan = plan_fork(parent, at, prompt)
+    requested = parent[0]
+    fork_task = task_id or f"{requested.task_id[:150]}-fork-{uuid.uuid4().hex[:8]}"
+    limits = UsageLimitsSpec(**requested.usage_limits) if requested.usage_limits else None
+    task = RunAgent(  # validates the fork's task id before anything is recorded
+        task_id=fork_task,
+        agent=requested.agent,
+        prompt=plan.prompt,
+        session_id=requested.session_id,
+        metadata=dict(requested.metadata),
+        usage_limits=limits,
+    )
+    fork = AgentRun(
+        task_id=fork_task,
+        agent=requested.agent,
+        prompt=plan.prompt,
+        session_id=requested.session_id,
+        metadata=dict(requested.metadata),
+        usage_limits=dict(requested.usage_limits),
+        # The parent's deadline belonged to the parent's task: a fork runs now.
+        deadline=None,
+        history_version=requested.history_version,
+        parent_run_id=str(parent_run_id),
+        fork_at=plan.at,
+        fork_prompt=plan.fork_prompt,
+    )
+    assert fork.id == run_id_for(fork_task)
+    copy_steps(fork, plan.copied)
+    await store.save(fork)
+    outcome = await runner.run(task, final_attempt=True)
+    return ForkResult(
+        run_id=str(fork.id),
+        task_id=fork_task,
+        parent_run_id=str(parent_run_id),
+        at=plan.at,
+        outcome=outcome,
+    )
