@@ -1,4 +1,5 @@
-"""The published contract: JSON schemas of the task messages and an AsyncAPI document.
+"""The published contract: JSON schemas of the task messages, an AsyncAPI document and
+the catalogue of event shapes.
 
 `agentledger schema` writes them to `contracts/`; CI checks the committed copies are
 current, so a contract change is always a reviewed diff.
@@ -13,6 +14,7 @@ from typing import Any
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 
+from domain.event_registry import event_shapes
 from domain.tasks import RunAgent, RunOutcome
 from handlers.queries import VIEWS
 
@@ -77,5 +79,10 @@ def write_contracts(directory: Path, prefix: str = "ledger") -> list[Path]:
         written.append(path)
     path = directory / "asyncapi.json"
     path.write_text(json.dumps(asyncapi_document(prefix), indent=2, sort_keys=True) + "\n")
+    written.append(path)
+    # The events the relay publishes on <prefix>.events.<Aggregate>.<Event>: topic,
+    # class version and fields of each.
+    path = directory / "events.json"
+    path.write_text(json.dumps(event_shapes(), indent=2, sort_keys=True) + "\n")
     written.append(path)
     return written

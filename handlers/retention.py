@@ -19,6 +19,7 @@ The event with the newest notification id is never removed (see
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -73,6 +74,8 @@ class ArchiveReport:
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    if path.exists():
+        raise FileExistsError(f"{path} exists; an archive file is never overwritten")
     tmp = path.with_suffix(path.suffix + ".part")
     with tmp.open("w", encoding="utf-8") as f:
         f.write(text)
@@ -134,7 +137,9 @@ def archive_runs(
             dry_run=dry_run,
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    # Named by the wall clock and a random tag: a file is never overwritten, even by a
+    # pass given the same `now`.
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     files: list[str] = []
     archived = removed = 0
     if progress is not None:

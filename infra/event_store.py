@@ -26,6 +26,7 @@ from eventsourcing.persistence import (
     Notification,
     OperationalError,
     PersistenceError,
+    StoredEvent,
 )
 from psycopg import sql as pg_sql
 
@@ -230,6 +231,26 @@ class EventStore:
     def decode(self, notification: Notification) -> Any:
         """The domain event of a notification (decrypted if a cipher is configured)."""
         return self._app.mapper.to_domain_event(notification)
+
+    def insert_transcoded(self, records: Sequence[tuple[UUID, int, str, bytes]]) -> None:
+        """Insert events as (originator id, version, topic, transcoded state) - the
+        transcoder's plain JSON, before compression and encryption, which this applies as
+        configured. For loading raw stored events (fixtures, migrations); they are read
+        back, and upcast, like any other."""
+        mapper = self._app.mapper
+
+        def seal(state: bytes) -> bytes:
+            if mapper.compressor:
+                state = mapper.compressor.compress(state)
+            if mapper.cipher:
+                state = mapper.cipher.encrypt(state)
+            return state
+
+        stored = [
+            StoredEvent(originator_id=i, originator_version=v, topic=t, state=seal(s))
+            for i, v, t, s in records
+        ]
+        _translate(lambda: self._app.recorder.insert_events(stored))
 
     @classmethod
     def in_memory(cls) -> EventStore:

@@ -24,6 +24,7 @@ from projections.metrics import agent_metrics
 from projections.runs import get_run, list_runs
 from projections.snapshots import list_snapshots
 from projections.views import ALL_PROJECTIONS, UnknownView
+from support.harness import table_contents
 
 if TYPE_CHECKING:
     from tests.conftest import Backend, MakeSettings
@@ -113,17 +114,6 @@ def drain(projector: Projector) -> int:
     while applied := projector.run_once():
         total += applied
     return total
-
-
-def table_contents(views: ViewStore) -> dict[str, list[tuple[Any, ...]]]:
-    """Every view table's rows, in a stable order."""
-    contents: dict[str, list[tuple[Any, ...]]] = {}
-    with views.read() as cursor:
-        for projection in ALL_PROJECTIONS:
-            for table in projection.tables:
-                cursor.execute(f"SELECT * FROM {table}")
-                contents[table] = sorted(cursor.fetchall(), key=repr)
-    return contents
 
 
 def test_the_projector_folds_the_log_into_every_view_exactly_once(

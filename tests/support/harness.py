@@ -19,6 +19,8 @@ from handlers.bootstrap import ProjectorService, WorkerService
 from infra.event_store import EventStore
 from infra.nats import nats_connect_kwargs
 from infra.settings import Settings
+from infra.view_store import ViewStore
+from projections.views import ALL_PROJECTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,3 +123,14 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, every: fl
             return
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def table_contents(views: ViewStore) -> dict[str, list[tuple[Any, ...]]]:
+    """Every view table's rows, in a stable order."""
+    contents: dict[str, list[tuple[Any, ...]]] = {}
+    with views.read() as cursor:
+        for projection in ALL_PROJECTIONS:
+            for table in projection.tables:
+                cursor.execute(f"SELECT * FROM {table}")
+                contents[table] = sorted(cursor.fetchall(), key=repr)
+    return contents

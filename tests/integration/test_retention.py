@@ -1,0 +1,145 @@
+"""Retention: finished runs archived to verified files and removed from the hot store,
+views untouched, projectors carrying on, archives replayable and importable; the store
+size report by aggregate type."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+from test_replay import record
+
+from domain.history_file import HistoryDocument, parse_history
+from domain.ids import run_id_for
+from domain.tasks import RunAgent
+from handlers.catalog import Catalog
+from handlers.export import import_history
+from handlers.queries import answer
+from handlers.replay import replay_history, replay_run
+from handlers.retention import archive_runs, store_report
+from infra.archive_log import ArchiveLog
+from infra.event_store import EventStore
+from infra.settings import Settings
+from infra.view_store import view_store_for
+from support.harness import running_projector, table_contents
+from support.replay_agents import varied_tasks, write_replay_catalog
+
+pytestmark = pytest.mark.asyncio
+
+
+def load(path: str) -> HistoryDocument:
+    return parse_history(Path(path).read_bytes(), path)
+
+
+@pytest.fixture
+def settings(make_settings, backend, tmp_path: Path) -> Settings:  # type: ignore[no-untyped-def]
+    return make_settings(backend, catalog=str(write_replay_catalog(tmp_path)), ack_wait_s=5)
+
+
+async def test_archive_removes_only_verified_runs_and_leaves_the_views_alone(
+    settings: Settings, tmp_path: Path
+) -> None:
+    tasks = varied_tasks("r")
+    catalog = Catalog.load(settings.catalog)
+    out = tmp_path / "archive"
+    async with running_projector(settings, relay=False, queries=False) as projector:
+        assert projector.store is not None
+        await record(settings, tasks)
+        assert projector.wait_until(projector.store.max_notification_id(), 15)
+        store = EventStore(settings)
+        views = view_store_for(settings)
+        try:
+            before = table_contents(views)
+            sizes = {s.aggregate_type: s for s in store_report(store)}
+            assert sizes["AgentRun"].aggregates == 20
+            assert sizes["Conversation"].aggregates == 2
+            assert sizes["AgentRun"].bytes > 0 and sizes["AgentRun"].events > 100
+
+            # Nothing is older than 30 days yet.
+            young = archive_runs(store, views, out, older_than_days=30, batch=7)
+            assert (young.candidates, young.archived_runs) == (0, 0)
+            assert not out.exists()
+
+            later = datetime.now(UTC) + timedelta(days=31)
+            dry = archive_runs(store, views, out, older_than_days=30, now=later, dry_run=True)
+            assert dry.candidates == 20 and dry.archived_runs == 0 and not out.exists()
+
+            report = archive_runs(
+                store, views, out, older_than_days=30, now=later, batch=7, catalog=catalog
+            )
+            assert report.archived_runs + len(report.kept) == 20
+            assert len(report.kept) <= 1  # the run holding the newest event, if any
+            assert len(report.files) == 3
+            left = [t.task_id for t in tasks if store.events(run_id_for(t.task_id))]
+            assert [str(run_id_for(t)) for t in left] == report.kept
+            sizes = {s.aggregate_type: s for s in store_report(store)}
+            assert (sizes["AgentRun"].aggregates if "AgentRun" in sizes else 0) == len(report.kept)
+            assert sizes["Conversation"].aggregates == 2  # sessions are never archived
+
+            # The views are as they were; the archive log knows where each run went.
+            assert table_contents(views) == before
+            log = ArchiveLog(views)
+            assert log.count() == report.archived_runs
+            archived_task = next(t.task_id for t in tasks if t.task_id not in left)
+            assert log.where(str(run_id_for(archived_task))) in report.files
+
+            # Every archived run replays from its file alone.
+            for path in report.files:
+                replayed = await replay_history(load(path), catalog)
+                assert replayed and all(r.identical for r in replayed)
+
+            # The projector carries on past the removed events; a session takes its turn.
+            await record(
+                settings,
+                [
+                    RunAgent(task_id="r-after", agent="calculator", prompt="add 1 and 1"),
+                    RunAgent(
+                        task_id="r-turn4",
+                        agent="notes",
+                        prompt="what do you remember?",
+                        session_id="r-session",
+                    ),
+                ],
+            )
+            assert projector.wait_until(store.max_notification_id(), 15)
+            runs = {r["task_id"]: r for r in answer(views, "runs", {"limit": 100})}
+            assert runs["r-after"]["status"] == "completed"
+            assert runs["r-turn4"]["output"].startswith("You told me: the deploy is on Friday")
+            assert len(runs) == 22
+
+            # A later pass takes what was kept and the two new runs (less the newest
+            # event's); runs archived before are not taken twice.
+            again = archive_runs(store, views, out, older_than_days=30, now=later)
+            assert again.candidates == len(report.kept) + 2
+            assert again.archived_runs == again.candidates - len(again.kept)
+            assert ArchiveLog(views).count() == report.archived_runs + again.archived_runs
+
+            # Importing the archives brings the runs back, replayable from the store.
+            for path in report.files + again.files:
+                import_history(store, load(path))
+            for task in tasks:
+                assert (await replay_run(store, run_id_for(task.task_id), catalog)).identical
+        finally:
+            views.close()
+            store.close()
+
+
+async def test_the_run_with_the_newest_event_is_never_removed(settings: Settings) -> None:
+    await record(settings, [RunAgent(task_id="only", agent="greeter", prompt="hi")])
+    store = EventStore(settings)
+    views = view_store_for(settings)
+    try:
+        async with running_projector(settings, relay=False, queries=False) as projector:
+            assert projector.wait_until(store.max_notification_id(), 15)
+        assert store.newest_aggregate_id() == UUID(str(run_id_for("only")))
+        later = datetime.now(UTC) + timedelta(days=2)
+        report = archive_runs(
+            store, views, Path(settings.data_dir) / "a", older_than_days=1, now=later
+        )
+        assert report.archived_runs == 0 and report.kept == [str(run_id_for("only"))]
+        assert store.events(run_id_for("only"))
+    finally:
+        views.close()
+        store.close()
