@@ -26,6 +26,12 @@ COMMANDS = [
     "rebuild",
     "nats",
     "schema",
+    "replay",
+    "fork",
+    "export",
+    "import",
+    "archive",
+    "store-size",
 ]
 
 
