@@ -20,6 +20,9 @@ test: ## the whole suite (starts its own nats-server and PostgreSQL)
 bench: ## end-to-end benchmark (prints figures; see BENCHMARKS.md)
 	$(PY) bench/e2e.py
 
+bench-replay: ## replay, export and import speed on SQLite and PostgreSQL
+	$(PY) bench/replay.py
+
 demo: ## the one-command demo on the embedded defaults
 	agentledger demo
 
@@ -29,4 +32,4 @@ schema: ## regenerate the committed contract (JSON schemas + AsyncAPI)
 ci: ## what CI runs, from a fresh venv
 	bash .ci/run
 
-.PHONY: help install lint fmt test bench demo schema ci
+.PHONY: help install lint fmt test bench bench-replay demo schema ci

@@ -5,6 +5,8 @@
 - `notes` keeps notes with a tool and answers "what do you remember?" from the
   session's history, so it only works when the history of earlier turns is passed in.
 - `greeter` answers at once, without tools.
+- `divider` divides with a tool that fails on a zero divisor (the README's debugging
+  example: a failing run, `events`, `replay`, `fork`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-__all__ = ["calculator", "calculator_reply", "greeter", "notes"]
+__all__ = ["calculator", "calculator_reply", "divider", "greeter", "notes"]
 
 _NUMBERS = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -122,3 +124,31 @@ async def greeter_model(messages: list[ModelMessage], info: AgentInfo) -> ModelR
 
 
 greeter = Agent(FunctionModel(greeter_model, model_name="greeter-fn"), name="greeter")
+
+
+async def divider_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Asks `divide` for 'divide A by B'; says so when the tool asks for another try."""
+    last = messages[-1]
+    if isinstance(last, ModelRequest):
+        for part in last.parts:
+            if isinstance(part, ToolReturnPart):
+                if part.outcome == "retried":
+                    return ModelResponse(parts=[TextPart(f"I can't do that: {part.content}")])
+                return ModelResponse(parts=[TextPart(f"The result is {part.content}.")])
+    numbers = [float(n) for n in _NUMBERS.findall(_last_user_prompt(messages))][:2]
+    if len(numbers) < 2:
+        return ModelResponse(parts=[TextPart("Give me two numbers, e.g. 'divide 6 by 3'.")])
+    return ModelResponse(parts=[ToolCallPart("divide", {"a": numbers[0], "b": numbers[1]})])
+
+
+divider = Agent(
+    FunctionModel(divider_model, model_name="divider-fn"),
+    name="divider",
+    instructions="You divide numbers with the divide tool.",
+)
+
+
+@divider.tool_plain
+async def divide(a: float, b: float) -> float:
+    """Divide a by b."""
+    return a / b

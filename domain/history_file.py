@@ -23,6 +23,8 @@ from uuid import UUID
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from domain.timeline import plain_json
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -98,21 +100,9 @@ class HistoryDocument(BaseModel):
         return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=False) + "\n"
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def encode_event(domain_event: Any) -> ExportedEvent:
     """A domain event as exported data."""
-    state = {k: _plain(v) for k, v in vars(domain_event).items() if k not in _BASE}
+    state = {k: plain_json(v) for k, v in vars(domain_event).items() if k not in _BASE}
     return ExportedEvent(
         version=int(domain_event.originator_version),
         topic=get_topic(type(domain_event)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -16,8 +17,9 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import InvalidTransition
 from domain.ids import run_id_for
+from domain.tasks import RunAgent, UsageLimitsSpec
 
-__all__ = ["AgentRun", "RunHistory", "RunStatus", "copy_steps"]
+__all__ = ["AgentRun", "RunHistory", "RunStatus", "copy_steps", "task_of"]
 
 RunStatus = Literal["running", "completed", "failed"]
 
@@ -343,3 +345,17 @@ def copy_steps(run: AgentRun, events: Iterable[object]) -> None:
             run.finish_tool_call(e.tool_call_id, e.tool_name, e.result)
         elif isinstance(e, AgentRun.ToolCallFailed):
             run.fail_tool_call(e.tool_call_id, e.tool_name, e.error, e.retry)
+
+
+def task_of(requested: AgentRun.RunRequested) -> RunAgent:
+    """The task a run was created for, as it was accepted."""
+    limits = UsageLimitsSpec(**requested.usage_limits) if requested.usage_limits else None
+    return RunAgent(
+        task_id=requested.task_id,
+        agent=requested.agent,
+        prompt=requested.prompt,
+        session_id=requested.session_id,
+        metadata=dict(requested.metadata),
+        usage_limits=limits,
+        deadline=datetime.fromisoformat(requested.deadline) if requested.deadline else None,
+    )

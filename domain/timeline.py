@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-__all__ = ["EventRecord", "event_record"]
+__all__ = ["EventRecord", "event_record", "plain_json"]
 
 _BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
@@ -39,15 +39,16 @@ class EventRecord:
         }
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
+    """A value with UUIDs and datetimes as strings, containers copied (JSON-ready)."""
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     return value
 
 
@@ -55,7 +56,7 @@ def event_record(domain_event: Any) -> EventRecord:
     """Plain data of a domain event of any agentledger aggregate."""
     qualname = type(domain_event).__qualname__
     aggregate_type, _, name = qualname.rpartition(".")
-    fields = {k: _plain(v) for k, v in vars(domain_event).items() if k not in _BASE_FIELDS}
+    fields = {k: plain_json(v) for k, v in vars(domain_event).items() if k not in _BASE_FIELDS}
     return EventRecord(
         aggregate_type=aggregate_type or "Unknown",
         aggregate_id=str(domain_event.originator_id),

@@ -15,8 +15,8 @@ from uuid import UUID
 
 from domain.fork import ForkPlan, plan_fork
 from domain.ids import run_id_for
-from domain.run import AgentRun, copy_steps
-from domain.tasks import RunAgent, RunOutcome, UsageLimitsSpec
+from domain.run import AgentRun, copy_steps, task_of
+from domain.tasks import RunAgent, RunOutcome
 from handlers.replay import NotARun, RunNotFound
 from handlers.runner import AgentRunner
 from infra.event_store import AsyncEventStore
@@ -54,14 +54,15 @@ async def fork_run(
     plan: ForkPlan = plan_fork(parent, at, prompt)
     requested = parent[0]
     fork_task = task_id or f"{requested.task_id[:150]}-fork-{uuid.uuid4().hex[:8]}"
-    limits = UsageLimitsSpec(**requested.usage_limits) if requested.usage_limits else None
-    task = RunAgent(  # validates the fork's task id before anything is recorded
-        task_id=fork_task,
-        agent=requested.agent,
-        prompt=plan.prompt,
-        session_id=requested.session_id,
-        metadata=dict(requested.metadata),
-        usage_limits=limits,
+    # Validated (the fork's task id too) before anything is recorded. The parent's
+    # deadline belonged to the parent's task: a fork runs now.
+    task = RunAgent.model_validate(
+        {
+            **task_of(requested).model_dump(),
+            "task_id": fork_task,
+            "prompt": plan.prompt,
+            "deadline": None,
+        }
     )
     fork = AgentRun(
         task_id=fork_task,
@@ -70,7 +71,6 @@ async def fork_run(
         session_id=requested.session_id,
         metadata=dict(requested.metadata),
         usage_limits=dict(requested.usage_limits),
-        # The parent's deadline belonged to the parent's task: a fork runs now.
         deadline=None,
         history_version=requested.history_version,
         parent_run_id=str(parent_run_id),

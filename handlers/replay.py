@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -34,8 +33,8 @@ from domain.conversation import Conversation
 from domain.divergence import Divergence, first_divergence
 from domain.history_file import HistoryDocument, HistoryFileError, decode_aggregate
 from domain.ids import session_aggregate_id_for
-from domain.run import AgentRun
-from domain.tasks import RunAgent, UsageLimitsSpec
+from domain.run import AgentRun, task_of
+from domain.tasks import RunAgent
 from domain.timeline import event_record
 from handlers.catalog import Catalog, CatalogEntry, UnknownAgent
 from handlers.recording import Execute, ToolCallError, messages_from_json
@@ -119,17 +118,7 @@ class RecordedRun:
 
     def task(self) -> RunAgent:
         """The task as it was accepted."""
-        r = self.requested
-        limits = UsageLimitsSpec(**r.usage_limits) if r.usage_limits else None
-        return RunAgent(
-            task_id=r.task_id,
-            agent=r.agent,
-            prompt=r.prompt,
-            session_id=r.session_id,
-            metadata=dict(r.metadata),
-            usage_limits=limits,
-            deadline=datetime.fromisoformat(r.deadline) if r.deadline else None,
-        )
+        return task_of(self.requested)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,6 +240,18 @@ class RecordedToolEffects:
         raise ToolCallError(f"replay: no recorded outcome for tool call {call_id} ({name})")
 
 
+class _Silent:
+    """A logger that says nothing: a replay's runner logs would read like live runs."""
+
+    def bind(self, **_: Any) -> _Silent:
+        return self
+
+    def _nothing(self, *_: Any, **__: Any) -> None:
+        return None
+
+    info = warning = error = exception = debug = _nothing
+
+
 def _entry(catalog: Catalog, recorded: RecordedRun, model: Model) -> CatalogEntry:
     name = recorded.requested.agent
     entry = catalog.entries.get(name)
@@ -292,7 +293,7 @@ async def replay_recorded(
         memory.save(*recorded.session_events)
     if given:
         memory.save(*given)
-    store = AsyncEventStore(memory, threads=1, retry_s=0)
+    store = AsyncEventStore(memory, threads=0, retry_s=0)
     runner = AgentRunner(
         store=store,
         catalog=dataclasses.replace(catalog, entries={entry.name: entry}),
@@ -300,6 +301,7 @@ async def replay_recorded(
         tool_effects=RecordedToolEffects.of(
             recorded.events, complete=recorded.complete, run_tools=run_tools
         ),
+        logger=_Silent(),
     )
     stopped = False
     try:

@@ -12,8 +12,9 @@ later `rebuild` refolds only what is still in the store; `agentledger import` of
 archive files first brings the archived runs back. Sessions are never archived: their
 conversation stays whole, so a session can always take another turn.
 
-The event with the newest notification id is never removed (see
-`EventStore.delete_aggregates`); its run is archived by a later pass.
+A run is only removed once every projection has folded all its events, and the event
+with the newest notification id is never removed (see `EventStore.delete_aggregates`);
+such runs are archived by a later pass.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from infra.event_store import EventStore
 from infra.view_store import ViewStore
 from projections.base import iso
 from projections.runs import RunsProjection
+from projections.views import ALL_PROJECTIONS
 
 __all__ = [
     "AggregateSize",
@@ -69,7 +71,8 @@ class ArchiveReport:
     removed_events: int
     files: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
-    """Runs left in the store this time (the newest event's run)."""
+    """Runs left in the store this time: the newest event's, and any whose events a
+    projection has not folded yet."""
     dry_run: bool = False
 
 
@@ -126,7 +129,15 @@ def archive_runs(
     cutoff = iso(now - timedelta(days=older_than_days))
     candidates = archive_log.candidates(cutoff, limit=10**9)
     newest = store.newest_aggregate_id()
-    kept = [c.run_id for c in candidates if newest is not None and UUID(c.run_id) == newest]
+    # Only runs every projection has folded entirely: the views must not miss an event.
+    horizon = views.lowest_tracking([p.name for p in ALL_PROJECTIONS])
+    last = store.last_notification_ids([UUID(c.run_id) for c in candidates])
+    kept = [
+        c.run_id
+        for c in candidates
+        if (newest is not None and UUID(c.run_id) == newest)
+        or last.get(UUID(c.run_id), 0) > horizon
+    ]
     todo = [c for c in candidates if c.run_id not in kept]
     if dry_run or not todo:
         return ArchiveReport(

@@ -128,9 +128,12 @@ class AgentRunner:
         catalog: Catalog,
         clock: Clock = _utcnow,
         tool_effects: ToolEffects | None = None,
+        logger: Any = None,
     ) -> None:
         """`tool_effects` replaces how a tool call not yet recorded is carried out (replay
-        serves recorded results through it); by default the tool runs."""
+        serves recorded results through it); by default the tool runs. `logger` replaces
+        the runner's structlog logger (replay passes a silent one)."""
+        self._log = log if logger is None else logger
         self._store = store
         self._catalog = catalog
         self._clock = clock
@@ -153,7 +156,7 @@ class AgentRunner:
         Raises `UnknownAgent` before anything is recorded for an agent not in the catalog.
         """
         entry = self._catalog.get(task.agent)
-        bound = log.bind(task_id=task.task_id, agent=task.agent, session_id=task.session_id)
+        bound = self._log.bind(task_id=task.task_id, agent=task.agent, session_id=task.session_id)
         run = None if first_delivery else await self._store.get(run_id_for(task.task_id), AgentRun)
         created = await self._create(task) if run is None else None
         if created is not None:

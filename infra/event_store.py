@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -365,6 +366,26 @@ class EventStore:
 
         return _translate(call)
 
+    def last_notification_ids(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, int]:
+        """The notification id of each aggregate's latest stored event."""
+        if self.backend not in ("postgres", "sqlite"):
+            raise NotImplementedError(f"not available on the {self.backend} backend")
+        events_table, _ = self._tables()
+        notification = "notification_id" if self.backend == "postgres" else "rowid"
+        found: dict[UUID, int] = {}
+        ids = list(aggregate_ids)
+        for start in range(0, len(ids), 500):
+            chunk = [self._id_param(i) for i in ids[start : start + 500]]
+            statement = (
+                f"SELECT originator_id, MAX({notification}) FROM {{table}}"
+                f" WHERE originator_id IN ({', '.join('?' for _ in chunk)})"
+                " GROUP BY originator_id"
+            )
+            rows = _translate(partial(self._select, statement, events_table, chunk))
+            for holder, last in rows:
+                found[holder if isinstance(holder, UUID) else UUID(str(holder))] = int(last)
+        return found
+
     def newest_aggregate_id(self) -> UUID | None:
         """The aggregate holding the event with the highest notification id."""
         if self.backend not in ("postgres", "sqlite"):
@@ -407,11 +428,17 @@ class AsyncEventStore:
     """
 
     def __init__(self, store: EventStore, threads: int, retry_s: float = 20.0) -> None:
+        """`threads=0` calls the store on the event loop itself: only for a store that
+        never blocks (the in-memory one replay uses)."""
         self.sync = store
         self.retry_s = retry_s
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store")
+        self._pool = (
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store") if threads else None
+        )
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._pool is None:
+            return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
@@ -436,5 +463,6 @@ class AsyncEventStore:
                 delay = min(delay * 2, 2.0)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self.sync.close()

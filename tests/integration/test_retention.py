@@ -9,7 +9,6 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from test_replay import record
 
 from domain.history_file import HistoryDocument, parse_history
 from domain.ids import run_id_for
@@ -23,6 +22,7 @@ from infra.archive_log import ArchiveLog
 from infra.event_store import EventStore
 from infra.settings import Settings
 from infra.view_store import view_store_for
+from support.harness import record_tasks as record
 from support.harness import running_projector, table_contents
 from support.replay_agents import varied_tasks, write_replay_catalog
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import nats
 from nats.aio.client import Client
 
 from domain.ids import rejection_id_for, run_id_for
+from domain.tasks import RunAgent, RunOutcome
 from handlers.bootstrap import ProjectorService, WorkerService
+from handlers.client import submit
 from infra.event_store import EventStore
 from infra.nats import nats_connect_kwargs
 from infra.settings import Settings
@@ -134,3 +137,27 @@ def table_contents(views: ViewStore) -> dict[str, list[tuple[Any, ...]]]:
                 cursor.execute(f"SELECT * FROM {table}")
                 contents[table] = sorted(cursor.fetchall(), key=repr)
     return contents
+
+
+async def record_tasks(settings: Settings, tasks: list[RunAgent]) -> dict[str, RunOutcome]:
+    """Publish the tasks to a real worker: a session's turns in order, the rest at once."""
+    outcomes: dict[str, RunOutcome] = {}
+    async with running_worker(settings), nats_client(settings) as nc:
+
+        async def one(task: RunAgent) -> None:
+            outcome = await submit(nc, settings.subject_prefix, task, timeout=30)
+            assert outcome is not None
+            outcomes[task.task_id] = outcome
+
+        solo = [t for t in tasks if t.session_id is None]
+        sessions: dict[str, list[RunAgent]] = {}
+        for t in tasks:
+            if t.session_id is not None:
+                sessions.setdefault(t.session_id, []).append(t)
+
+        async def in_order(turns: list[RunAgent]) -> None:
+            for t in turns:
+                await one(t)
+
+        await asyncio.gather(*(one(t) for t in solo), *(in_order(ts) for ts in sessions.values()))
+    return outcomes

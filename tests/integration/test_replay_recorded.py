@@ -3,7 +3,6 @@ PostgreSQL and SQLite."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,9 @@ from domain.divergence import comparable
 from domain.history_file import HistorySubject, parse_history
 from domain.ids import run_id_for, session_aggregate_id_for
 from domain.run import AgentRun
-from domain.tasks import RunAgent, RunOutcome
+from domain.tasks import RunAgent
 from domain.timeline import event_record
 from handlers.catalog import Catalog
-from handlers.client import submit
 from handlers.export import (
     ImportConflict,
     export_aggregates,
@@ -31,7 +29,7 @@ from handlers.replay import replay_history, replay_run
 from handlers.runner import AgentRunner
 from infra.event_store import AsyncEventStore, EventStore
 from infra.settings import Settings
-from support.harness import nats_client, running_worker
+from support.harness import record_tasks as record
 from support.replay_agents import varied_tasks, write_replay_catalog
 
 pytestmark = pytest.mark.asyncio
@@ -40,30 +38,6 @@ pytestmark = pytest.mark.asyncio
 @pytest.fixture
 def settings(make_settings, backend, tmp_path: Path) -> Settings:  # type: ignore[no-untyped-def]
     return make_settings(backend, catalog=str(write_replay_catalog(tmp_path)), ack_wait_s=5)
-
-
-async def record(settings: Settings, tasks: list[RunAgent]) -> dict[str, RunOutcome]:
-    """Publish the tasks to a real worker: a session's turns in order, the rest at once."""
-    outcomes: dict[str, RunOutcome] = {}
-    async with running_worker(settings), nats_client(settings) as nc:
-
-        async def one(task: RunAgent) -> None:
-            outcome = await submit(nc, settings.subject_prefix, task, timeout=30)
-            assert outcome is not None
-            outcomes[task.task_id] = outcome
-
-        solo = [t for t in tasks if t.session_id is None]
-        sessions: dict[str, list[RunAgent]] = {}
-        for t in tasks:
-            if t.session_id is not None:
-                sessions.setdefault(t.session_id, []).append(t)
-
-        async def in_order(turns: list[RunAgent]) -> None:
-            for t in turns:
-                await one(t)
-
-        await asyncio.gather(*(one(t) for t in solo), *(in_order(ts) for ts in sessions.values()))
-    return outcomes
 
 
 def names(store: EventStore, task_id: str) -> list[str]:
