@@ -97,7 +97,8 @@ class HistoryDocument(BaseModel):
     aggregates: list[ExportedAggregate]
 
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=False) + "\n"
+        # pydantic's own serialiser: several times faster than json.dumps with indent.
+        return self.model_dump_json(indent=1) + "\n"
 
 
 def encode_event(domain_event: Any) -> ExportedEvent:
