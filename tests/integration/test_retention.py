@@ -4,6 +4,9 @@ size report by aggregate type."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
@@ -13,17 +16,19 @@ import pytest
 from domain.history_file import HistoryDocument, parse_history
 from domain.ids import run_id_for
 from domain.tasks import RunAgent
+from handlers.bootstrap import make_projector
 from handlers.catalog import Catalog
 from handlers.export import import_history
 from handlers.queries import answer
 from handlers.replay import replay_history, replay_run
 from handlers.retention import archive_runs, store_report
+from handlers.runner import AgentRunner
 from infra.archive_log import ArchiveLog
-from infra.event_store import EventStore
+from infra.event_store import AsyncEventStore, EventStore
 from infra.settings import Settings
 from infra.view_store import view_store_for
 from support.harness import record_tasks as record
-from support.harness import running_projector, table_contents
+from support.harness import running_projector, settings_env, table_contents, wait_for
 from support.replay_agents import varied_tasks, write_replay_catalog
 
 pytestmark = pytest.mark.asyncio
@@ -143,3 +148,79 @@ async def test_the_run_with_the_newest_event_is_never_removed(settings: Settings
     finally:
         views.close()
         store.close()
+
+
+def _start_and_kill(args: list[str], env: dict[str, str], out: Path) -> None:
+    """Start `agentledger archive`, SIGKILL it once it has written five files."""
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(
+            lambda: len(list(out.glob("archive-*.json"))) >= 5 or process.poll() is not None,
+            60,
+            "the archive to write five files",
+            0.005,
+        )
+        assert process.poll() is None, "the archive finished before it could be killed"
+    finally:
+        process.kill()  # SIGKILL
+        process.wait()
+
+
+@pytest.mark.slow
+async def test_an_archive_killed_midway_loses_nothing_and_a_rerun_finishes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    catalog = Catalog.load(settings.catalog)
+    store = EventStore(settings)
+    views = view_store_for(settings)
+    tasks = [
+        RunAgent(task_id=f"k{i:02d}", agent="calculator", prompt=f"add {i} and 1")
+        for i in range(60)
+    ]
+    try:
+        runner = AgentRunner(store=AsyncEventStore(EventStore(settings), 2), catalog=catalog)
+        for task in tasks:
+            await runner.run(task, first_delivery=True)
+        projector = make_projector(settings, store, views)
+        while projector.run_once():
+            pass
+    finally:
+        views.close()
+        store.close()
+    out = tmp_path / "archive"
+    env = settings_env(settings)
+    command = [sys.executable, "-c", "from handlers.cli import main; main()", "archive"]
+    args = [*command, "--older-than-days", "0", "--batch", "1", "--out", str(out), "--json"]
+    await asyncio.to_thread(_start_and_kill, args, env, out)
+
+    def holders() -> tuple[set[str], set[str]]:
+        """Task ids still in the store; task ids in a complete archive file."""
+        in_files: set[str] = set()
+        for path in out.glob("archive-*.json"):  # never a *.part: those are unfinished
+            for aggregate in load(str(path)).aggregates:
+                first = aggregate.events[0].state
+                in_files.add(first["task_id"])
+        check = EventStore(settings)
+        try:
+            in_store = {t.task_id for t in tasks if check.events(run_id_for(t.task_id))}
+        finally:
+            check.close()
+        return in_store, in_files
+
+    in_store, in_files = holders()
+    assert in_store | in_files == {t.task_id for t in tasks}  # nothing lost
+    assert in_store and in_files  # it really stopped halfway
+
+    rerun = await asyncio.to_thread(subprocess.run, args, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    in_store, in_files = holders()
+    assert in_files == {t.task_id for t in tasks} - in_store
+    assert len(in_store) <= 1  # at most the run holding the newest event
+
+    # Every file still replays, and all of them together restore the store.
+    fresh = EventStore.in_memory()
+    for path in sorted(out.glob("archive-*.json")):
+        import_history(fresh, load(str(path)))
+    assert {t.task_id for t in tasks if fresh.events(run_id_for(t.task_id))} == in_files
+    for path in sorted(out.glob("archive-*.json")):
+        assert all(r.identical for r in await replay_history(load(str(path)), catalog))
