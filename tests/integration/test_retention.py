@@ -177,14 +177,16 @@ async def test_an_archive_killed_midway_loses_nothing_and_a_rerun_finishes(
         RunAgent(task_id=f"k{i:02d}", agent="calculator", prompt=f"add {i} and 1")
         for i in range(60)
     ]
+    writer = AsyncEventStore(EventStore(settings), 2)
     try:
-        runner = AgentRunner(store=AsyncEventStore(EventStore(settings), 2), catalog=catalog)
+        runner = AgentRunner(store=writer, catalog=catalog)
         for task in tasks:
             await runner.run(task, first_delivery=True)
         projector = make_projector(settings, store, views)
         while projector.run_once():
             pass
     finally:
+        writer.close()
         views.close()
         store.close()
     out = tmp_path / "archive"
