@@ -243,27 +243,15 @@ def fork(
 
     settings = settings_from_env(log_level="WARNING")
     catalog = load_catalog(settings)
-    store = EventStore(settings)
+    store = AsyncEventStore(EventStore(settings), settings.store_threads, settings.store_retry_s)
     try:
-        kind, run_ids = _load(settings, store, identifier)
-    except BaseException:
+        kind, run_ids = _load(settings, store.sync, identifier)
+        if kind != "run":
+            raise CliError(f"{identifier} is a session; fork one of its runs")
+        runner = AgentRunner(store=store, catalog=catalog)
+        result = run(fork_run(store, runner, run_ids[0], at=at, prompt=prompt, task_id=task_id))
+    finally:
         store.close()
-        raise
-    if kind != "run":
-        store.close()
-        raise CliError(f"{identifier} is a session; fork one of its runs")
-
-    async def go() -> Any:
-        async_store = AsyncEventStore(store, settings.store_threads, settings.store_retry_s)
-        try:
-            runner = AgentRunner(store=async_store, catalog=catalog)
-            return await fork_run(
-                async_store, runner, run_ids[0], at=at, prompt=prompt, task_id=task_id
-            )
-        finally:
-            async_store.close()
-
-    result = run(go())
     if as_json:
         print_json(
             {

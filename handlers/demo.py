@@ -116,8 +116,9 @@ async def run_demo(settings: Settings, console: Console) -> DemoReport:
             )
         )
         console.print(
-            f"[dim]Try: agentledger events {with_tool.task_id} | agentledger query runs"
-            f" | agentledger state {with_tool.task_id} --at-version 2"
+            f"[dim]Try: agentledger events {with_tool.task_id} | agentledger replay"
+            f" {with_tool.task_id} | agentledger fork {with_tool.task_id} --at 3"
+            f" | agentledger query runs | agentledger state {with_tool.task_id} --at-version 2"
         )
         return DemoReport(
             outcomes=outcomes,

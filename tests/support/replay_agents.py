@@ -7,6 +7,9 @@
 - `calculator_reworded` / `calculator_renamed` / `calculator_reschemed` /
   `calculator_off_by_one`: the example calculator with changed instructions, a renamed
   tool, a changed tool signature, a changed tool body.
+
+The golden history (tests/fixtures/golden/history-format1.json) replays against
+`planner`, `picky` and `counter`: change them only together with a new golden file.
 """
 
 from __future__ import annotations
@@ -110,55 +113,47 @@ counter: Agent[None, int] = Agent(
 )
 
 
-def _calculator(instructions: str, add_name: str = "add") -> Agent[None, str]:
+SAME_INSTRUCTIONS = "You are a calculator. Use the tools for arithmetic."
+
+
+async def _add(a: float, b: float) -> float:
+    """Add two numbers."""
+    return a + b
+
+
+async def _multiply(a: float, b: float) -> float:
+    """Multiply two numbers."""
+    return a * b
+
+
+async def _add_xy(x: float, y: float) -> float:
+    """Add two numbers (now called x and y)."""
+    return x + y
+
+
+async def _add_off_by_one(a: float, b: float) -> float:
+    """Add two numbers (with a bug)."""
+    return a + b + 1
+
+
+def _calculator(
+    instructions: str = SAME_INSTRUCTIONS, add: Any = _add, add_name: str = "add"
+) -> Agent[None, str]:
+    """The example calculator's model with these instructions and this `add` tool."""
     agent = Agent(
         FunctionModel(calculator_model, model_name="calculator-fn"),
         name="calculator",
         instructions=instructions,
     )
-
-    async def add(a: float, b: float) -> float:
-        """Add two numbers."""
-        return a + b
-
-    async def multiply(a: float, b: float) -> float:
-        """Multiply two numbers."""
-        return a * b
-
     agent.tool_plain(name=add_name)(add)
-    agent.tool_plain(multiply)
+    agent.tool_plain(name="multiply")(_multiply)
     return agent
 
 
-SAME_INSTRUCTIONS = "You are a calculator. Use the tools for arithmetic."
-
 calculator_reworded = _calculator("You are a careful calculator. Always use the tools.")
-calculator_renamed = _calculator(SAME_INSTRUCTIONS, add_name="add_numbers")
-
-calculator_reschemed = Agent(
-    FunctionModel(calculator_model, model_name="calculator-fn"),
-    name="calculator",
-    instructions=SAME_INSTRUCTIONS,
-)
-
-
-@calculator_reschemed.tool_plain(name="add")
-async def add_xy(x: float, y: float) -> float:
-    """Add two numbers (now called x and y)."""
-    return x + y
-
-
-calculator_off_by_one = Agent(
-    FunctionModel(calculator_model, model_name="calculator-fn"),
-    name="calculator",
-    instructions=SAME_INSTRUCTIONS,
-)
-
-
-@calculator_off_by_one.tool_plain(name="add")
-async def add_off_by_one(a: float, b: float) -> float:
-    """Add two numbers (with a bug)."""
-    return a + b + 1
+calculator_renamed = _calculator(add_name="add_numbers")
+calculator_reschemed = _calculator(add=_add_xy)
+calculator_off_by_one = _calculator(add=_add_off_by_one)
 
 
 REPLAY_CATALOG = """
