@@ -275,10 +275,13 @@ def fork(
 
 def archive(
     older_than_days: float = typer.Option(
-        ..., "--older-than-days", help="Archive runs that finished more than this many days ago."
+        None,
+        "--older-than-days",
+        help="Archive runs that finished more than this many days ago"
+        " (default: AGENTLEDGER_RETENTION_DAYS).",
     ),
     out: Path = typer.Option(
-        None, "--out", help="Directory for archive files (<data_dir>/archive)."
+        None, "--out", help="Directory for archive files (default: AGENTLEDGER_ARCHIVE_DIR)."
     ),
     batch: int = typer.Option(500, help="Runs per archive file."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be archived."),
@@ -291,6 +294,9 @@ def archive(
     from infra.view_store import view_store_for
 
     settings = settings_from_env()
+    days = older_than_days if older_than_days is not None else settings.retention_days
+    if days is None:
+        raise CliError("give --older-than-days or set AGENTLEDGER_RETENTION_DAYS")
     store = EventStore(settings)
     views = view_store_for(settings)
     try:
@@ -299,8 +305,8 @@ def archive(
             report = archive_runs(
                 store,
                 views,
-                out or settings.data_dir / "archive",
-                older_than_days=older_than_days,
+                out or settings.archive_path,
+                older_than_days=days,
                 batch=batch,
                 dry_run=dry_run,
                 catalog=load_catalog(settings),
@@ -313,7 +319,7 @@ def archive(
         print_json(vars(report))
         return
     if dry_run:
-        console.print(f"{report.candidates} finished runs older than {older_than_days:g} days")
+        console.print(f"{report.candidates} finished runs older than {days:g} days")
         return
     console.print(
         f"archived {report.archived_runs} runs ({report.removed_events} events) to"

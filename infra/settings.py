@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     projection_poll_s: float = Field(default=0.01, gt=0)
     projection_batch: int = Field(default=500, ge=1)
 
+    # -- retention -----------------------------------------------------------
+    retention_days: float | None = Field(
+        default=None,
+        ge=0,
+        description="`agentledger archive` without --older-than-days archives finished runs"
+        " older than this.",
+    )
+    archive_dir: Path | None = Field(default=None, description="Default: <data_dir>/archive")
+
     # -- logging -------------------------------------------------------------
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
@@ -95,6 +104,10 @@ class Settings(BaseSettings):
         """SQLite views live in their own file so projecting never blocks event writes."""
         store = self.sqlite_file
         return store.with_name(store.stem + "-views" + store.suffix)
+
+    @property
+    def archive_path(self) -> Path:
+        return self.archive_dir or self.data_dir / "archive"
 
     @property
     def tasks_stream(self) -> str:

@@ -102,8 +102,16 @@ def test_fork_continues_live_as_a_linked_run(recorded: tuple[Path, str, str]) ->
         (("fork", "{calc}", "--at", "99"), "error: fork point 99 is outside 1..7"),
         (("fork", "{calc}", "--at", "4"), "error: fork point 4 splits tool call"),
         (("export", "no-such-run"), "error: no events for 'no-such-run'"),
+        (("archive",), "error: give --older-than-days or set AGENTLEDGER_RETENTION_DAYS"),
     ],
-    ids=["replay-nothing", "replay-no-file", "fork-outside", "fork-split", "export-unknown"],
+    ids=[
+        "replay-nothing",
+        "replay-no-file",
+        "fork-outside",
+        "fork-split",
+        "export-unknown",
+        "archive-no-policy",
+    ],
 )
 def test_history_command_errors_are_one_clear_line(
     recorded: tuple[Path, str, str], args: tuple[str, ...], message: str
@@ -137,7 +145,7 @@ def test_store_size_then_archive_then_replay_points_at_the_archive(
 
     dry = json.loads(_cli(cwd, "archive", "--older-than-days", "0", "--dry-run", "--json").stdout)
     assert dry["candidates"] == 6 and dry["archived_runs"] == 0
-    archived = _cli(cwd, "archive", "--older-than-days", "0", "--json")
+    archived = _cli(cwd, "archive", "--json", AGENTLEDGER_RETENTION_DAYS="0")  # the policy
     assert archived.returncode == 0, archived.stderr
     report = json.loads(archived.stdout)
     assert report["archived_runs"] + len(report["kept"]) == 6 and len(report["files"]) == 1
