@@ -63,6 +63,32 @@ def _session_run_ids(settings: Settings, session_id: str) -> list[UUID]:
         views.close()
 
 
+def _agent_run_ids(settings: Settings, store: Any, agent: str, limit: int) -> list[UUID]:
+    """The agent's latest finished runs still in the store (archived ones are skipped),
+    oldest first, from the runs view."""
+    from infra.view_store import view_store_for
+    from projections.runs import RunsProjection, list_runs
+
+    found: list[UUID] = []
+    views = view_store_for(settings)
+    try:
+        views.ensure(RunsProjection)
+        offset = 0
+        while len(found) < limit:
+            with views.read() as cursor:
+                rows = list_runs(cursor, agent=agent, limit=200, offset=offset)
+            if not rows:
+                break
+            offset += len(rows)
+            for row in rows:
+                run_id = UUID(row.run_id)
+                if row.status in ("completed", "failed") and store.events(run_id, lte=1):
+                    found.append(run_id)
+    finally:
+        views.close()
+    return list(reversed(found[:limit]))
+
+
 def _archived_hint(settings: Settings, identifier: str) -> str | None:
     from infra.archive_log import ArchiveLog
     from infra.view_store import view_store_for
@@ -112,20 +138,27 @@ def _read_document(path: Path) -> HistoryDocument:
 def replay(
     identifier: str = typer.Argument(None, help="Run id, task id or session id to replay."),
     file: Path = typer.Option(None, "--file", "-f", help="Replay an export instead (no store)."),
+    agent: str = typer.Option(
+        None, "--agent", help="Replay this agent's latest runs (see --limit) instead of one id."
+    ),
+    limit: int = typer.Option(100, help="With --agent: how many of its latest runs."),
     run_tools: bool = typer.Option(
         False, "--run-tools", help="Run the tools instead of serving recorded results."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the reports as JSON."),
 ) -> None:
     """Re-execute recorded runs with the current agent code, serving the recorded model
-    responses and tool results; print `identical` or the first divergence."""
+    responses and tool results; print `identical` or the first divergence.
+
+    `--agent NAME` replays that agent's latest runs: a check of new agent code against
+    what it did in production before it is deployed."""
     from handlers.bootstrap import load_catalog
     from handlers.render import divergence_text, replay_table
     from handlers.replay import ReplayReport, recorded_run, recorded_runs, replay_recorded
     from infra.event_store import EventStore
 
-    if (identifier is None) == (file is None):
-        raise CliError("give a run, task or session id, or --file (one of them)")
+    if sum(x is not None for x in (identifier, file, agent)) != 1:
+        raise CliError("give a run, task or session id, --file or --agent (one of them)")
     settings = settings_from_env(log_level="WARNING")
     catalog = load_catalog(settings)
     if file is not None:
@@ -133,7 +166,10 @@ def replay(
     else:
         store = EventStore(settings)
         try:
-            _, run_ids = _load(settings, store, identifier)
+            if agent is not None:
+                run_ids = _agent_run_ids(settings, store, agent, limit)
+            else:
+                _, run_ids = _load(settings, store, identifier)
             recorded = [recorded_run(store, r) for r in run_ids]
         finally:
             store.close()

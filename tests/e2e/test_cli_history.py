@@ -50,6 +50,14 @@ def test_replay_prints_identical_or_the_divergence_and_exits_accordingly(
     assert whole.returncode == 0, whole.stderr
     assert [r["verdict"] for r in json.loads(whole.stdout)] == ["identical"] * 3
 
+    by_agent = _cli(cwd, "replay", "--agent", "calculator", "--json")
+    assert by_agent.returncode == 0, by_agent.stderr
+    assert [r["agent"] for r in json.loads(by_agent.stdout)] == ["calculator", "calculator"]
+    edited_all = _cli(
+        cwd, "replay", "--agent", "calculator", "--limit", "1", **_edited_catalog(cwd)
+    )
+    assert edited_all.returncode == 2 and "diverged at event 2" in edited_all.stdout
+
     edited = _cli(cwd, "replay", calc, **_edited_catalog(cwd))
     assert edited.returncode == 2, edited.stderr
     assert "diverged at event 2: expected ModelRequestSent, got ModelRequestSent" in edited.stdout
@@ -97,7 +105,7 @@ def test_fork_continues_live_as_a_linked_run(recorded: tuple[Path, str, str]) ->
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("replay",), "error: give a run, task or session id, or --file"),
+        (("replay",), "error: give a run, task or session id, --file or --agent"),
         (("replay", "--file", "nope.json"), "error: no such file: nope.json"),
         (("fork", "{calc}", "--at", "99"), "error: fork point 99 is outside 1..7"),
         (("fork", "{calc}", "--at", "4"), "error: fork point 4 splits tool call"),
