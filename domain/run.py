@@ -295,8 +295,11 @@ class RunHistory:
     """The run's own messages (requests and responses) in order, as pydantic-ai JSON."""
     tool_results: dict[str, JSON] = field(default_factory=dict)
     """Recorded tool results by tool_call_id: these calls are never executed again."""
+    tool_failures: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    """Recorded tool failures by tool_call_id, as (error, retry): a recorded outcome too,
+    served again instead of running the tool again."""
     started_tool_calls: set[str] = field(default_factory=set)
-    """Tool calls recorded as started (finished or not)."""
+    """Tool calls recorded as started (finished or not): not recorded as started twice."""
     requests_after_fork: int = 0
     """Requests recorded after the fork point (all of them for a run that is no fork)."""
 
@@ -318,6 +321,11 @@ class RunHistory:
                 history.started_tool_calls.add(domain_event.tool_call_id)
             elif isinstance(domain_event, AgentRun.ToolCallFinished):
                 history.tool_results[domain_event.tool_call_id] = domain_event.result
+            elif isinstance(domain_event, AgentRun.ToolCallFailed):
+                history.tool_failures[domain_event.tool_call_id] = (
+                    domain_event.error,
+                    domain_event.retry,
+                )
         return history
 
     def prompt_to_send(self, prompt: str, fork_prompt: str | None) -> str | None:

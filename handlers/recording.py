@@ -1,15 +1,18 @@
 """Recording of a run as it happens: the step recorder and the tool-effect ledger.
 
 `StepRecorder` turns new pydantic-ai messages into events and saves them, one `save()`
-per agent step. `LedgerToolset` wraps every toolset of the agent: a call whose result is
-already recorded is served from the ledger (never executed again); any other call is
-executed and its result saved before the run moves on.
+per agent step. `LedgerToolset` wraps every toolset of the agent: a call whose outcome
+(result, or failure) is already recorded is served from the ledger (never executed
+again); any other call is executed and its outcome saved before the run moves on. A call
+recorded as started whose outcome was not (the process died while it ran) runs again,
+without a second `ToolCallStarted`: a resumed run's events read as one uninterrupted run.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,7 +21,7 @@ from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRe
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
 from pydantic_core import to_jsonable_python
 
-from domain.run import AgentRun
+from domain.run import AgentRun, RunHistory
 from infra.event_store import AsyncEventStore
 
 __all__ = [
@@ -118,6 +121,10 @@ class LedgerToolset(WrapperToolset[Any]):
 
     recorder: StepRecorder | None = None
     ledger: Mapping[str, Any] = field(default_factory=dict)
+    failures: Mapping[str, tuple[str, bool]] = field(default_factory=dict)
+    """Recorded failures by tool_call_id: (error, retry)."""
+    started: AbstractSet[str] = field(default_factory=frozenset)
+    """Calls already recorded as started (a crash came before their outcome)."""
     effects: ToolEffects | None = None
 
     async def call_tool(
@@ -126,6 +133,11 @@ class LedgerToolset(WrapperToolset[Any]):
         call_id = ctx.tool_call_id or ""
         if call_id in self.ledger:
             return self.ledger[call_id]
+        if call_id in self.failures:  # a recorded outcome as well: the same failure again
+            error, retry = self.failures[call_id]
+            if retry:
+                raise ModelRetry(error)
+            raise ToolCallError(error)
 
         def execute() -> Awaitable[Any]:
             return WrapperToolset.call_tool(self, name, tool_args, ctx, tool)
@@ -133,7 +145,8 @@ class LedgerToolset(WrapperToolset[Any]):
         recorder = self.recorder
         if recorder is None:
             return await execute()
-        await recorder.start_tool(call_id, name, tool_args)
+        if call_id not in self.started:
+            await recorder.start_tool(call_id, name, tool_args)
         try:
             if self.effects is None:
                 result = await execute()
@@ -157,7 +170,18 @@ class LedgerToolset(WrapperToolset[Any]):
 def wrap_toolsets(
     toolsets: Sequence[AbstractToolset[Any]],
     recorder: StepRecorder,
-    ledger: Mapping[str, Any],
+    history: RunHistory,
     effects: ToolEffects | None = None,
 ) -> list[AbstractToolset[Any]]:
-    return [LedgerToolset(ts, recorder=recorder, ledger=ledger, effects=effects) for ts in toolsets]
+    """Every toolset behind the ledger of what `history` recorded."""
+    return [
+        LedgerToolset(
+            ts,
+            recorder=recorder,
+            ledger=history.tool_results,
+            failures=history.tool_failures,
+            started=frozenset(history.started_tool_calls),
+            effects=effects,
+        )
+        for ts in toolsets
+    ]

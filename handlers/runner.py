@@ -26,7 +26,7 @@ from pydantic_ai.exceptions import (
     UnexpectedModelBehavior,
     UsageLimitExceeded,
 )
-from pydantic_ai.messages import ModelMessage
+from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.run import AgentRun as PydanticAgentRun
 from pydantic_ai.usage import RunUsage, UsageLimits
 from pydantic_core import to_jsonable_python
@@ -61,6 +61,13 @@ _TRANSIENT_MODEL_ERRORS = (
 )
 
 SESSION_RETRIES = 100
+
+
+def _ends_in_answer(messages: list[ModelMessage]) -> bool:
+    last = messages[-1]
+    return isinstance(last, ModelResponse) and not any(
+        isinstance(part, ToolCallPart) for part in last.parts
+    )
 
 
 class TransientRunError(Exception):
@@ -253,9 +260,7 @@ class AgentRunner:
                     overrides["model"] = entry.model
                 with agent.override(
                     tools=[],
-                    toolsets=wrap_toolsets(
-                        agent.toolsets, recorder, history.tool_results, self._tool_effects
-                    ),
+                    toolsets=wrap_toolsets(agent.toolsets, recorder, history, self._tool_effects),
                     **overrides,
                 ):
                     async with agent.iter(
@@ -292,13 +297,18 @@ class AgentRunner:
     ) -> tuple[Any, list[ModelMessage]]:
         """Advance node by node, saving each step's new messages before the next.
 
-        The final step's messages are returned unsaved: they are saved with the run's
-        completion, in the same transaction (one save for the last step)."""
+        A response that asks for tool calls is saved before they run (so a resumed run
+        neither asks the model again nor reruns a recorded call). An answer (a response
+        without tool calls) is held back: it is usually the last step, saved with the
+        run's completion in the same transaction; were it saved alone, a crash before the
+        completion would leave a history that ends in an answer, from which pydantic-ai
+        would ask the model again and rerun the tools. The held-back messages are
+        returned unsaved."""
         async for node in agent_run:
             if Agent.is_end_node(node):
                 break
             messages = agent_run.ctx.state.message_history
-            if len(messages) > known:
+            if len(messages) > known and not _ends_in_answer(messages):
                 await recorder.record_messages(messages[known:])
                 known = len(messages)
         if agent_run.result is None:  # pragma: no cover - iteration ends at End

@@ -1,0 +1,103 @@
+"""A run resumed after a crash at any save boundary ends as the uninterrupted run does,
+calls the model only for steps that were not recorded, reruns no recorded tool outcome,
+and records the same events (so it replays `identical`).
+
+The crash is simulated by copying the uninterrupted run's events up to each save into a
+fresh store and resuming there (the process-level crash tests kill real workers:
+tests/integration/test_crash_recovery.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain.ids import run_id_for
+from domain.tasks import RunAgent
+from handlers.catalog import Catalog
+from handlers.replay import replay_run
+from handlers.runner import AgentRunner
+from infra.event_store import AsyncEventStore, EventStore
+from support.agents import JOURNAL_ENV, read_journal
+from support.replay_agents import write_replay_catalog
+
+pytestmark = pytest.mark.asyncio
+
+
+class SaveLog(EventStore):
+    """An in-memory store that notes how many events of one run each save left."""
+
+    def __init__(self, run_id: Any) -> None:
+        super().__init__(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+        self.run_id = run_id
+        self.boundaries: list[int] = []
+
+    def save(self, *objs: Any) -> int | None:
+        result = super().save(*objs)
+        self.boundaries.append(len(self.events(self.run_id)))
+        return result
+
+
+CASES = [
+    ("calculator", "add 2 and 3"),
+    ("planner", "how warm?"),  # parallel tool calls
+    ("picky", "set a level"),  # a tool retry
+    ("counter", "how many?"),  # an output retry
+    ("exploding", "boom"),  # a tool error
+    ("effect", "go"),
+]
+
+
+@pytest.mark.parametrize(("agent", "prompt"), CASES, ids=[c[0] for c in CASES])
+async def test_resuming_at_every_save_boundary_gives_the_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, agent: str, prompt: str
+) -> None:
+    catalog = Catalog.load(write_replay_catalog(tmp_path))
+    task = RunAgent(task_id="t", agent=agent, prompt=prompt)
+    run_id = run_id_for("t")
+    whole = SaveLog(run_id)
+    first = await AgentRunner(store=AsyncEventStore(whole, 0), catalog=catalog).run(
+        task, first_delivery=True
+    )
+    events = whole.events(run_id)
+    names = [type(e).__name__ for e in events]
+    assert whole.boundaries[-1] == len(events)
+    for cut in whole.boundaries[:-1]:
+        journal = tmp_path / f"journal-{cut}.txt"
+        monkeypatch.setenv(JOURNAL_ENV, str(journal))
+        resumed = EventStore.in_memory()
+        resumed.save(*events[:cut])
+        outcome = await AgentRunner(store=AsyncEventStore(resumed, 0), catalog=catalog).run(task)
+        assert outcome.model_dump(exclude={"duration_ms"}) == first.model_dump(
+            exclude={"duration_ms"}
+        ), cut
+        assert [type(e).__name__ for e in resumed.events(run_id)] == names, cut
+        report = await replay_run(resumed, run_id, catalog)
+        assert report.identical, (cut, report.divergence and report.divergence.diff)
+        if agent == "effect":
+            # The journal counts real model calls and tool effects after the crash.
+            done = {type(e).__name__ for e in events[:cut]}
+            ran = read_journal(journal)
+            assert ("tool-effect go" in ran) == ("ToolCallFinished" not in done), (cut, ran)
+            assert ran.count("model-call-1 go") == (0 if cut >= 3 else 1), (cut, ran)
+
+
+async def test_a_recorded_tool_failure_is_served_again_not_rerun(tmp_path: Path) -> None:
+    """A tool that failed with ModelRetry before the crash is not run a second time."""
+    catalog = Catalog.load(write_replay_catalog(tmp_path))
+    task = RunAgent(task_id="p", agent="picky", prompt="set a level")
+    run_id = run_id_for("p")
+    whole = SaveLog(run_id)
+    await AgentRunner(store=AsyncEventStore(whole, 0), catalog=catalog).run(
+        task, first_delivery=True
+    )
+    events = whole.events(run_id)
+    failed_at = next(i for i, e in enumerate(events, 1) if type(e).__name__ == "ToolCallFailed")
+    assert failed_at in whole.boundaries
+    resumed = EventStore.in_memory()
+    resumed.save(*events[:failed_at])
+    await AgentRunner(store=AsyncEventStore(resumed, 0), catalog=catalog).run(task)
+    after = [type(e).__name__ for e in resumed.events(run_id)]
+    assert after.count("ToolCallFailed") == 1 and after.count("ToolCallStarted") == 2
