@@ -23,6 +23,7 @@ from uuid import UUID
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from domain.event_registry import EVENT_CLASSES
 from domain.timeline import plain_json
 
 __all__ = [
@@ -46,6 +47,10 @@ FORMAT_VERSION = 1
 """The document layout's version (the events inside carry their own class versions)."""
 
 _BASE = ("originator_id", "originator_version")
+
+
+_KNOWN_TOPICS = frozenset(cls.TOPIC for cls in EVENT_CLASSES)
+"""Only agentledger's own event classes are read from a file (a topic names code)."""
 
 
 class HistoryFileError(ValueError):
@@ -114,6 +119,11 @@ def encode_event(domain_event: Any) -> ExportedEvent:
 
 def decode_event(aggregate_id: str, exported: ExportedEvent) -> Any:
     """The domain event, upcast to the current class version."""
+    if exported.topic not in _KNOWN_TOPICS:
+        raise HistoryFileError(
+            f"event {exported.version} of {aggregate_id} has topic {exported.topic!r},"
+            " which names no event class of this version of agentledger"
+        )
     try:
         cls = resolve_topic(exported.topic)
     except TopicError:
@@ -181,7 +191,21 @@ def parse_history(text: str | bytes, source: str = "history") -> HistoryDocument
 
 
 def decode_aggregate(aggregate: ExportedAggregate) -> list[Any]:
-    """The aggregate's domain events, upcast."""
+    """The aggregate's domain events, upcast; `HistoryFileError` unless they are its
+    versions 1..n in order, all events of its type."""
+    versions = [e.version for e in aggregate.events]
+    if versions != list(range(1, len(versions) + 1)):
+        raise HistoryFileError(
+            f"{aggregate.aggregate_type} {aggregate.aggregate_id} has event versions"
+            f" {versions[:5]}...; an export holds versions 1..n in order"
+        )
+    prefix = f"agentledger.{aggregate.aggregate_type}."
+    for e in aggregate.events:
+        if not e.topic.startswith(prefix):
+            raise HistoryFileError(
+                f"event {e.version} of {aggregate.aggregate_id} ({e.topic}) is not an event of"
+                f" a {aggregate.aggregate_type}"
+            )
     return [decode_event(aggregate.aggregate_id, e) for e in aggregate.events]
 
 

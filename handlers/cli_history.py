@@ -123,7 +123,13 @@ def _load(settings: Settings, store: Any, identifier: str) -> tuple[str, list[UU
     if isinstance(events[0], Conversation.ConversationStarted):
         ids = [UUID(e.run_id) for e in events if isinstance(e, Conversation.TurnRecorded)]
         ids += [r for r in _session_run_ids(settings, identifier) if r not in ids]
-        return "session", ids
+        present = [r for r in ids if store.events(r, lte=1)]  # archived runs are gone
+        if len(present) < len(ids):
+            err_console.print(
+                f"[yellow]{len(ids) - len(present)} run(s) of session {identifier} are archived"
+                " (see `agentledger archive`); they are left out"
+            )
+        return "session", present
     raise CliError(f"{identifier} is a rejected task, not a run: nothing to replay")
 
 

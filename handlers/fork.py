@@ -13,13 +13,13 @@ import uuid
 from dataclasses import dataclass
 from uuid import UUID
 
-from domain.fork import ForkPlan, plan_fork
+from domain.fork import ForkError, ForkPlan, plan_fork
 from domain.ids import run_id_for
 from domain.run import AgentRun, copy_steps, task_of
 from domain.tasks import RunAgent, RunOutcome
 from handlers.replay import NotARun, RunNotFound
 from handlers.runner import AgentRunner
-from infra.event_store import AsyncEventStore
+from infra.event_store import AsyncEventStore, ConcurrencyConflict
 
 __all__ = ["ForkResult", "fork_run"]
 
@@ -45,7 +45,8 @@ async def fork_run(
     task_id: str | None = None,
 ) -> ForkResult:
     """Fork `parent_run_id` after its event `at` (see `domain.fork` for the rules),
-    record it, and run it live to its end with `runner`."""
+    record it, and run it live to its end with `runner`. Given the `task_id` of the same
+    fork started before (an interrupted `agentledger fork`), it resumes that one."""
     parent = await store.events(parent_run_id)
     if not parent:
         raise RunNotFound(str(parent_run_id))
@@ -78,8 +79,24 @@ async def fork_run(
         fork_prompt=plan.fork_prompt,
     )
     assert fork.id == run_id_for(fork_task)
-    copy_steps(fork, plan.copied)
-    await store.save(fork)
+    existing = await store.events(fork.id)
+    if existing:
+        first = existing[0]
+        same = isinstance(first, AgentRun.RunRequested) and (
+            first.parent_run_id,
+            first.fork_at,
+            first.fork_prompt,
+            first.prompt,
+        ) == (str(parent_run_id), plan.at, plan.fork_prompt, plan.prompt)
+        if not same:
+            raise ForkError(f"task id {fork_task!r} is taken by another run; choose another")
+        # The same fork, started before and interrupted: resume it (or return its outcome).
+    else:
+        copy_steps(fork, plan.copied)
+        try:
+            await store.save(fork)
+        except ConcurrencyConflict:
+            raise ForkError(f"task id {fork_task!r} was just taken by another run") from None
     outcome = await runner.run(task, final_attempt=True)
     return ForkResult(
         run_id=str(fork.id),

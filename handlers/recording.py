@@ -87,6 +87,13 @@ class StepRecorder:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     recorded: list[Any] = field(default_factory=list)
     """JSON of the messages this recorder saved, in order (the run's new messages)."""
+    held: list[ModelMessage] = field(default_factory=list)
+    """Messages not saved yet: an answer held back to be saved with the run's ending."""
+    saved_version: int = 0
+    """The run's version after this recorder's last save (its version when created)."""
+
+    def __post_init__(self) -> None:
+        self.saved_version = self.saved_version or self.run.version
 
     async def record_messages(self, messages: Sequence[ModelMessage]) -> None:
         """Record new requests/responses of one step in one save."""
@@ -96,6 +103,7 @@ class StepRecorder:
             as_json = messages_to_json(messages)
             append_messages(self.run, messages, as_json)
             await self.store.save(self.run)
+            self.saved_version = self.run.version
             self.recorded.extend(as_json)
 
     async def start_tool(self, tool_call_id: str, tool_name: str, args: Any) -> None:
@@ -108,11 +116,13 @@ class StepRecorder:
         async with self.lock:
             self.run.finish_tool_call(tool_call_id, tool_name, result)
             await self.store.save(self.run)
+            self.saved_version = self.run.version
 
     async def fail_tool(self, tool_call_id: str, tool_name: str, error: str, retry: bool) -> None:
         async with self.lock:
             self.run.fail_tool_call(tool_call_id, tool_name, error, retry)
             await self.store.save(self.run)
+            self.saved_version = self.run.version
 
 
 @dataclass

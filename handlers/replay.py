@@ -17,6 +17,7 @@ so a change in what a tool returns shows up as a divergence too.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ __all__ = [
     "replay_recorded",
     "replay_run",
 ]
+
+_CUT_OFF_WAIT_S = 10.0
+"""How long a replayed call that never ended in the recording waits to be cancelled."""
 
 ENVIRONMENT_FAILURES = frozenset({"deadline_exceeded", "transient_exhausted"})
 """Failure kinds that come from the run's environment (clock, outages), not its code."""
@@ -210,17 +214,29 @@ class RecordedToolEffects:
     """tool_call_id -> (error, retry) of recorded failures."""
     complete: bool
     run_tools: bool = False
+    started: frozenset[str] = frozenset()
+    """Calls recorded as started: one with no outcome in a complete recording was still
+    running when a sibling call failed and the run ended."""
 
     @classmethod
     def of(cls, events: Sequence[Any], *, complete: bool, run_tools: bool) -> RecordedToolEffects:
         results: dict[str, Any] = {}
         failures: dict[str, tuple[str, bool]] = {}
+        started: set[str] = set()
         for e in events:
-            if isinstance(e, AgentRun.ToolCallFinished):
+            if isinstance(e, AgentRun.ToolCallStarted):
+                started.add(e.tool_call_id)
+            elif isinstance(e, AgentRun.ToolCallFinished):
                 results[e.tool_call_id] = e.result
             elif isinstance(e, AgentRun.ToolCallFailed):
                 failures[e.tool_call_id] = (e.error, e.retry)
-        return cls(results=results, failures=failures, complete=complete, run_tools=run_tools)
+        return cls(
+            results=results,
+            failures=failures,
+            complete=complete,
+            run_tools=run_tools,
+            started=frozenset(started),
+        )
 
     async def __call__(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], execute: Execute
@@ -237,6 +253,9 @@ class RecordedToolEffects:
             raise ToolCallError(error)
         if not self.complete:
             raise ReplayStop(f"the recording has no outcome for tool call {call_id}")
+        if call_id in self.started:
+            # It was cut off when a sibling call failed: wait to be cut off the same way.
+            await asyncio.sleep(_CUT_OFF_WAIT_S)
         raise ToolCallError(f"replay: no recorded outcome for tool call {call_id} ({name})")
 
 
@@ -317,10 +336,13 @@ async def replay_recorded(
     if divergence is not None and stopped and recorded.terminal is not None:
         # The recording ends with its environment's failure; compare up to there.
         divergence = first_divergence(expected[:-1], replayed)
+    if divergence is not None and recorded.terminal is None:
+        # Still in progress: the replay may go further than the recording did.
+        divergence = first_divergence(expected, replayed[: len(expected)])
     if not recorded.complete:
         terminal = recorded.terminal
         if terminal is None:
-            note = "the run is still in progress: replayed up to its last recorded event"
+            note = "the run is still in progress: compared up to its last recorded event"
         elif divergence is None and stopped:
             assert isinstance(terminal, AgentRun.RunFailed)
             note = (

@@ -184,10 +184,11 @@ class AgentRunner:
                 recorded_tool_results=len(history.tool_results),
             )
         bound = bound.bind(run_id=str(run.id))
+        recorder = StepRecorder(run=run, store=self._store)
         try:
-            return await self._drive(task, entry, run, history, session_json, bound)
+            return await self._drive(task, entry, run, history, session_json, recorder, bound)
         except _Failure as failure:
-            return await self._fail(run, failure, bound)
+            return await self._fail(run, failure, bound, recorder)
         except TransientRunError as e:
             if not final_attempt:
                 raise
@@ -195,6 +196,7 @@ class AgentRunner:
                 run,
                 _Failure(kind=ErrorKind.TRANSIENT_EXHAUSTED, message=str(e), retryable=True),
                 bound,
+                recorder,
             )
 
     async def _create(self, task: RunAgent) -> tuple[AgentRun, list[Any]] | None:
@@ -239,12 +241,12 @@ class AgentRunner:
         run: AgentRun,
         history: RunHistory,
         session_json: list[Any],
+        recorder: StepRecorder,
         bound: Any,
     ) -> RunOutcome:
         agent: Agent[Any, Any] = entry.agent
         prior: list[ModelMessage] = messages_from_json(session_json + history.messages)
         prompt = history.prompt_to_send(task.prompt, run.fork_prompt)
-        recorder = StepRecorder(run=run, store=self._store)
         limits = UsageLimits(**(task.usage_limits.model_dump() if task.usage_limits else {}))
         usage = RunUsage(
             requests=run.requests,
@@ -303,7 +305,9 @@ class AgentRunner:
         run's completion in the same transaction; were it saved alone, a crash before the
         completion would leave a history that ends in an answer, from which pydantic-ai
         would ask the model again and rerun the tools. The held-back messages are
-        returned unsaved."""
+        returned unsaved, and kept in `recorder.held` meanwhile: a run that fails after
+        an answer (its output rejected too often, a usage limit) saves them with its
+        failure."""
         async for node in agent_run:
             if Agent.is_end_node(node):
                 break
@@ -311,6 +315,7 @@ class AgentRunner:
             if len(messages) > known and not _ends_in_answer(messages):
                 await recorder.record_messages(messages[known:])
                 known = len(messages)
+            recorder.held = list(messages[known:])
         if agent_run.result is None:  # pragma: no cover - iteration ends at End
             raise _Failure(kind=ErrorKind.INTERNAL_ERROR, message="agent run ended without result")
         return agent_run.result.output, list(agent_run.ctx.state.message_history[known:])
@@ -380,10 +385,16 @@ class AgentRunner:
             return None
         return entry.price.cost(input_tokens=run.input_tokens, output_tokens=run.output_tokens)
 
-    async def _fail(self, run: AgentRun, failure: _Failure, bound: Any) -> RunOutcome:
+    async def _fail(
+        self, run: AgentRun, failure: _Failure, bound: Any, recorder: StepRecorder | None = None
+    ) -> RunOutcome:
+        """Record the failure, with the steps the recorder held back since its last save."""
         fresh = await self._store.get(run.id, AgentRun)
         if fresh is None or fresh.status != "running":
             return outcome_of(fresh) if fresh else outcome_of(run)
+        # Only if no one else advanced the run since this recorder's last save.
+        if recorder is not None and recorder.held and fresh.version == recorder.saved_version:
+            append_messages(fresh, recorder.held, messages_to_json(recorder.held))
         fresh.fail(failure.kind, failure.message, failure.retryable, self._duration_ms(fresh))
         try:
             await self._store.save(fresh)

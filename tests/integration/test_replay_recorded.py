@@ -11,9 +11,10 @@ import pytest
 
 from domain.conversation import Conversation
 from domain.divergence import comparable
+from domain.fork import ForkError
 from domain.history_file import HistorySubject, parse_history
 from domain.ids import run_id_for, session_aggregate_id_for
-from domain.run import AgentRun
+from domain.run import AgentRun, copy_steps
 from domain.tasks import RunAgent
 from domain.timeline import event_record
 from handlers.catalog import Catalog
@@ -196,3 +197,42 @@ async def test_export_then_import_into_a_fresh_store_then_replay_is_identical(
         assert target.events(run_id_for("never-there")) == []
     finally:
         target.close()
+
+
+async def test_an_interrupted_fork_resumes_under_its_task_id_and_a_taken_id_is_refused(
+    settings: Settings,
+) -> None:
+    await record(settings, [RunAgent(task_id="i-calc", agent="calculator", prompt="add 1 and 2")])
+    catalog = Catalog.load(settings.catalog)
+    sync = EventStore(settings)
+    store = AsyncEventStore(sync, 2)
+    try:
+        parent = run_id_for("i-calc")
+        # An interrupted fork: recorded, never run (the process died right after the save).
+        plan_events = sync.events(parent)
+        fork = AgentRun(
+            task_id="i-fork",
+            agent="calculator",
+            prompt="add 1 and 2",
+            session_id=None,
+            metadata={},
+            usage_limits={},
+            deadline=None,
+            history_version=0,
+            parent_run_id=str(parent),
+            fork_at=3,
+            fork_prompt=None,
+        )
+        copy_steps(fork, plan_events[1:3])
+        sync.save(fork)
+        runner = AgentRunner(store=store, catalog=catalog)
+        result = await fork_run(store, runner, parent, at=3, task_id="i-fork")
+        assert (
+            result.outcome.status == "completed" and result.outcome.output == "The result is 3.0."
+        )
+        names = [type(e).__name__ for e in sync.events(run_id_for("i-fork"))]
+        assert names.count("RunRequested") == 1 and names[-1] == "RunCompleted"
+        with pytest.raises(ForkError, match="taken by another run"):
+            await fork_run(store, runner, parent, at=1, prompt="add 5 and 5", task_id="i-fork")
+    finally:
+        store.close()

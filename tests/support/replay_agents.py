@@ -4,6 +4,8 @@
   they were asked in), then a third tool, then the answer.
 - `picky`: its tool refuses the first arguments with `ModelRetry` (a tool retry).
 - `counter`: structured output (`int`); its first answer fails validation (a model retry).
+- `stubborn`: its answers never pass the output validator (fails after a retry).
+- `half_broken`: two tool calls at once; one fails while the other still runs.
 - `calculator_reworded` / `calculator_renamed` / `calculator_reschemed` /
   `calculator_off_by_one`: the example calculator with changed instructions, a renamed
   tool, a changed tool signature, a changed tool body.
@@ -113,6 +115,45 @@ counter: Agent[None, int] = Agent(
 )
 
 
+async def _stubborn_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[TextPart("maybe")])
+
+
+stubborn = Agent(
+    FunctionModel(_stubborn_model, model_name="stubborn-fn"),
+    name="stubborn",
+    instructions="Answer yes or no.",
+    retries=1,
+)
+
+
+@stubborn.output_validator
+def _yes_or_no(output: str) -> str:
+    if output not in ("yes", "no"):
+        raise ModelRetry("answer yes or no")
+    return output
+
+
+async def _half_broken_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return ModelResponse(parts=[ToolCallPart("slow", {}), ToolCallPart("boom", {})])
+
+
+half_broken = Agent(FunctionModel(_half_broken_model, model_name="half-fn"), name="half_broken")
+
+
+@half_broken.tool_plain
+async def slow() -> str:
+    """Takes a while."""
+    await asyncio.sleep(0.2)
+    return "slow done"
+
+
+@half_broken.tool_plain
+async def boom() -> str:
+    """Fails at once."""
+    raise RuntimeError("boom")
+
+
 SAME_INSTRUCTIONS = "You are a calculator. Use the tools for arithmetic."
 
 
@@ -174,6 +215,10 @@ ref = "support.replay_agents:counter"
 ref = "support.agents:exploding"
 [agents.effect]
 ref = "support.agents:effect"
+[agents.stubborn]
+ref = "support.replay_agents:stubborn"
+[agents.half_broken]
+ref = "support.replay_agents:half_broken"
 """
 
 

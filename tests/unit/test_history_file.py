@@ -74,6 +74,9 @@ def test_a_bad_file_says_what_is_wrong(change, message: str) -> None:  # type: i
     ("field", "value", "message"),
     [
         ("topic", "agentledger.AgentRun.Teleported", "names no event class"),
+        ("topic", "os:system", "not an event of"),
+        ("version", 3, "versions 1..n"),
+        ("topic", "agentledger.Conversation.TurnRecorded", "not an event of a AgentRun"),
         ("class_version", 7, "upgrade it"),
     ],
 )

@@ -46,6 +46,8 @@ CASES = [
     ("picky", "set a level"),  # a tool retry
     ("counter", "how many?"),  # an output retry
     ("exploding", "boom"),  # a tool error
+    ("half_broken", "go"),  # a tool error while a sibling call still runs
+    ("stubborn", "well?"),  # answers rejected until the run fails
     ("effect", "go"),
 ]
 
@@ -101,3 +103,53 @@ async def test_a_recorded_tool_failure_is_served_again_not_rerun(tmp_path: Path)
     await AgentRunner(store=AsyncEventStore(resumed, 0), catalog=catalog).run(task)
     after = [type(e).__name__ for e in resumed.events(run_id)]
     assert after.count("ToolCallFailed") == 1 and after.count("ToolCallStarted") == 2
+
+
+@pytest.mark.parametrize(("agent", "prompt"), CASES, ids=[c[0] for c in CASES])
+async def test_a_run_cut_at_any_save_replays_identical_as_far_as_it_went(
+    tmp_path: Path, agent: str, prompt: str
+) -> None:
+    catalog = Catalog.load(write_replay_catalog(tmp_path))
+    task = RunAgent(task_id="c", agent=agent, prompt=prompt)
+    run_id = run_id_for("c")
+    whole = SaveLog(run_id)
+    await AgentRunner(store=AsyncEventStore(whole, 0), catalog=catalog).run(
+        task, first_delivery=True
+    )
+    events = whole.events(run_id)
+    assert (await replay_run(whole, run_id, catalog)).identical
+    for cut in whole.boundaries[:-1]:
+        partial = EventStore.in_memory()
+        partial.save(*events[:cut])
+        report = await replay_run(partial, run_id, catalog)
+        assert report.identical, (cut, report.divergence and report.divergence.diff)
+        assert report.note is not None and "in progress" in report.note
+
+
+async def test_a_run_failing_after_an_answer_keeps_its_model_steps(tmp_path: Path) -> None:
+    """Regression: answers held back for the completion were lost when the run failed."""
+    catalog = Catalog.load(write_replay_catalog(tmp_path))
+    store = EventStore.in_memory()
+    outcome = await AgentRunner(store=AsyncEventStore(store, 0), catalog=catalog).run(
+        RunAgent(task_id="s", agent="stubborn", prompt="well?"), first_delivery=True
+    )
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error.kind == "model_error"
+    names = [type(e).__name__ for e in store.events(run_id_for("s"))]
+    assert names == [
+        "RunRequested",
+        "ModelRequestSent",
+        "ModelResponseReceived",
+        "ModelRequestSent",
+        "ModelResponseReceived",
+        "RunFailed",
+    ]
+    assert outcome.usage.requests == 2
+    limited = await AgentRunner(store=AsyncEventStore(store, 0), catalog=catalog).run(
+        RunAgent(task_id="l", agent="stubborn", prompt="well?", usage_limits={"request_limit": 1}),
+        first_delivery=True,
+    )
+    assert limited.error is not None and limited.error.kind == "usage_limit_exceeded"
+    assert limited.usage.requests == 1
+    for task_id in ("s", "l"):
+        assert (await replay_run(store, run_id_for(task_id), catalog)).identical
