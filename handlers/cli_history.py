@@ -7,6 +7,7 @@ error, as for every command), so it can gate CI on recorded fixtures.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -47,46 +48,44 @@ def _progress(label: str, enabled: bool) -> Progress:
     )
 
 
-def _session_run_ids(settings: Settings, session_id: str) -> list[UUID]:
-    """The session's runs from the runs view (failed ones and forks record no turn);
-    empty when the views were never built."""
+def _runs_in_view(settings: Settings, **filters: Any) -> Iterator[Any]:
+    """Rows of the runs view matching `filters`, newest first, a page at a time (none
+    when the views were never built)."""
     from infra.view_store import view_store_for
     from projections.runs import RunsProjection, list_runs
 
     views = view_store_for(settings)
     try:
         views.ensure(RunsProjection)
-        with views.read() as cursor:
-            rows = list_runs(cursor, session_id=session_id, limit=100_000)
-        return [UUID(r.run_id) for r in reversed(rows) if r.status != "rejected"]
+        offset = 0
+        while True:
+            with views.read() as cursor:
+                rows = list_runs(cursor, limit=500, offset=offset, **filters)
+            if not rows:
+                return
+            offset += len(rows)
+            yield from rows
     finally:
         views.close()
+
+
+def _session_run_ids(settings: Settings, session_id: str) -> list[UUID]:
+    """The session's runs from the runs view (failed ones and forks record no turn)."""
+    rows = [r for r in _runs_in_view(settings, session_id=session_id) if r.status != "rejected"]
+    return [UUID(r.run_id) for r in reversed(rows)]
 
 
 def _agent_run_ids(settings: Settings, store: Any, agent: str, limit: int) -> list[UUID]:
     """The agent's latest finished runs still in the store (archived ones are skipped),
     oldest first, from the runs view."""
-    from infra.view_store import view_store_for
-    from projections.runs import RunsProjection, list_runs
-
     found: list[UUID] = []
-    views = view_store_for(settings)
-    try:
-        views.ensure(RunsProjection)
-        offset = 0
-        while len(found) < limit:
-            with views.read() as cursor:
-                rows = list_runs(cursor, agent=agent, limit=200, offset=offset)
-            if not rows:
-                break
-            offset += len(rows)
-            for row in rows:
-                run_id = UUID(row.run_id)
-                if row.status in ("completed", "failed") and store.events(run_id, lte=1):
-                    found.append(run_id)
-    finally:
-        views.close()
-    return list(reversed(found[:limit]))
+    for row in _runs_in_view(settings, agent=agent):
+        if len(found) >= limit:
+            break
+        run_id = UUID(row.run_id)
+        if row.status in ("completed", "failed") and store.events(run_id, lte=1):
+            found.append(run_id)
+    return list(reversed(found))
 
 
 def _archived_hint(settings: Settings, identifier: str) -> str | None:

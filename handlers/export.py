@@ -25,9 +25,8 @@ from domain.history_file import (
     exported_aggregate,
 )
 from domain.ids import session_aggregate_id_for
-from domain.run import AgentRun
 from handlers.catalog import Catalog
-from handlers.replay import NotARun, RunNotFound
+from handlers.replay import run_events
 from infra.event_store import EventStore
 
 __all__ = [
@@ -69,15 +68,6 @@ def _agents(catalog: Catalog | None, names: Iterable[str]) -> dict[str, str]:
     return {n: catalog.entries[n].ref for n in sorted(set(names)) if n in catalog.entries}
 
 
-def _run_events(store: EventStore, run_id: UUID) -> list[Any]:
-    events = store.events(run_id)
-    if not events:
-        raise RunNotFound(str(run_id))
-    if not isinstance(events[0], AgentRun.RunRequested):
-        raise NotARun(f"{run_id} is not a run")
-    return events
-
-
 def export_aggregates(
     store: EventStore,
     run_ids: Sequence[UUID],
@@ -91,7 +81,7 @@ def export_aggregates(
     needed: dict[str, int] = {s: -1 for s in whole_sessions}  # -1: every event
     agents: list[str] = []
     for run_id in run_ids:
-        events = _run_events(store, run_id)
+        events = run_events(store, run_id)
         requested = events[0]
         agents.append(requested.agent)
         aggregates.append(exported_aggregate(events))
@@ -112,7 +102,7 @@ def export_aggregates(
 
 def export_run(store: EventStore, run_id: UUID, catalog: Catalog | None = None) -> HistoryDocument:
     """A run and the session history it started from."""
-    events = _run_events(store, run_id)
+    events = run_events(store, run_id)
     return export_aggregates(
         store, [run_id], HistorySubject(kind="run", id=events[0].task_id), catalog
     )

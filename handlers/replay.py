@@ -55,6 +55,7 @@ __all__ = [
     "replay_history",
     "replay_recorded",
     "replay_run",
+    "run_events",
 ]
 
 _CUT_OFF_WAIT_S = 10.0
@@ -361,13 +362,19 @@ async def replay_recorded(
     )
 
 
-def recorded_run(store: EventStore, run_id: UUID, agent_ref: str | None = None) -> RecordedRun:
-    """A run and its session context, read from a store."""
+def run_events(store: EventStore, run_id: UUID) -> list[Any]:
+    """A run's events from a store; `RunNotFound` / `NotARun` when it has none."""
     events = store.events(run_id)
     if not events:
         raise RunNotFound(str(run_id))
     if not isinstance(events[0], AgentRun.RunRequested):
         raise NotARun(f"{run_id} is a {type(events[0]).__qualname__.split('.')[0]}, not a run")
+    return events
+
+
+def recorded_run(store: EventStore, run_id: UUID, agent_ref: str | None = None) -> RecordedRun:
+    """A run and its session context, read from a store."""
+    events = run_events(store, run_id)
     requested = events[0]
     session: list[Any] = []
     if requested.session_id is not None and requested.history_version > 0:

@@ -43,6 +43,7 @@ __all__ = [
     "StoreUnavailable",
     "TopicSize",
     "UnsafeDelete",
+    "UnsupportedBackend",
     "store_env",
 ]
 
@@ -263,16 +264,27 @@ class EventStore:
         recorder = type(self._app.recorder).__module__
         return recorder.rpartition(".")[2]  # "postgres", "sqlite" or "popo"
 
-    def _tables(self) -> tuple[str, str | None]:
+    def _tables(self, what: str) -> tuple[str, str | None]:
+        """The events and snapshots tables of a SQL backend (`UnsupportedBackend` for the
+        in-memory one, which has no tables)."""
+        if self.backend not in ("postgres", "sqlite"):
+            raise UnsupportedBackend(f"{what} needs PostgreSQL or SQLite, not {self.backend}")
         events = self._app.recorder.events_table_name  # type: ignore[attr-defined]
         snapshots = self._app.snapshots.recorder if self._app.snapshots else None
         return events, getattr(snapshots, "events_table_name", None)
 
+    @property
+    def _notification(self) -> str:
+        """The column holding notification ids (SQLite uses the implicit rowid)."""
+        return "notification_id" if self.backend == "postgres" else "rowid"
+
+    def _newest_holder_sql(self) -> str:
+        n = self._notification
+        return f"SELECT originator_id FROM {{table}} WHERE {n} = (SELECT MAX({n}) FROM {{table}})"
+
     def topic_sizes(self) -> tuple[list[TopicSize], TopicSize | None]:
         """Events and stored bytes per topic, and the same for all snapshots together."""
-        if self.backend not in ("postgres", "sqlite"):
-            raise NotImplementedError(f"no size report for the {self.backend} backend")
-        events_table, snapshots_table = self._tables()
+        events_table, snapshots_table = self._tables("a size report")
 
         def measure(table: str) -> list[TopicSize]:
             length = "octet_length" if self.backend == "postgres" else "length"
@@ -319,14 +331,11 @@ class EventStore:
         SQLite draws the next id from the highest row left, so removing the last one
         would hand its id out again and projections past it would miss the new event.
         """
-        if self.backend not in ("postgres", "sqlite"):
-            raise NotImplementedError(f"cannot delete from the {self.backend} backend")
+        events_table, snapshots_table = self._tables("deleting events")
         if not aggregate_ids:
             return 0
-        events_table, snapshots_table = self._tables()
         as_param = [self._id_param(i) for i in aggregate_ids]
         marks = ", ".join("?" for _ in as_param)
-        notification = "notification_id" if self.backend == "postgres" else "rowid"
 
         def call() -> int:
             datastore = self._app.recorder.datastore  # type: ignore[attr-defined]
@@ -334,13 +343,7 @@ class EventStore:
                 if self.backend == "postgres":
                     # The same lock eventsourcing's inserts take: no id drawn meanwhile.
                     cursor.execute(self._sql("LOCK TABLE {table} IN EXCLUSIVE MODE", events_table))
-                cursor.execute(
-                    self._sql(
-                        f"SELECT originator_id FROM {{table}} WHERE {notification} ="
-                        f" (SELECT MAX({notification}) FROM {{table}})",
-                        events_table,
-                    )
-                )
+                cursor.execute(self._sql(self._newest_holder_sql(), events_table))
                 last = [_row(r)[0] for r in cursor.fetchall()]
                 if any(str(holder) in {str(p) for p in as_param} for holder in last):
                     raise UnsafeDelete(
@@ -368,41 +371,26 @@ class EventStore:
 
     def last_notification_ids(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, int]:
         """The notification id of each aggregate's latest stored event."""
-        if self.backend not in ("postgres", "sqlite"):
-            raise NotImplementedError(f"not available on the {self.backend} backend")
-        events_table, _ = self._tables()
-        notification = "notification_id" if self.backend == "postgres" else "rowid"
+        events_table, _ = self._tables("notification ids")
         found: dict[UUID, int] = {}
         ids = list(aggregate_ids)
         for start in range(0, len(ids), 500):
             chunk = [self._id_param(i) for i in ids[start : start + 500]]
             statement = (
-                f"SELECT originator_id, MAX({notification}) FROM {{table}}"
+                f"SELECT originator_id, MAX({self._notification}) FROM {{table}}"
                 f" WHERE originator_id IN ({', '.join('?' for _ in chunk)})"
                 " GROUP BY originator_id"
             )
             rows = _translate(partial(self._select, statement, events_table, chunk))
             for holder, last in rows:
-                found[holder if isinstance(holder, UUID) else UUID(str(holder))] = int(last)
+                found[_as_uuid(holder)] = int(last)
         return found
 
     def newest_aggregate_id(self) -> UUID | None:
         """The aggregate holding the event with the highest notification id."""
-        if self.backend not in ("postgres", "sqlite"):
-            raise NotImplementedError(f"not available on the {self.backend} backend")
-        events_table, _ = self._tables()
-        notification = "notification_id" if self.backend == "postgres" else "rowid"
-        rows = _translate(
-            lambda: self._select(
-                f"SELECT originator_id FROM {{table}} WHERE {notification} ="
-                f" (SELECT MAX({notification}) FROM {{table}})",
-                events_table,
-            )
-        )
-        if not rows:
-            return None
-        value = rows[0][0]
-        return value if isinstance(value, UUID) else UUID(str(value))
+        events_table, _ = self._tables("the newest aggregate")
+        rows = _translate(partial(self._select, self._newest_holder_sql(), events_table))
+        return _as_uuid(rows[0][0]) if rows else None
 
     def _id_param(self, aggregate_id: UUID) -> Any:
         return aggregate_id if self.backend == "postgres" else aggregate_id.hex
@@ -413,6 +401,15 @@ class EventStore:
 
 def _row(row: Any) -> tuple[Any, ...]:
     return tuple(row.values()) if isinstance(row, dict) else tuple(row)
+
+
+def _as_uuid(value: Any) -> UUID:
+    """An originator id as read back (a UUID on PostgreSQL, hex text on SQLite)."""
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+class UnsupportedBackend(Exception):
+    """The operation reads or writes SQL tables; the in-memory store has none."""
 
 
 class UnsafeDelete(Exception):
