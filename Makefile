@@ -5,11 +5,17 @@ PY ?= python3
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install: ## install with dev tools (editable)
-	$(PY) -m pip install -e '.[dev]'
+install: ## install with dev tools (editable), at the versions CI tests
+	$(PY) -m pip install -e '.[dev]' -c constraints.txt
+
+constraints: ## rewrite constraints.txt from a fresh dev install (after changing dependencies)
+	rm -rf .venv-constraints && $(PY) -m venv .venv-constraints
+	.venv-constraints/bin/pip install -q -e '.[dev]'
+	{ head -2 constraints.txt; .venv-constraints/bin/pip freeze --exclude-editable | grep -v '^agentledger'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-constraints
 
 lint: ## ruff, mypy, import-linter
-	ruff check . && ruff format --check . && mypy && lint-imports
+	ruff check . && ruff format --check . && bash .ci/typecheck && lint-imports
 
 fmt: ## format the code
 	ruff check --fix . && ruff format .
@@ -32,4 +38,4 @@ schema: ## regenerate the committed contract (JSON schemas + AsyncAPI)
 ci: ## what CI runs, from a fresh venv
 	bash .ci/run
 
-.PHONY: help install lint fmt test bench bench-replay demo schema ci
+.PHONY: help install constraints lint fmt test bench bench-replay demo schema ci

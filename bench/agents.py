@@ -1,6 +1,6 @@
 """Benchmark agents: the `calculator` shape (model -> tool -> model) on a slow model.
 
-`sleepy_calculator` answers like `catalog.example_agents.calculator`, but its model
+`sleepy_calculator` answers like `agentledger.catalog.example_agents.calculator`, but its model
 sleeps `SLEEP_S` (1 s) before every response, like a remote LLM that takes a second to
 answer. A run is two model responses, so it takes 2 s plus the framework's overhead.
 The sleep is an `asyncio.sleep`: the runs overlap, as they would on a real provider.
@@ -14,7 +14,7 @@ from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from catalog.example_agents import add, calculator_reply, multiply
+from agentledger.catalog.example_agents import add, calculator_reply, multiply
 
 __all__ = ["SLEEP_S", "sleepy_calculator"]
 

@@ -33,19 +33,20 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# bench.* for the benchmark agents, tests/ for the embedded PostgreSQL launcher
+# (support.postgres_server); agentledger itself comes from the installed package.
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from catalog.example_agents import calculator  # noqa: E402
-from domain.tasks import RunAgent  # noqa: E402
-from handlers.catalog import Catalog  # noqa: E402
-from handlers.runner import AgentRunner  # noqa: E402
-from infra.event_store import AsyncEventStore, EventStore  # noqa: E402
-from infra.logging import configure_logging  # noqa: E402
-from infra.settings import Settings  # noqa: E402
+from agentledger.catalog.example_agents import calculator  # noqa: E402
+from agentledger.domain.tasks import RunAgent  # noqa: E402
+from agentledger.handlers.catalog import Catalog  # noqa: E402
+from agentledger.handlers.runner import AgentRunner  # noqa: E402
+from agentledger.infra.event_store import AsyncEventStore, EventStore  # noqa: E402
+from agentledger.infra.logging import configure_logging  # noqa: E402
+from agentledger.infra.settings import Settings  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 140)
 CATALOG = Path(__file__).resolve().parent / "catalog.toml"
@@ -54,7 +55,7 @@ _ids = itertools.count()
 
 def in_memory_store(threads: int) -> AsyncEventStore:
     """An `EventStore` on eventsourcing's POPO recorder (no database at all)."""
-    from infra import event_store
+    from agentledger.infra import event_store
 
     store = EventStore.__new__(EventStore)
     store._app = event_store._Ledger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
@@ -113,7 +114,7 @@ async def main_async(args: argparse.Namespace, root: Path) -> None:
     rungs.append(("4. AgentRunner.run, SQLite", runner_on(stores[-1])))
     postgres = None
     if args.postgres:
-        from infra.postgres_server import EmbeddedPostgres
+        from support.postgres_server import EmbeddedPostgres
 
         pg_root = Path(tempfile.mkdtemp(prefix="agentledger-ladder-pg-"))
         postgres = EmbeddedPostgres(pg_root / "data").start()

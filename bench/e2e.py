@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# bench.* for the benchmark agents, tests/ for the embedded PostgreSQL launcher
+# (support.postgres_server); agentledger itself comes from the installed package.
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 import nats  # noqa: E402
 import psycopg  # noqa: E402
@@ -51,9 +52,9 @@ from nats.js.errors import NotFoundError  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from infra.nats import ensure_streams  # noqa: E402
-from infra.nats_server import EmbeddedNats  # noqa: E402
-from infra.settings import Settings  # noqa: E402
+from agentledger.infra.nats import ensure_streams  # noqa: E402
+from agentledger.infra.nats_server import EmbeddedNats  # noqa: E402
+from agentledger.infra.settings import Settings  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 BENCH_CATALOG = BENCH_DIR / "catalog.toml"
@@ -219,7 +220,7 @@ class Servers:
 
     def fresh_database(self, name: str) -> str:
         if self.postgres is None:
-            from infra.postgres_server import EmbeddedPostgres
+            from support.postgres_server import EmbeddedPostgres
 
             # Outside the bench tree's private parents: as root the server runs as the
             # `pgserver` user, which must be able to enter the data directory.
@@ -323,7 +324,7 @@ def spawn(command: str, config: Config, log_path: Path) -> subprocess.Popen[byte
     """`agentledger <command>` as a subprocess with the configuration's environment."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", "from handlers.cli import main; main()", command],
+            [sys.executable, "-c", "from agentledger.handlers.cli import main; main()", command],
             env=config.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -648,7 +649,7 @@ class Results:
 
 
 async def bare_baseline(args: argparse.Namespace, results: Results) -> None:
-    from catalog.example_agents import calculator
+    from agentledger.catalog.example_agents import calculator
 
     async def timed(concurrency: int, count: int) -> dict[str, Any]:
         sem = asyncio.Semaphore(concurrency)
@@ -849,7 +850,7 @@ class ViewPoller:
         self._applied = max(self._applied, applied)
 
     def _run(self) -> None:
-        from infra.event_store import EventStore
+        from agentledger.infra.event_store import EventStore
 
         connection = self._connect()
         store = EventStore(self.config.settings)

@@ -26,21 +26,23 @@ from typing import Any
 from uuid import UUID
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# bench.* for the benchmark agents, tests/ for the embedded PostgreSQL launcher
+# (support.postgres_server); agentledger itself comes from the installed package.
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import psycopg  # noqa: E402
 
-from catalog.example_agents import calculator  # noqa: E402
-from domain.history_file import HistorySubject, parse_history  # noqa: E402
-from domain.ids import run_id_for  # noqa: E402
-from domain.tasks import RunAgent  # noqa: E402
-from handlers.catalog import Catalog  # noqa: E402
-from handlers.export import export_aggregates, import_history  # noqa: E402
-from handlers.replay import recorded_run, replay_history, replay_recorded  # noqa: E402
-from handlers.runner import AgentRunner  # noqa: E402
-from infra.event_store import AsyncEventStore, EventStore  # noqa: E402
-from infra.logging import configure_logging  # noqa: E402
-from infra.settings import Settings  # noqa: E402
+from agentledger.catalog.example_agents import calculator  # noqa: E402
+from agentledger.domain.history_file import HistorySubject, parse_history  # noqa: E402
+from agentledger.domain.ids import run_id_for  # noqa: E402
+from agentledger.domain.tasks import RunAgent  # noqa: E402
+from agentledger.handlers.catalog import Catalog  # noqa: E402
+from agentledger.handlers.export import export_aggregates, import_history  # noqa: E402
+from agentledger.handlers.replay import recorded_run, replay_history, replay_recorded  # noqa: E402
+from agentledger.handlers.runner import AgentRunner  # noqa: E402
+from agentledger.infra.event_store import AsyncEventStore, EventStore  # noqa: E402
+from agentledger.infra.logging import configure_logging  # noqa: E402
+from agentledger.infra.settings import Settings  # noqa: E402
 
 CATALOG = ROOT / "catalog" / "example.toml"
 
@@ -186,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 external = os.environ.get("AGENTLEDGER_POSTGRES_DSN")
                 if external:
-                    from infra.postgres_server import create_database_on
+                    from support.postgres_server import create_database_on
 
                     dsn_a = create_database_on(external, f"bench_{uuid.uuid4().hex[:8]}")
                     dsn_b = create_database_on(external, f"bench_{uuid.uuid4().hex[:8]}")
                 else:
-                    from infra.postgres_server import EmbeddedPostgres
+                    from support.postgres_server import EmbeddedPostgres
 
                     pg_root = Path(tempfile.mkdtemp(prefix="agentledger-bench-pg-"))
                     postgres = EmbeddedPostgres(pg_root / "data").start()

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.ids import session_aggregate_id_for
+from agentledger.domain.ids import session_aggregate_id_for
 
 __all__ = ["Conversation", "conversation_messages"]
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from domain.timeline import EventRecord
+from agentledger.domain.timeline import EventRecord
 
 __all__ = ["Divergence", "comparable", "first_divergence"]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain.conversation import Conversation
-from domain.rejection import TaskRejection
-from domain.run import AgentRun
+from agentledger.domain.conversation import Conversation
+from agentledger.domain.rejection import TaskRejection
+from agentledger.domain.run import AgentRun
 
 __all__ = ["EVENT_CLASSES", "event_shape", "event_shapes"]
 
@@ -39,7 +39,7 @@ def event_shape(cls: type[Any]) -> dict[str, str]:
     """Field name -> annotation, over the class and its agentledger bases."""
     fields: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
-        if klass.__module__.startswith("domain."):
+        if klass.__module__.startswith("agentledger.domain."):
             for name, annotation in vars(klass).get("__annotations__", {}).items():
                 fields[name] = str(annotation)
     return fields

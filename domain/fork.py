@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from domain.errors import DomainError
-from domain.run import AgentRun
+from agentledger.domain.errors import DomainError
+from agentledger.domain.run import AgentRun
 
 __all__ = ["ForkError", "ForkPlan", "plan_fork"]
 

@@ -23,8 +23,8 @@ from uuid import UUID
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from domain.event_registry import EVENT_CLASSES
-from domain.timeline import plain_json
+from agentledger.domain.event_registry import EVENT_CLASSES
+from agentledger.domain.timeline import plain_json
 
 __all__ = [
     "FORMAT",

@@ -6,7 +6,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.ids import rejection_id_for
+from agentledger.domain.ids import rejection_id_for
 
 __all__ = ["TaskRejection"]
 

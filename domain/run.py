@@ -15,9 +15,9 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from domain.errors import InvalidTransition
-from domain.ids import run_id_for
-from domain.tasks import RunAgent, UsageLimitsSpec
+from agentledger.domain.errors import InvalidTransition
+from agentledger.domain.ids import run_id_for
+from agentledger.domain.tasks import RunAgent, UsageLimitsSpec
 
 __all__ = ["AgentRun", "RunHistory", "RunStatus", "copy_steps", "task_of"]
 

@@ -16,18 +16,18 @@ import nats
 import structlog
 from nats.aio.client import Client
 
-from handlers.catalog import Catalog
-from handlers.projector import Projector
-from handlers.queries import QueryService
-from handlers.relay import EventRelay
-from handlers.runner import AgentRunner
-from handlers.worker import TaskWorker
-from infra.event_store import AsyncEventStore, EventStore
-from infra.models import build_model
-from infra.nats import ensure_streams, make_broker, nats_connect_kwargs, nats_url
-from infra.settings import Settings
-from infra.view_store import ViewStore, view_store_for
-from projections.views import ALL_PROJECTIONS
+from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.projector import Projector
+from agentledger.handlers.queries import QueryService
+from agentledger.handlers.relay import EventRelay
+from agentledger.handlers.runner import AgentRunner
+from agentledger.handlers.worker import TaskWorker
+from agentledger.infra.event_store import AsyncEventStore, EventStore
+from agentledger.infra.models import build_model
+from agentledger.infra.nats import ensure_streams, make_broker, nats_connect_kwargs, nats_url
+from agentledger.infra.settings import Settings
+from agentledger.infra.view_store import ViewStore, view_store_for
+from agentledger.projections.views import ALL_PROJECTIONS
 
 __all__ = [
     "NatsAuthError",

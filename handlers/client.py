@@ -14,9 +14,9 @@ from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
-from domain.tasks import RunAgent, RunOutcome
-from handlers.worker import task_subject
-from infra.nats import results_stream
+from agentledger.domain.tasks import RunAgent, RunOutcome
+from agentledger.handlers.worker import task_subject
+from agentledger.infra.nats import results_stream
 
 __all__ = ["OutcomeTimeout", "query_over_nats", "submit"]
 

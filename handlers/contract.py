@@ -14,9 +14,9 @@ from typing import Any
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 
-from domain.event_registry import event_shapes
-from domain.tasks import RunAgent, RunOutcome
-from handlers.queries import VIEWS
+from agentledger.domain.event_registry import event_shapes
+from agentledger.domain.tasks import RunAgent, RunOutcome
+from agentledger.handlers.queries import VIEWS
 
 __all__ = ["asyncapi_document", "json_schemas", "write_contracts"]
 

@@ -15,16 +15,26 @@ from typing import Any
 
 from rich.console import Console
 
-from domain.ids import run_id_for
-from domain.tasks import RunAgent, RunOutcome
-from domain.timeline import event_record
-from handlers.bootstrap import ProjectorService, WorkerService, connect_nats, load_catalog
-from handlers.catalog import Catalog
-from handlers.client import submit
-from handlers.queries import answer
-from handlers.render import conversation_table, metrics_table, outcomes_table, timeline_table
-from infra.nats_server import EmbeddedNats, free_port
-from infra.settings import Settings
+from agentledger.domain.ids import run_id_for
+from agentledger.domain.tasks import RunAgent, RunOutcome
+from agentledger.domain.timeline import event_record
+from agentledger.handlers.bootstrap import (
+    ProjectorService,
+    WorkerService,
+    connect_nats,
+    load_catalog,
+)
+from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.client import submit
+from agentledger.handlers.queries import answer
+from agentledger.handlers.render import (
+    conversation_table,
+    metrics_table,
+    outcomes_table,
+    timeline_table,
+)
+from agentledger.infra.nats_server import EmbeddedNats, free_port
+from agentledger.infra.settings import Settings
 
 __all__ = ["DemoReport", "run_demo"]
 

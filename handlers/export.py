@@ -1,4 +1,4 @@
-"""Export and import of recorded histories (the `domain.history_file` format).
+"""Export and import of recorded histories (the `agentledger.domain.history_file` format).
 
 `export_run` writes a run with the session history it started from, so the file
 replays on its own; `export_session` writes a session's conversation and all its runs.
@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from domain.conversation import Conversation
-from domain.history_file import (
+from agentledger.domain.conversation import Conversation
+from agentledger.domain.history_file import (
     ExportedAggregate,
     HistoryDocument,
     HistorySubject,
@@ -24,10 +24,10 @@ from domain.history_file import (
     encode_event,
     exported_aggregate,
 )
-from domain.ids import session_aggregate_id_for
-from handlers.catalog import Catalog
-from handlers.replay import run_events
-from infra.event_store import EventStore
+from agentledger.domain.ids import session_aggregate_id_for
+from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.replay import run_events
+from agentledger.infra.event_store import EventStore
 
 __all__ = [
     "ImportConflict",

@@ -13,13 +13,13 @@ import uuid
 from dataclasses import dataclass
 from uuid import UUID
 
-from domain.fork import ForkError, ForkPlan, plan_fork
-from domain.ids import run_id_for
-from domain.run import AgentRun, copy_steps, task_of
-from domain.tasks import RunAgent, RunOutcome
-from handlers.replay import NotARun, RunNotFound
-from handlers.runner import AgentRunner
-from infra.event_store import AsyncEventStore, ConcurrencyConflict
+from agentledger.domain.fork import ForkError, ForkPlan, plan_fork
+from agentledger.domain.ids import run_id_for
+from agentledger.domain.run import AgentRun, copy_steps, task_of
+from agentledger.domain.tasks import RunAgent, RunOutcome
+from agentledger.handlers.replay import NotARun, RunNotFound
+from agentledger.handlers.runner import AgentRunner
+from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict
 
 __all__ = ["ForkResult", "fork_run"]
 
@@ -44,7 +44,7 @@ async def fork_run(
     prompt: str | None = None,
     task_id: str | None = None,
 ) -> ForkResult:
-    """Fork `parent_run_id` after its event `at` (see `domain.fork` for the rules),
+    """Fork `parent_run_id` after its event `at` (see `agentledger.domain.fork` for the rules),
     record it, and run it live to its end with `runner`. Given the `task_id` of the same
     fork started before (an interrupted `agentledger fork`), it resumes that one."""
     parent = await store.events(parent_run_id)

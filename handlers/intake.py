@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from domain.errors import ErrorKind
-from domain.tasks import ID_PATTERN, RunAgent
-from handlers.catalog import Catalog, UnknownAgent
+from agentledger.domain.errors import ErrorKind
+from agentledger.domain.tasks import ID_PATTERN, RunAgent
+from agentledger.handlers.catalog import Catalog, UnknownAgent
 
 __all__ = ["RawTask", "Rejection", "parse_task"]
 

@@ -14,7 +14,7 @@ skipped because it committed a moment late.
 
 Each projection gets its events a batch at a time (`Projection.apply_batch`), so a batch
 writes each touched row once; on PostgreSQL the whole transaction is pipelined (see
-`infra.view_store`), a few round trips per batch however many events it holds.
+`agentledger.infra.view_store`), a few round trips per batch however many events it holds.
 
 Waiting for new events (`run_forever`) - the choice made to keep idle cost low:
 - On PostgreSQL the projector LISTENs to the channel eventsourcing NOTIFYs on every
@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 import structlog
 from eventsourcing.utils import TopicError
 
-from infra.event_store import EventStore, StoreUnavailable
-from infra.view_store import CommitSignal, ViewStore
-from projections.base import Projection, ViewCursor
-from projections.views import UnknownView
+from agentledger.infra.event_store import EventStore, StoreUnavailable
+from agentledger.infra.view_store import CommitSignal, ViewStore
+from agentledger.projections.base import Projection, ViewCursor
+from agentledger.projections.views import UnknownView
 
 __all__ = ["Projector", "ProjectorHandle", "RebuildInterrupted", "UnknownEventTopic"]
 

@@ -19,11 +19,11 @@ from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
-from infra.view_store import ViewStore
-from projections.conversations import get_conversation
-from projections.metrics import agent_metrics
-from projections.runs import get_run, list_runs
-from projections.snapshots import list_snapshots
+from agentledger.infra.view_store import ViewStore
+from agentledger.projections.conversations import get_conversation
+from agentledger.projections.metrics import agent_metrics
+from agentledger.projections.runs import get_run, list_runs
+from agentledger.projections.snapshots import list_snapshots
 
 __all__ = ["VIEWS", "QueryError", "QueryService", "answer"]
 

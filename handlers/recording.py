@@ -21,8 +21,8 @@ from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRe
 from pydantic_ai.toolsets import AbstractToolset, ToolsetTool, WrapperToolset
 from pydantic_core import to_jsonable_python
 
-from domain.run import AgentRun, RunHistory
-from infra.event_store import AsyncEventStore
+from agentledger.domain.run import AgentRun, RunHistory
+from agentledger.infra.event_store import AsyncEventStore
 
 __all__ = [
     "LedgerToolset",

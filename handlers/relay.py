@@ -16,9 +16,9 @@ from collections.abc import Callable
 import structlog
 from nats.aio.client import Client
 
-from domain.timeline import event_record
-from infra.event_store import EventStore, StoreUnavailable
-from infra.view_store import ViewStore
+from agentledger.domain.timeline import event_record
+from agentledger.infra.event_store import EventStore, StoreUnavailable
+from agentledger.infra.view_store import ViewStore
 
 __all__ = ["EventRelay"]
 

@@ -9,9 +9,9 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from domain.divergence import Divergence
-from domain.tasks import RunOutcome
-from domain.timeline import EventRecord
+from agentledger.domain.divergence import Divergence
+from agentledger.domain.tasks import RunOutcome
+from agentledger.domain.timeline import EventRecord
 
 __all__ = [
     "conversation_table",
@@ -152,7 +152,7 @@ def timeline_table(records: Sequence[EventRecord], title: str = "Event timeline"
 
 
 def replay_table(reports: Sequence[Any], title: str = "Replay") -> Table:
-    """One row per replayed run (`handlers.replay.ReplayReport`)."""
+    """One row per replayed run (`agentledger.handlers.replay.ReplayReport`)."""
     table = Table(title=title)
     for column in ("task", "agent", "verdict", "events rec/rep", "first divergence / note"):
         table.add_column(column)
@@ -181,7 +181,7 @@ def divergence_text(divergence: Divergence) -> Text:
 
 
 def size_table(sizes: Sequence[Any], title: str = "Event store size") -> Table:
-    """One row per aggregate type (`handlers.retention.AggregateSize`), then the total."""
+    """One row per aggregate type (`agentledger.handlers.retention.AggregateSize`), then the total."""
     table = Table(title=title)
     for column in ("aggregate type", "aggregates", "events", "bytes", "bytes/event"):
         table.add_column(column, justify="left" if column == "aggregate type" else "right")

@@ -4,7 +4,7 @@ The run goes through the very `AgentRunner` the workers use, against a throwaway
 in-memory store, with the recorded model responses served in order by `ReplayModel`
 and the recorded tool results served by `RecordedToolEffects` (no model call, no tool
 effect, no network). The events it records are then compared with the recorded ones
-(`domain.divergence`): `identical`, or the first divergence.
+(`agentledger.domain.divergence`): `identical`, or the first divergence.
 
 Where a recording stops early - the run is still in progress, or its environment
 ended it (`deadline_exceeded`, `transient_exhausted`: a clock or an outage, not the
@@ -30,17 +30,17 @@ from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.models import Model, ModelRequestParameters
 from pydantic_ai.settings import ModelSettings
 
-from domain.conversation import Conversation
-from domain.divergence import Divergence, first_divergence
-from domain.history_file import HistoryDocument, HistoryFileError, decode_aggregate
-from domain.ids import session_aggregate_id_for
-from domain.run import AgentRun, task_of
-from domain.tasks import RunAgent
-from domain.timeline import event_record
-from handlers.catalog import Catalog, CatalogEntry, UnknownAgent
-from handlers.recording import Execute, ToolCallError, messages_from_json
-from handlers.runner import AgentRunner
-from infra.event_store import AsyncEventStore, EventStore
+from agentledger.domain.conversation import Conversation
+from agentledger.domain.divergence import Divergence, first_divergence
+from agentledger.domain.history_file import HistoryDocument, HistoryFileError, decode_aggregate
+from agentledger.domain.ids import session_aggregate_id_for
+from agentledger.domain.run import AgentRun, task_of
+from agentledger.domain.tasks import RunAgent
+from agentledger.domain.timeline import event_record
+from agentledger.handlers.catalog import Catalog, CatalogEntry, UnknownAgent
+from agentledger.handlers.recording import Execute, ToolCallError, messages_from_json
+from agentledger.handlers.runner import AgentRunner
+from agentledger.infra.event_store import AsyncEventStore, EventStore
 
 __all__ = [
     "ENVIRONMENT_FAILURES",

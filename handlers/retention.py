@@ -1,7 +1,7 @@
 """Retention: archive finished runs to files, and report what the store holds.
 
 `archive_runs` takes the completed and failed runs that finished more than N days ago
-(from the runs view), writes them in batches to history files (`domain.history_file`,
+(from the runs view), writes them in batches to history files (`agentledger.domain.history_file`,
 each run with the session history it started from, so a file replays on its own),
 reads every file back and checks it against the store, and only then removes those
 runs' events from the hot store and notes them in the archive log.
@@ -29,21 +29,21 @@ from uuid import UUID
 
 import structlog
 
-from domain.history_file import (
+from agentledger.domain.history_file import (
     HistoryDocument,
     HistorySubject,
     decode_aggregate,
     encode_event,
     parse_history,
 )
-from handlers.catalog import Catalog
-from handlers.export import export_aggregates
-from infra.archive_log import ArchiveLog
-from infra.event_store import EventStore
-from infra.view_store import ViewStore
-from projections.base import iso
-from projections.runs import RunsProjection
-from projections.views import ALL_PROJECTIONS
+from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.export import export_aggregates
+from agentledger.infra.archive_log import ArchiveLog
+from agentledger.infra.event_store import EventStore
+from agentledger.infra.view_store import ViewStore
+from agentledger.projections.base import iso
+from agentledger.projections.runs import RunsProjection
+from agentledger.projections.views import ALL_PROJECTIONS
 
 __all__ = [
     "AggregateSize",

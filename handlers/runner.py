@@ -31,13 +31,13 @@ from pydantic_ai.run import AgentRun as PydanticAgentRun
 from pydantic_ai.usage import RunUsage, UsageLimits
 from pydantic_core import to_jsonable_python
 
-from domain.conversation import Conversation, conversation_messages
-from domain.errors import ErrorKind
-from domain.ids import run_id_for, session_aggregate_id_for
-from domain.run import AgentRun, RunHistory
-from domain.tasks import RunAgent, RunError, RunOutcome, Usage
-from handlers.catalog import Catalog, CatalogEntry
-from handlers.recording import (
+from agentledger.domain.conversation import Conversation, conversation_messages
+from agentledger.domain.errors import ErrorKind
+from agentledger.domain.ids import run_id_for, session_aggregate_id_for
+from agentledger.domain.run import AgentRun, RunHistory
+from agentledger.domain.tasks import RunAgent, RunError, RunOutcome, Usage
+from agentledger.handlers.catalog import Catalog, CatalogEntry
+from agentledger.handlers.recording import (
     StepRecorder,
     ToolCallError,
     ToolEffects,
@@ -46,7 +46,7 @@ from handlers.recording import (
     messages_to_json,
     wrap_toolsets,
 )
-from infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
 
 __all__ = ["AgentRunner", "RunSuperseded", "TransientRunError", "outcome_of"]
 

@@ -19,14 +19,14 @@ from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from domain.errors import ErrorKind
-from domain.rejection import TaskRejection
-from domain.tasks import RunError, RunOutcome
-from handlers.catalog import Catalog, UnknownAgent
-from handlers.intake import RawTask, Rejection, parse_task
-from handlers.runner import AgentRunner, RunSuperseded, TransientRunError
-from infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
-from infra.settings import Settings
+from agentledger.domain.errors import ErrorKind
+from agentledger.domain.rejection import TaskRejection
+from agentledger.domain.tasks import RunError, RunOutcome
+from agentledger.handlers.catalog import Catalog, UnknownAgent
+from agentledger.handlers.intake import RawTask, Rejection, parse_task
+from agentledger.handlers.runner import AgentRunner, RunSuperseded, TransientRunError
+from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+from agentledger.infra.settings import Settings
 
 __all__ = ["REPLY_HEADER", "TaskWorker", "backoff_s", "task_subject"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from infra.view_store import ViewStore
+from agentledger.infra.view_store import ViewStore
 
 __all__ = ["ArchiveCandidate", "ArchiveLog"]
 

@@ -31,10 +31,11 @@ from eventsourcing.persistence import (
 )
 from psycopg import sql as pg_sql
 
-import domain.conversation
-import domain.rejection
-import domain.run
-from infra.settings import Settings
+# Imported for their event classes: each registers its stable topic on import.
+import agentledger.domain.rejection
+import agentledger.domain.run  # noqa: F401
+from agentledger.domain.conversation import Conversation
+from agentledger.infra.settings import Settings
 
 __all__ = [
     "AsyncEventStore",
@@ -66,7 +67,7 @@ class _Ledger(Application[UUID]):
     is_snapshotting_enabled = True
 
 
-SNAPSHOT_EVERY: dict[type[Any], int] = {domain.conversation.Conversation.Event: 50}
+SNAPSHOT_EVERY: dict[type[Any], int] = {Conversation.Event: 50}
 """A session gains one event per turn; its (tiny) state is snapshotted every so often so
 that loading it to append a turn does not grow with the conversation."""
 

@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from infra.settings import Settings
+from agentledger.infra.settings import Settings
 
 __all__ = [
     "DEFAULT_LOCAL_URL",

@@ -32,10 +32,10 @@ import psycopg_pool
 import structlog
 from psycopg import sql
 
-from infra.event_store import StoreUnavailable
-from infra.settings import Settings
-from infra.view_cipher import AesSealer
-from projections.base import PLAIN, Projection, Sealer, ViewCursor
+from agentledger.infra.event_store import StoreUnavailable
+from agentledger.infra.settings import Settings
+from agentledger.infra.view_cipher import AesSealer
+from agentledger.projections.base import PLAIN, Projection, Sealer, ViewCursor
 
 __all__ = [
     "CommitSignal",

@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from domain.conversation import Conversation
-from projections.base import (
+from agentledger.domain.conversation import Conversation
+from agentledger.projections.base import (
     PLAIN,
     Projection,
     ProjectionError,
@@ -23,7 +23,7 @@ from projections.base import (
     select_rows,
     upsert_sql,
 )
-from projections.transcript import TranscriptEntry, transcript
+from agentledger.projections.transcript import TranscriptEntry, transcript
 
 __all__ = ["ConversationView", "ConversationsProjection", "TurnView", "get_conversation"]
 

@@ -3,7 +3,7 @@ latency percentiles.
 
 Usage is summed as model responses and tool calls commit, so failed and in-flight runs
 count too. Latency is kept as one row per finished (completed or failed) run and the
-percentiles are computed at query time with `domain.stats.percentile`. A rejected task
+percentiles are computed at query time with `agentledger.domain.stats.percentile`. A rejected task
 whose agent is unknown is counted under `UNKNOWN_AGENT`.
 """
 
@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from domain.rejection import TaskRejection
-from domain.run import AgentRun
-from domain.stats import percentile
-from projections.base import (
+from agentledger.domain.rejection import TaskRejection
+from agentledger.domain.run import AgentRun
+from agentledger.domain.stats import percentile
+from agentledger.projections.base import (
     Projection,
     ProjectionError,
     ViewCursor,

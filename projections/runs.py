@@ -9,9 +9,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from domain.rejection import TaskRejection
-from domain.run import AgentRun
-from projections.base import (
+from agentledger.domain.rejection import TaskRejection
+from agentledger.domain.run import AgentRun
+from agentledger.projections.base import (
     PLAIN,
     Projection,
     Sealer,

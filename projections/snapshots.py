@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from domain.conversation import Conversation
-from domain.run import AgentRun
-from projections.base import (
+from agentledger.domain.conversation import Conversation
+from agentledger.domain.run import AgentRun
+from agentledger.projections.base import (
     Projection,
     ViewCursor,
     dumps,

@@ -6,12 +6,16 @@ callers have one place to import from.
 
 from __future__ import annotations
 
-from projections.base import Projection
-from projections.conversations import ConversationsProjection, ConversationView, TurnView
-from projections.metrics import AgentMetrics, MetricsProjection
-from projections.runs import RunsProjection, RunView
-from projections.snapshots import PendingToolCall, SnapshotsProjection, SnapshotView
-from projections.transcript import TranscriptEntry
+from agentledger.projections.base import Projection
+from agentledger.projections.conversations import (
+    ConversationsProjection,
+    ConversationView,
+    TurnView,
+)
+from agentledger.projections.metrics import AgentMetrics, MetricsProjection
+from agentledger.projections.runs import RunsProjection, RunView
+from agentledger.projections.snapshots import PendingToolCall, SnapshotsProjection, SnapshotView
+from agentledger.projections.transcript import TranscriptEntry
 
 __all__ = [
     "ALL_PROJECTIONS",

@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import uuid
@@ -23,20 +22,13 @@ from typing import Any, Literal, Protocol
 import psycopg
 import pytest
 
-# The project is not installed into the venv; make `infra`, `domain`, ... importable when
-# pytest is run as a script (`pytest`, not `python -m pytest`). A no-op once the repo root
-# is on sys.path by other means (e.g. `pythonpath = ["."]` in the pytest config).
-_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
-
-from infra.nats_server import EmbeddedNats  # noqa: E402
-from infra.postgres_server import (  # noqa: E402
+from agentledger.infra.nats_server import EmbeddedNats
+from agentledger.infra.settings import Settings
+from support.postgres_server import (
     EmbeddedPostgres,
     create_database_on,
     drop_database_on,
 )
-from infra.settings import Settings  # noqa: E402
 
 Backend = Literal["sqlite", "postgres"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from handlers.cli import app
+from agentledger.handlers.cli import app
 from support.harness import REPO_ROOT
 
 COMMANDS = [
@@ -37,7 +37,7 @@ COMMANDS = [
 
 def _env(cwd: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTLEDGER_")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["PYTHONPATH"] = str(REPO_ROOT / "tests")
     env["AGENTLEDGER_DATA_DIR"] = str(cwd / ".agentledger")
     return env
 
@@ -46,7 +46,7 @@ def _cli(
     cwd: Path, *args: str, timeout: float = 120, **env: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from handlers.cli import main; main()", *args],
+        [sys.executable, "-c", "from agentledger.handlers.cli import main; main()", *args],
         cwd=cwd,
         env={**_env(cwd), **env},
         capture_output=True,

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -30,11 +29,14 @@ def _edited_catalog(directory: Path) -> dict[str, str]:
     path.write_text(
         (REPO_ROOT / "catalog" / "example.toml")
         .read_text()
-        .replace("catalog.example_agents:calculator", "support.replay_agents:calculator_reworded")
+        .replace(
+            "agentledger.catalog.example_agents:calculator",
+            "support.replay_agents:calculator_reworded",
+        )
     )
     return {
         "AGENTLEDGER_CATALOG": str(path),
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
+        "PYTHONPATH": str(REPO_ROOT / "tests"),
     }
 
 

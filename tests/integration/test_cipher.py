@@ -11,10 +11,10 @@ import psycopg
 import pytest
 from eventsourcing.cipher import AESCipher
 
-from domain.tasks import RunAgent
-from handlers.client import submit
-from handlers.queries import answer
-from infra.settings import Settings
+from agentledger.domain.tasks import RunAgent
+from agentledger.handlers.client import submit
+from agentledger.handlers.queries import answer
+from agentledger.infra.settings import Settings
 from support.agents import write_catalog
 from support.harness import nats_client, run_events, running_projector, running_worker
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from domain.tasks import RunAgent
-from handlers.client import submit
-from infra.settings import Settings
+from agentledger.domain.tasks import RunAgent
+from agentledger.handlers.client import submit
+from agentledger.infra.settings import Settings
 from support.agents import (
     JOURNAL_ENV,
     SECOND_CALL_PAUSE_ENV,

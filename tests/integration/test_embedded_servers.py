@@ -17,9 +17,9 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 
-from infra.nats_server import EmbeddedNats, EmbeddedServerError, NatsAuth, free_port
-from infra.postgres_server import EmbeddedPostgres, drop_database_on
-from infra.settings import Settings
+from agentledger.infra.nats_server import EmbeddedNats, EmbeddedServerError, NatsAuth, free_port
+from agentledger.infra.settings import Settings
+from support.postgres_server import EmbeddedPostgres, drop_database_on
 
 
 async def _connect(url: str, **kwargs: Any) -> NATS:

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-import infra.event_store as event_store
-from infra.postgres_server import EmbeddedPostgres
-from infra.settings import Settings
+import agentledger.infra.event_store as event_store
+from agentledger.infra.settings import Settings
+from support.postgres_server import EmbeddedPostgres
 
 
 def _start_together(settings: Settings, count: int) -> list[BaseException]:

@@ -9,14 +9,14 @@ from uuid import UUID
 
 import pytest
 
-from domain.ids import run_id_for
-from domain.run import AgentRun
-from handlers.bootstrap import make_projector
-from handlers.catalog import Catalog
-from handlers.queries import answer
-from handlers.replay import replay_run
-from infra.event_store import EventStore
-from infra.view_store import view_store_for
+from agentledger.domain.ids import run_id_for
+from agentledger.domain.run import AgentRun
+from agentledger.handlers.bootstrap import make_projector
+from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.queries import answer
+from agentledger.handlers.replay import replay_run
+from agentledger.infra.event_store import EventStore
+from agentledger.infra.view_store import view_store_for
 from support.replay_agents import write_replay_catalog
 
 pytestmark = pytest.mark.asyncio

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from domain.tasks import RunAgent
-from handlers.client import submit
-from infra.settings import Settings
+from agentledger.domain.tasks import RunAgent
+from agentledger.handlers.client import submit
+from agentledger.infra.settings import Settings
 from support.agents import MODEL_PAUSE_ENV, write_catalog
 from support.harness import nats_client, run_events, settings_env, start_worker_process, wait_for
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.nats_server import EmbeddedNats, NatsAuth
-from infra.settings import Settings
+from agentledger.infra.nats_server import EmbeddedNats, NatsAuth
+from agentledger.infra.settings import Settings
 from support.agents import write_catalog
 from support.harness import cli, settings_env, start_worker_process
 
@@ -94,4 +94,4 @@ def test_worker_with_wrong_credentials_exits_with_one_clear_line(
 def cli_args(*args: str) -> list[str]:
     import sys
 
-    return [sys.executable, "-c", "from handlers.cli import main; main()", *args]
+    return [sys.executable, "-c", "from agentledger.handlers.cli import main; main()", *args]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from domain.tasks import RunAgent
-from handlers.client import submit
-from infra.settings import Settings
+from agentledger.domain.tasks import RunAgent
+from agentledger.handlers.client import submit
+from agentledger.infra.settings import Settings
 from support.harness import nats_client, run_events, running_worker
 from support.openai_stub import openai_stub
 
@@ -22,7 +22,7 @@ def _catalog(tmp_path: Path, base_url: str) -> str:
     path.write_text(
         f"""
 [agents.remote]
-ref = "catalog.example_agents:calculator"
+ref = "agentledger.catalog.example_agents:calculator"
 model = "openai:stub-model"
 base_url = "{base_url}"
 price = {{ input_per_mtok = 1.0, output_per_mtok = 2.0 }}

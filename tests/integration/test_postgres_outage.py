@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from domain.tasks import RunAgent
-from handlers.client import submit
-from infra.postgres_server import EmbeddedPostgres
-from infra.settings import Settings
+from agentledger.domain.tasks import RunAgent
+from agentledger.handlers.client import submit
+from agentledger.infra.settings import Settings
 from support.agents import JOURNAL_ENV, MODEL_PAUSE_ENV, read_journal, write_catalog
 from support.harness import nats_client, run_events, running_worker
+from support.postgres_server import EmbeddedPostgres
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 

@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from domain.conversation import Conversation
-from domain.rejection import TaskRejection
-from domain.run import AgentRun
-from handlers.projector import Projector, UnknownEventTopic, _notify_channel
-from infra.event_store import EventStore, StoreUnavailable
-from infra.settings import Settings
-from infra.view_store import ViewStore, to_pyformat, view_store_for
-from projections.conversations import get_conversation
-from projections.metrics import agent_metrics
-from projections.runs import get_run, list_runs
-from projections.snapshots import list_snapshots
-from projections.views import ALL_PROJECTIONS, UnknownView
+from agentledger.domain.conversation import Conversation
+from agentledger.domain.rejection import TaskRejection
+from agentledger.domain.run import AgentRun
+from agentledger.handlers.projector import Projector, UnknownEventTopic, _notify_channel
+from agentledger.infra.event_store import EventStore, StoreUnavailable
+from agentledger.infra.settings import Settings
+from agentledger.infra.view_store import ViewStore, to_pyformat, view_store_for
+from agentledger.projections.conversations import get_conversation
+from agentledger.projections.metrics import agent_metrics
+from agentledger.projections.runs import get_run, list_runs
+from agentledger.projections.snapshots import list_snapshots
+from agentledger.projections.views import ALL_PROJECTIONS, UnknownView
 from support.harness import table_contents
 
 if TYPE_CHECKING:

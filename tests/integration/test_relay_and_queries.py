@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from domain.tasks import RunAgent
-from handlers.client import query_over_nats, submit
-from handlers.relay import TRACKING_NAME, EventRelay
-from infra.event_store import EventStore
-from infra.settings import Settings
-from infra.view_store import view_store_for
+from agentledger.domain.tasks import RunAgent
+from agentledger.handlers.client import query_over_nats, submit
+from agentledger.handlers.relay import TRACKING_NAME, EventRelay
+from agentledger.infra.event_store import EventStore
+from agentledger.infra.settings import Settings
+from agentledger.infra.view_store import view_store_for
 from support.agents import write_catalog
 from support.harness import nats_client, running_projector, running_worker
 

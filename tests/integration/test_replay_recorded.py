@@ -9,27 +9,27 @@ from typing import Any
 
 import pytest
 
-from domain.conversation import Conversation
-from domain.divergence import comparable
-from domain.fork import ForkError
-from domain.history_file import HistorySubject, parse_history
-from domain.ids import run_id_for, session_aggregate_id_for
-from domain.run import AgentRun, copy_steps
-from domain.tasks import RunAgent
-from domain.timeline import event_record
-from handlers.catalog import Catalog
-from handlers.export import (
+from agentledger.domain.conversation import Conversation
+from agentledger.domain.divergence import comparable
+from agentledger.domain.fork import ForkError
+from agentledger.domain.history_file import HistorySubject, parse_history
+from agentledger.domain.ids import run_id_for, session_aggregate_id_for
+from agentledger.domain.run import AgentRun, copy_steps
+from agentledger.domain.tasks import RunAgent
+from agentledger.domain.timeline import event_record
+from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.export import (
     ImportConflict,
     export_aggregates,
     export_run,
     export_session,
     import_history,
 )
-from handlers.fork import fork_run
-from handlers.replay import replay_history, replay_run
-from handlers.runner import AgentRunner
-from infra.event_store import AsyncEventStore, EventStore
-from infra.settings import Settings
+from agentledger.handlers.fork import fork_run
+from agentledger.handlers.replay import replay_history, replay_run
+from agentledger.handlers.runner import AgentRunner
+from agentledger.infra.event_store import AsyncEventStore, EventStore
+from agentledger.infra.settings import Settings
 from support.harness import record_tasks as record
 from support.replay_agents import varied_tasks, write_replay_catalog
 
@@ -162,7 +162,7 @@ async def test_export_then_import_into_a_fresh_store_then_replay_is_identical(
     finally:
         source.close()
     assert {a.aggregate_type for a in session.aggregates} == {"AgentRun", "Conversation"}
-    assert session.agents["notes"] == "catalog.example_agents:notes"
+    assert session.agents["notes"] == "agentledger.catalog.example_agents:notes"
 
     other = "sqlite" if backend == "postgres" else "postgres"
     target_settings = make_settings(other, sqlite_path=tmp_path / "target.db")

@@ -13,20 +13,20 @@ from uuid import UUID
 
 import pytest
 
-from domain.history_file import HistoryDocument, parse_history
-from domain.ids import run_id_for
-from domain.tasks import RunAgent
-from handlers.bootstrap import make_projector
-from handlers.catalog import Catalog
-from handlers.export import import_history
-from handlers.queries import answer
-from handlers.replay import replay_history, replay_run
-from handlers.retention import archive_runs, store_report
-from handlers.runner import AgentRunner
-from infra.archive_log import ArchiveLog
-from infra.event_store import AsyncEventStore, EventStore
-from infra.settings import Settings
-from infra.view_store import view_store_for
+from agentledger.domain.history_file import HistoryDocument, parse_history
+from agentledger.domain.ids import run_id_for
+from agentledger.domain.tasks import RunAgent
+from agentledger.handlers.bootstrap import make_projector
+from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.export import import_history
+from agentledger.handlers.queries import answer
+from agentledger.handlers.replay import replay_history, replay_run
+from agentledger.handlers.retention import archive_runs, store_report
+from agentledger.handlers.runner import AgentRunner
+from agentledger.infra.archive_log import ArchiveLog
+from agentledger.infra.event_store import AsyncEventStore, EventStore
+from agentledger.infra.settings import Settings
+from agentledger.infra.view_store import view_store_for
 from support.harness import record_tasks as record
 from support.harness import running_projector, settings_env, table_contents, wait_for
 from support.replay_agents import varied_tasks, write_replay_catalog
@@ -195,7 +195,7 @@ async def test_an_archive_killed_midway_loses_nothing_and_a_rerun_finishes(
         store.close()
     out = tmp_path / "archive"
     env = settings_env(settings)
-    command = [sys.executable, "-c", "from handlers.cli import main; main()", "archive"]
+    command = [sys.executable, "-c", "from agentledger.handlers.cli import main; main()", "archive"]
     args = [*command, "--older-than-days", "0", "--batch", "1", "--out", str(out), "--json"]
     await asyncio.to_thread(_start_and_kill, args, env, out)
 

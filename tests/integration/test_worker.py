@@ -14,10 +14,10 @@ from pathlib import Path
 import nats
 import pytest
 
-from domain.tasks import RunAgent, RunOutcome
-from handlers.client import submit
-from handlers.worker import REPLY_HEADER
-from infra.settings import Settings
+from agentledger.domain.tasks import RunAgent, RunOutcome
+from agentledger.handlers.client import submit
+from agentledger.handlers.worker import REPLY_HEADER
+from agentledger.infra.settings import Settings
 from support.agents import FLAKY_FAILURES_ENV, JOURNAL_ENV, write_catalog
 from support.harness import nats_client, rejection_events, run_events, running_worker
 
@@ -126,9 +126,9 @@ async def test_concurrent_turns_on_one_session_are_all_kept(settings: Settings) 
         ]
         outcomes = await asyncio.gather(*(submit(nc, prefix, t, timeout=60) for t in tasks))
     assert all(o is not None and o.status == "completed" for o in outcomes)
-    from domain.conversation import Conversation
-    from domain.ids import session_aggregate_id_for
-    from infra.event_store import EventStore
+    from agentledger.domain.conversation import Conversation
+    from agentledger.domain.ids import session_aggregate_id_for
+    from agentledger.infra.event_store import EventStore
 
     store = EventStore(settings)
     try:

@@ -138,10 +138,10 @@ ref = "support.agents:flaky"
 [agents.broken]
 ref = "support.no_such_module:agent"
 [agents.calculator]
-ref = "catalog.example_agents:calculator"
+ref = "agentledger.catalog.example_agents:calculator"
 price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }
 [agents.notes]
-ref = "catalog.example_agents:notes"
+ref = "agentledger.catalog.example_agents:notes"
 """
 
 

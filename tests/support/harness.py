@@ -15,15 +15,15 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from domain.ids import rejection_id_for, run_id_for
-from domain.tasks import RunAgent, RunOutcome
-from handlers.bootstrap import ProjectorService, WorkerService
-from handlers.client import submit
-from infra.event_store import EventStore
-from infra.nats import nats_connect_kwargs
-from infra.settings import Settings
-from infra.view_store import ViewStore
-from projections.views import ALL_PROJECTIONS
+from agentledger.domain.ids import rejection_id_for, run_id_for
+from agentledger.domain.tasks import RunAgent, RunOutcome
+from agentledger.handlers.bootstrap import ProjectorService, WorkerService
+from agentledger.handlers.client import submit
+from agentledger.infra.event_store import EventStore
+from agentledger.infra.nats import nats_connect_kwargs
+from agentledger.infra.settings import Settings
+from agentledger.infra.view_store import ViewStore
+from agentledger.projections.views import ALL_PROJECTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,13 +81,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         env[f"AGENTLEDGER_{name.upper()}"] = str(value)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")])
+    env["PYTHONPATH"] = str(REPO_ROOT / "tests")
     return env
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from handlers.cli import main; main()", *args],
+        [sys.executable, "-c", "from agentledger.handlers.cli import main; main()", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -103,7 +103,7 @@ def start_worker_process(
     offset = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", "from handlers.cli import main; main()", "worker"],
+            [sys.executable, "-c", "from agentledger.handlers.cli import main; main()", "worker"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

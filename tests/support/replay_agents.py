@@ -33,8 +33,8 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from catalog.example_agents import calculator_model
-from domain.tasks import RunAgent
+from agentledger.catalog.example_agents import calculator_model
+from agentledger.domain.tasks import RunAgent
 
 
 def _returns(messages: list[ModelMessage]) -> list[ToolReturnPart]:
@@ -199,12 +199,12 @@ calculator_off_by_one = _calculator(add=_add_off_by_one)
 
 REPLAY_CATALOG = """
 [agents.calculator]
-ref = "catalog.example_agents:calculator"
+ref = "agentledger.catalog.example_agents:calculator"
 price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }
 [agents.greeter]
-ref = "catalog.example_agents:greeter"
+ref = "agentledger.catalog.example_agents:greeter"
 [agents.notes]
-ref = "catalog.example_agents:notes"
+ref = "agentledger.catalog.example_agents:notes"
 [agents.planner]
 ref = "support.replay_agents:planner"
 [agents.picky]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain.divergence import canonical_order, comparable, first_divergence
-from domain.timeline import EventRecord
+from agentledger.domain.divergence import canonical_order, comparable, first_divergence
+from agentledger.domain.timeline import EventRecord
 
 
 def rec(version: int, name: str, **data: Any) -> EventRecord:

@@ -6,14 +6,14 @@ import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic, resolve_topic
 
-from domain.conversation import Conversation, conversation_messages
-from domain.errors import InvalidTransition
-from domain.ids import run_id_for, session_aggregate_id_for
-from domain.pricing import ModelPrice
-from domain.rejection import TaskRejection
-from domain.run import AgentRun, RunHistory
-from domain.stats import percentile
-from domain.timeline import event_record
+from agentledger.domain.conversation import Conversation, conversation_messages
+from agentledger.domain.errors import InvalidTransition
+from agentledger.domain.ids import run_id_for, session_aggregate_id_for
+from agentledger.domain.pricing import ModelPrice
+from agentledger.domain.rejection import TaskRejection
+from agentledger.domain.run import AgentRun, RunHistory
+from agentledger.domain.stats import percentile
+from agentledger.domain.timeline import event_record
 
 
 def _run(task_id: str = "t-1") -> AgentRun:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from domain.conversation import Conversation
-from infra.event_store import AsyncEventStore, ConcurrencyConflict, EventStore
-from infra.settings import Settings
+from agentledger.domain.conversation import Conversation
+from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, EventStore
+from agentledger.infra.settings import Settings
 
 
 @pytest.fixture

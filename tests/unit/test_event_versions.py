@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from domain.event_registry import EVENT_CLASSES, event_shape, event_shapes
-from domain.history_file import ExportedEvent, decode_event
-from domain.run import AgentRun
+from agentledger.domain.event_registry import EVENT_CLASSES, event_shape, event_shapes
+from agentledger.domain.history_file import ExportedEvent, decode_event
+from agentledger.domain.run import AgentRun
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "event-shapes.json"
 CONTRACT = Path(__file__).resolve().parents[2] / "contracts" / "events.json"

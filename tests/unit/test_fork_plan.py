@@ -1,4 +1,4 @@
-"""Where a run may be forked (domain.fork)."""
+"""Where a run may be forked (agentledger.domain.fork)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from domain.fork import ForkError, plan_fork
-from domain.run import AgentRun
+from agentledger.domain.fork import ForkError, plan_fork
+from agentledger.domain.run import AgentRun
 
 
 def parent_events() -> list[Any]:

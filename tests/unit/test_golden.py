@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from domain.history_file import decode_aggregate, parse_history
-from domain.run import AgentRun
-from handlers.catalog import Catalog
-from handlers.replay import replay_history
+from agentledger.domain.history_file import decode_aggregate, parse_history
+from agentledger.domain.run import AgentRun
+from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.replay import replay_history
 from support.replay_agents import write_replay_catalog
 
 pytestmark = pytest.mark.asyncio
@@ -45,4 +45,8 @@ async def test_golden_history_replays_from_the_refs_it_names_without_a_catalog_e
     empty = tmp_path / "empty.toml"
     empty.write_text("")
     reports = await replay_history(document, Catalog.load(empty))
+    assert len(reports) == 20
+    # The file names agentledger 0.1's top-level `catalog.example_agents`, which is
+    # `agentledger.catalog.example_agents` since the package rename: it still resolves.
+    assert document.agents["calculator"] == "catalog.example_agents:calculator"
     assert all(r.identical for r in reports)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from domain.history_file import (
+from agentledger.domain.history_file import (
     HistoryDocument,
     HistoryFileError,
     HistorySubject,
@@ -15,7 +15,7 @@ from domain.history_file import (
     exported_aggregate,
     parse_history,
 )
-from domain.run import AgentRun
+from agentledger.domain.run import AgentRun
 
 
 def _events() -> list[object]:

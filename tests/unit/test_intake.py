@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from domain.errors import ErrorKind
-from handlers.catalog import Catalog
-from handlers.intake import RawTask, Rejection, parse_task
+from agentledger.domain.errors import ErrorKind
+from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.intake import RawTask, Rejection, parse_task
 
 CATALOG = Catalog.load(Path(__file__).resolve().parents[2] / "catalog" / "example.toml")
 

@@ -24,10 +24,10 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.test import TestModel
 
-from domain.conversation import Conversation
-from projections.base import ProjectionError
-from projections.conversations import ConversationsProjection, get_conversation
-from projections.transcript import TranscriptEntry, transcript
+from agentledger.domain.conversation import Conversation
+from agentledger.projections.base import ProjectionError
+from agentledger.projections.conversations import ConversationsProjection, get_conversation
+from agentledger.projections.transcript import TranscriptEntry, transcript
 
 
 @pytest.fixture

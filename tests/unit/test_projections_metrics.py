@@ -7,11 +7,11 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 
-from domain.rejection import TaskRejection
-from domain.run import AgentRun
-from domain.stats import percentile
-from projections.base import ProjectionError
-from projections.metrics import UNKNOWN_AGENT, MetricsProjection, agent_metrics
+from agentledger.domain.rejection import TaskRejection
+from agentledger.domain.run import AgentRun
+from agentledger.domain.stats import percentile
+from agentledger.projections.base import ProjectionError
+from agentledger.projections.metrics import UNKNOWN_AGENT, MetricsProjection, agent_metrics
 
 
 @pytest.fixture

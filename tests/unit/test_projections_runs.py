@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from domain.conversation import Conversation
-from domain.rejection import TaskRejection
-from domain.run import AgentRun
-from projections.runs import RunsProjection, get_run, list_runs
+from agentledger.domain.conversation import Conversation
+from agentledger.domain.rejection import TaskRejection
+from agentledger.domain.run import AgentRun
+from agentledger.projections.runs import RunsProjection, get_run, list_runs
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 
-from domain.conversation import Conversation
-from domain.run import AgentRun
-from projections.snapshots import (
+from agentledger.domain.conversation import Conversation
+from agentledger.domain.run import AgentRun
+from agentledger.projections.snapshots import (
     PendingToolCall,
     SnapshotsProjection,
     get_snapshot,

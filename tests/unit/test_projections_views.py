@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from projections.views import ALL_PROJECTIONS, UnknownView, projection_by_name
+from agentledger.projections.views import ALL_PROJECTIONS, UnknownView, projection_by_name
 
 
 def test_projections_are_found_by_name() -> None:

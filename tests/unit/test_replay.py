@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from domain.ids import run_id_for
-from domain.run import AgentRun
-from domain.tasks import RunAgent
-from handlers.catalog import Catalog
-from handlers.replay import RunNotFound, replay_run
-from handlers.runner import AgentRunner
-from infra.event_store import AsyncEventStore, EventStore
+from agentledger.domain.ids import run_id_for
+from agentledger.domain.run import AgentRun
+from agentledger.domain.tasks import RunAgent
+from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.replay import RunNotFound, replay_run
+from agentledger.handlers.runner import AgentRunner
+from agentledger.infra.event_store import AsyncEventStore, EventStore
 from support.agents import JOURNAL_ENV, read_journal
 from support.replay_agents import write_replay_catalog
 

@@ -17,14 +17,14 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from domain.ids import run_id_for
-from domain.run import AgentRun
-from domain.tasks import RunAgent
-from handlers.catalog import Catalog, CatalogEntry
-from handlers.recording import messages_to_json
-from handlers.runner import AgentRunner
-from infra.event_store import AsyncEventStore, EventStore
-from infra.settings import Settings
+from agentledger.domain.ids import run_id_for
+from agentledger.domain.run import AgentRun
+from agentledger.domain.tasks import RunAgent
+from agentledger.handlers.catalog import Catalog, CatalogEntry
+from agentledger.handlers.recording import messages_to_json
+from agentledger.handlers.runner import AgentRunner
+from agentledger.infra.event_store import AsyncEventStore, EventStore
+from agentledger.infra.settings import Settings
 
 pytestmark = pytest.mark.asyncio
 

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from domain.ids import run_id_for
-from domain.tasks import RunAgent
-from handlers.catalog import Catalog
-from handlers.replay import replay_run
-from handlers.runner import AgentRunner
-from infra.event_store import AsyncEventStore, EventStore
+from agentledger.domain.ids import run_id_for
+from agentledger.domain.tasks import RunAgent
+from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.replay import replay_run
+from agentledger.handlers.runner import AgentRunner
+from agentledger.infra.event_store import AsyncEventStore, EventStore
 from support.agents import JOURNAL_ENV, read_journal
 from support.replay_agents import write_replay_catalog
 

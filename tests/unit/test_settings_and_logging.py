@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from infra.event_store import postgres_env
-from infra.logging import redact
-from infra.settings import Settings
+from agentledger.infra.event_store import postgres_env
+from agentledger.infra.logging import redact
+from agentledger.infra.settings import Settings
 
 
 def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,7 +61,7 @@ def test_log_redaction_blanks_secrets_and_url_credentials() -> None:
 def test_only_faststreams_empty_fetch_report_is_silenced() -> None:
     import logging
 
-    from infra.nats import _faststream_logger
+    from agentledger.infra.nats import _faststream_logger
 
     logger = _faststream_logger(Settings())
     (pull_filter,) = logger.filters

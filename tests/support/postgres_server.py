@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from infra.nats_server import EmbeddedServerError, free_port
+from agentledger.infra.nats_server import EmbeddedServerError, free_port
 
 __all__ = [
     "EmbeddedPostgres",
