@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats
 import structlog
 from nats.aio.client import Client
 
-from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.catalog import Catalog, put_on_import_path
 from agentledger.handlers.projector import Projector
 from agentledger.handlers.queries import QueryService
 from agentledger.handlers.relay import EventRelay
@@ -91,7 +92,13 @@ async def connect_nats(settings: Settings, name: str) -> Client:
 
 
 def load_catalog(settings: Settings) -> Catalog:
-    """The catalog, with models named in it built by the model factory."""
+    """The catalog, with models named in it built by the model factory, and its
+    references importable (`AGENTLEDGER_APP_DIR`, else the catalog's folder and the
+    working directory, first on `sys.path`)."""
+    if settings.app_dir is not None:
+        put_on_import_path([settings.app_dir])
+    else:
+        put_on_import_path([Path(settings.catalog).parent, Path.cwd()])
     api_key = settings.model_api_key.get_secret_value() if settings.model_api_key else None
     return Catalog.load(
         settings.catalog,
@@ -125,6 +132,9 @@ class WorkerService:
         settings = self.settings
         catalog = self.catalog or load_catalog(settings)
         self.catalog = catalog
+        # Every reference is imported before the worker takes a task: a bad one is one
+        # clear start-up error, and no agent module is first imported on the event loop.
+        await asyncio.to_thread(catalog.check)
         self.store = AsyncEventStore(
             await asyncio.to_thread(EventStore, settings),
             settings.store_threads,

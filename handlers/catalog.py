@@ -1,12 +1,17 @@
 """The agent catalog: a TOML file naming agents by `module:attribute`.
 
 A team brings its own agents by pointing `AGENTLEDGER_CATALOG` at its own file; nothing
-in the service changes. Agents are imported lazily, on first use.
+in the service changes. References are imported with the catalog file's own folder and
+the working directory first on `sys.path` (or `AGENTLEDGER_APP_DIR`, like uvicorn's
+`--app-dir`), so a module beside the catalog is found however agentledger was installed.
+A worker checks every reference when it starts (`Catalog.check`); a bad one stops it with
+the list of what is wrong, instead of failing each task.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +24,14 @@ from pydantic_ai.models import Model
 
 from agentledger.domain.pricing import ModelPrice
 
-__all__ = ["Catalog", "CatalogEntry", "CatalogError", "ModelFactory", "UnknownAgent"]
+__all__ = [
+    "Catalog",
+    "CatalogEntry",
+    "CatalogError",
+    "ModelFactory",
+    "UnknownAgent",
+    "put_on_import_path",
+]
 
 ModelFactory = Callable[[str, str | None], Model]
 """Builds a model from a catalog entry's `model` string and optional `base_url`."""
@@ -73,6 +85,16 @@ def _import_ref_module(module_name: str) -> ModuleType:
         if top in _RENAMED_TOP_LEVEL and e.name == top:
             return importlib.import_module(f"agentledger.{module_name}")
         raise
+
+
+def put_on_import_path(folders: list[Path]) -> None:
+    """Put `folders` first on `sys.path` (each once), where catalog references are looked
+    up: a user's `mycompany/agents.py` beside the catalog must import without PYTHONPATH."""
+    for folder in reversed(folders):
+        entry = str(folder.resolve())
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)
 
 
 def _load_agent(ref: str) -> Agent[Any, Any]:
@@ -138,6 +160,21 @@ class Catalog:
             for agent, prompt, session in data.get("demo", {}).get("tasks", [])
         ]
         return cls(path=path, entries=entries, demo_tasks=demo)
+
+    def check(self) -> None:
+        """Import every entry's agent now; raise one `CatalogError` naming each bad one.
+
+        A worker calls this when it starts, so a typo in a reference is a start-up error
+        with the catalog's path, not a traceback per task later.
+        """
+        problems = []
+        for name in self.names():
+            try:
+                self.entries[name].agent  # noqa: B018 (imports and caches the agent)
+            except CatalogError as e:
+                problems.append(f"agent {name!r}: {e}")
+        if problems:
+            raise CatalogError(f"catalog {self.path}: " + "; ".join(problems))
 
     def get(self, name: str) -> CatalogEntry:
         try:

