@@ -8,9 +8,9 @@ help: ## list targets
 install: ## install with dev tools (editable), at the versions CI tests
 	$(PY) -m pip install -e '.[dev]' -c constraints.txt
 
-constraints: ## rewrite constraints.txt from a fresh dev install (after changing dependencies)
+constraints: ## re-pin constraints.txt from a fresh dev install (keeps existing pins; rm it first to upgrade all)
 	rm -rf .venv-constraints && $(PY) -m venv .venv-constraints
-	.venv-constraints/bin/pip install -q -e '.[dev]'
+	.venv-constraints/bin/pip install -q -e '.[dev]' $$(test -f constraints.txt && echo -c constraints.txt)
 	{ head -2 constraints.txt; .venv-constraints/bin/pip freeze --exclude-editable | grep -v '^agentledger'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .venv-constraints
 

@@ -49,10 +49,48 @@ class Divergence:
     diff: tuple[str, ...]
     """A unified diff of the two events' compared fields."""
 
+    def differing_fields(self) -> tuple[str, ...]:
+        """Paths of the compared fields that differ (`message.instructions`,
+        `message.parts[0].content`, `result`), when both sides have the same event type."""
+        if self.expected is None or self.actual is None:
+            return ()
+        if self.expected.name != self.actual.name:
+            return ()
+        return tuple(_differing_paths(comparable(self.expected), comparable(self.actual), ""))
+
     def summary(self) -> str:
         expected = self.expected.name if self.expected else "end of recording"
         actual = self.actual.name if self.actual else "end of replay"
+        fields = self.differing_fields()
+        if fields:
+            shown = ", ".join(fields[:_MAX_PATHS])
+            more = f" (+{len(fields) - _MAX_PATHS} more)" if len(fields) > _MAX_PATHS else ""
+            return f"diverged at event {self.index}: {expected} differs in {shown}{more}"
         return f"diverged at event {self.index}: expected {expected}, got {actual}"
+
+
+_MAX_PATHS = 5
+
+
+def _differing_paths(want: Any, got: Any, path: str) -> list[str]:
+    """The deepest paths at which two JSON-like values differ."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        paths: list[str] = []
+        for key in sorted(set(want) | set(got), key=str):
+            if want.get(key, _MISSING) != got.get(key, _MISSING):
+                child = f"{path}.{key}" if path else str(key)
+                paths += _differing_paths(want.get(key, _MISSING), got.get(key, _MISSING), child)
+        return paths
+    if isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+        paths = []
+        for i, (a, b) in enumerate(zip(want, got, strict=True)):
+            if a != b:
+                paths += _differing_paths(a, b, f"{path}[{i}]")
+        return paths
+    return [path or "(value)"]
+
+
+_MISSING = object()
 
 
 def _strip(value: Any) -> Any:

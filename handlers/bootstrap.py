@@ -12,12 +12,29 @@ import contextlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nats
 import structlog
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
+from opentelemetry import trace
 
 from agentledger.handlers.catalog import Catalog, put_on_import_path
+from agentledger.handlers.operations.endpoints import (
+    OperationsPortUnavailable,
+    routes,
+    start_operations,
+)
+from agentledger.handlers.operations.http import OperationsServer
+from agentledger.handlers.operations.metrics import ProjectorMetrics, WorkerMetrics
+from agentledger.handlers.operations.readiness import (
+    OffLoopCheck,
+    Readiness,
+    projection_lag,
+    projector_readiness,
+    worker_readiness,
+)
 from agentledger.handlers.projector import Projector
 from agentledger.handlers.queries import QueryService
 from agentledger.handlers.relay import EventRelay
@@ -25,10 +42,21 @@ from agentledger.handlers.runner import AgentRunner
 from agentledger.handlers.worker import TaskWorker
 from agentledger.infra.event_store import AsyncEventStore, EventStore
 from agentledger.infra.models import build_model
-from agentledger.infra.nats import ensure_streams, make_broker, nats_connect_kwargs, nats_url
+from agentledger.infra.nats import (
+    ensure_streams,
+    make_broker,
+    nats_connect_kwargs,
+    nats_url,
+    without_credentials,
+)
 from agentledger.infra.settings import Settings
+from agentledger.infra.telemetry import tracer_provider_for
 from agentledger.infra.view_store import ViewStore, view_store_for
 from agentledger.projections.views import ALL_PROJECTIONS
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+    from opentelemetry.trace import TracerProvider
 
 __all__ = [
     "NatsAuthError",
@@ -50,10 +78,11 @@ class NatsAuthError(Exception):
 class NatsUnreachable(Exception):
     """No NATS server answered at the configured URL in time."""
 
-    def __init__(self, url: str, seconds: float) -> None:
+    def __init__(self, url: str, seconds: float, how: str = "timeout") -> None:
+        why = "connection refused" if how == "refused" else f"no answer within {seconds:g}s"
         super().__init__(
-            f"cannot reach NATS at {url} within {seconds:g}s; start one with "
-            "`agentledger nats` or set AGENTLEDGER_NATS_URL"
+            f"cannot reach NATS at {without_credentials(url)} ({why}); start one with"
+            " `agentledger nats` or set AGENTLEDGER_NATS_URL"
         )
 
 
@@ -61,34 +90,49 @@ async def connect_nats(settings: Settings, name: str) -> Client:
     """A plain nats-py connection from settings.
 
     nats-py retries a rejected CONNECT like a network error, forever when reconnects are
-    unlimited; an authorization error is final, so it ends the attempt at once.
+    unlimited; an authorization error is final, so it ends the attempt at once, and so
+    does a refused connection (nothing listens there: waiting would only delay the one
+    line that says so). Otherwise it gives up after `nats_connect_timeout_s`.
     """
     rejected = asyncio.Event()
+    refused = asyncio.Event()
 
     async def on_error(e: Exception) -> None:
         if "authorization" in str(e).lower():
             rejected.set()
+        elif isinstance(e, ConnectionRefusedError):
+            refused.set()
 
     connecting = asyncio.create_task(
         nats.connect(**nats_connect_kwargs(settings, name), error_cb=on_error)
     )
-    refused = asyncio.create_task(rejected.wait())
+    failed = asyncio.create_task(_first_of(rejected, refused))
     await asyncio.wait(
-        {connecting, refused},
+        {connecting, failed},
         timeout=settings.nats_connect_timeout_s,
         return_when=asyncio.FIRST_COMPLETED,
     )
-    refused.cancel()
-    if connecting.done():
+    failed.cancel()
+    if connecting.done() and connecting.exception() is None:
         return connecting.result()
     connecting.cancel()
     with contextlib.suppress(BaseException):
         await connecting
+    url = without_credentials(nats_url(settings))
     if rejected.is_set():
-        raise NatsAuthError(
-            f"NATS at {nats_url(settings)} rejected the credentials (authorization violation)"
-        )
+        raise NatsAuthError(f"NATS at {url} rejected the credentials (authorization violation)")
+    if refused.is_set():
+        raise NatsUnreachable(nats_url(settings), settings.nats_connect_timeout_s, "refused")
     raise NatsUnreachable(nats_url(settings), settings.nats_connect_timeout_s)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def load_catalog(settings: Settings) -> Catalog:
@@ -125,11 +169,20 @@ class WorkerService:
     settings: Settings
     catalog: Catalog | None = None
     name: str = "agentledger-worker"
+    tracer_provider: TracerProvider | None = None
+    """Where the worker's traces go (tests pass their own). Default: a provider built
+    from settings when AGENTLEDGER_OTEL_ENABLED is set, else none: no tracing."""
     store: AsyncEventStore | None = field(default=None, init=False)
     worker: TaskWorker | None = field(default=None, init=False)
+    _own_tracer_provider: SdkTracerProvider | None = field(default=None, init=False)
+    metrics: WorkerMetrics | None = field(default=None, init=False)
+    operations: OperationsServer | None = field(default=None, init=False)
+    """The /healthz, /readyz, /metrics server (when AGENTLEDGER_HTTP_PORT is set)."""
+    _store_check: OffLoopCheck[int] | None = field(default=None, init=False)
 
     async def start(self) -> WorkerService:
         settings = self.settings
+        tracer_provider = self.tracer_provider or self._build_tracer_provider()
         catalog = self.catalog or load_catalog(settings)
         self.catalog = catalog
         # Every reference is imported before the worker takes a task: a bad one is one
@@ -140,10 +193,16 @@ class WorkerService:
             settings.store_threads,
             retry_s=settings.store_retry_s,
         )
-        broker = make_broker(settings, self.name)
-        runner = AgentRunner(store=self.store, catalog=catalog)
+        broker = make_broker(settings, self.name, tracer_provider=tracer_provider)
+        runner = AgentRunner(store=self.store, catalog=catalog, tracer_provider=tracer_provider)
+        self.metrics = WorkerMetrics(catalog.names())
         self.worker = TaskWorker(
-            settings=settings, broker=broker, store=self.store, catalog=catalog, runner=runner
+            settings=settings,
+            broker=broker,
+            store=self.store,
+            catalog=catalog,
+            runner=runner,
+            metrics=self.metrics,
         )
         try:
             await asyncio.wait_for(broker.connect(), settings.nats_connect_timeout_s)
@@ -157,16 +216,78 @@ class WorkerService:
             concurrency=settings.worker_concurrency,
             backend=settings.backend,
             prefix=settings.subject_prefix,
+            tracing=tracer_provider is not None,
         )
+        try:
+            await self._serve_operations()
+        except OperationsPortUnavailable:
+            await self.stop(grace_s=0)
+            raise
         return self
+
+    async def _serve_operations(self) -> None:
+        settings = self.settings
+        if settings.http_port is None:
+            return
+        assert self.store is not None and self.worker is not None and self.metrics is not None
+        worker = self.worker
+        # Held here: the broker's `connection` raises once the broker has stopped.
+        nc = worker.broker.connection
+        store_check = OffLoopCheck(self.store.sync.max_notification_id, name="worker-readiness")
+        self._store_check = store_check
+
+        async def readiness() -> Readiness:
+            return await worker_readiness(
+                nc=nc,
+                stream=settings.tasks_stream,
+                durable=worker.durable,
+                store_check=store_check,
+                draining=worker.draining,
+            )
+
+        endpoints = routes(readiness=readiness, registry=self.metrics.registry)
+        self.operations = await start_operations(settings, endpoints, "worker")
+
+    async def _stop_operations(self) -> None:
+        if self.operations is not None:
+            await self.operations.stop()
+            self.operations = None
+        if self._store_check is not None:
+            self._store_check.close()
+            self._store_check = None
 
     async def stop(self, grace_s: float | None = None) -> None:
         if self.worker is not None:
             await self.worker.drain(self.settings.shutdown_grace_s if grace_s is None else grace_s)
-            await self.worker.broker.stop()
+            try:
+                await self.worker.broker.stop()
+            except NatsError as e:
+                # Stopping while NATS is unreachable (reconnecting) must still stop: what
+                # this worker held is redelivered to another once its AckWait passes.
+                log.warning("stopped without draining the NATS connection", error=str(e))
+                connection = self.worker.broker.connection if self.worker.broker else None
+                if connection is not None:
+                    with contextlib.suppress(Exception):
+                        await connection.close()
+        await self._stop_operations()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
+        if self._own_tracer_provider is not None:
+            # Flushes the spans not exported yet (a blocking HTTP call).
+            await asyncio.to_thread(self._own_tracer_provider.shutdown)
+            self._own_tracer_provider = None
         log.info("worker stopped")
+
+    def _build_tracer_provider(self) -> SdkTracerProvider | None:
+        """The provider AGENTLEDGER_OTEL_ENABLED asks for (None when off), installed as
+        the global one unless one is set already, so spans of the agents' own code
+        (a tool's, an instrumented HTTP client's) land in the same traces."""
+        provider = tracer_provider_for(self.settings, self.name)
+        if provider is not None:
+            self._own_tracer_provider = provider
+            if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+                trace.set_tracer_provider(provider)
+        return provider
 
 
 @dataclass(kw_only=True)
@@ -185,6 +306,10 @@ class ProjectorService:
     _relay_task: asyncio.Task[None] | None = field(default=None, init=False)
     _nc: Client | None = field(default=None, init=False)
     _query_service: QueryService | None = field(default=None, init=False)
+    metrics: ProjectorMetrics = field(default_factory=ProjectorMetrics, init=False)
+    operations: OperationsServer | None = field(default=None, init=False)
+    """The /healthz, /readyz, /metrics server (when AGENTLEDGER_HTTP_PORT is set)."""
+    _lag_check: OffLoopCheck[int] | None = field(default=None, init=False)
 
     async def start(self) -> ProjectorService:
         settings = self.settings
@@ -217,13 +342,51 @@ class ProjectorService:
             )
             await self._query_service.start()
         log.info("projector started", backend=settings.backend, prefix=settings.subject_prefix)
+        try:
+            await self._serve_operations()
+        except OperationsPortUnavailable:
+            await self.stop()
+            raise
         return self
+
+    async def _serve_operations(self) -> None:
+        if self.settings.http_port is None:
+            return
+        store, views, projector = self.store, self.views, self.projector
+        assert store is not None and views is not None and projector is not None
+        names = [p.name for p in projector.projections]
+        lag_check = OffLoopCheck(
+            lambda: projection_lag(store, views, names), name="projector-readiness"
+        )
+        self._lag_check = lag_check
+        nc, gauge = self._nc, self.metrics.projection_lag
+
+        async def lag() -> int | None:
+            behind = await lag_check()
+            if behind is not None:
+                gauge.set(behind)
+            return behind
+
+        async def readiness() -> Readiness:
+            return await projector_readiness(nc=nc, lag=lag)
+
+        async def refresh() -> None:
+            await lag()
+
+        endpoints = routes(readiness=readiness, registry=self.metrics.registry, refresh=refresh)
+        self.operations = await start_operations(self.settings, endpoints, "projector")
 
     def wait_until(self, notification_id: int, timeout: float = 10.0) -> bool:
         assert self.projector is not None
         return self.projector.wait_until(notification_id, timeout)
 
     async def stop(self) -> None:
+        if self.operations is not None:
+            await self.operations.stop()
+            self.operations = None
+        if self._lag_check is not None:
+            self._lag_check.close()
+            self._lag_check = None
         self._stop.set()
         self._relay_stop.set()
         if self._relay_task is not None:
@@ -231,7 +394,12 @@ class ProjectorService:
         if self._query_service is not None:
             await self._query_service.stop()
         if self._nc is not None:
-            await self._nc.drain()
+            try:
+                await self._nc.drain()
+            except NatsError as e:  # stopping while NATS is unreachable still stops
+                log.warning("stopped without draining the NATS connection", error=str(e))
+                with contextlib.suppress(Exception):
+                    await self._nc.close()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
         if self.views is not None:

@@ -23,6 +23,9 @@ from agentledger.handlers.cli_history import register as register_history_comman
 from agentledger.handlers.cli_support import (
     CliError,
     console,
+    err_console,
+    invalid_input,
+    notify,
     one_line_errors,
     print_json,
     resolve,
@@ -59,7 +62,17 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+def _data_dir_line() -> str:
+    try:
+        data_dir = Settings().data_dir  # resolved once: an absolute path
+    except Exception:  # a bad variable is reported by the command that reads it
+        return "Data dir: .agentledger under the working directory (AGENTLEDGER_DATA_DIR)."
+    return f"Data dir: {data_dir} (AGENTLEDGER_DATA_DIR; SQLite unless AGENTLEDGER_POSTGRES_DSN)."
+
+
+@app.callback(
+    help="Event-sourced backend for pydantic-ai agents on NATS JetStream.\n\n" + _data_dir_line()
+)
 def _main(
     version: bool = typer.Option(
         False,
@@ -140,30 +153,82 @@ def publish(
     request_limit: int = typer.Option(None, help="Max model requests for this run."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
 ) -> None:
-    """Publish a RunAgent task to NATS and (by default) wait for its outcome."""
+    """Publish a RunAgent task to NATS and (by default) wait for its outcome.
+
+    A task id already used is not run again: the notice says so, and the outcome shown is
+    the earlier task's.
+    """
+    from pydantic import ValidationError
+
     from agentledger.handlers.bootstrap import connect_nats
-    from agentledger.handlers.client import submit
+    from agentledger.handlers.client import LedgerClient, WaitingFor
     from agentledger.handlers.render import outcomes_table
     from agentledger.infra.nats import ensure_streams
 
     settings = settings_from_env()
-    task = RunAgent(
-        task_id=task_id or uuid.uuid4().hex,
-        agent=agent,
-        prompt=prompt,
-        session_id=session,
-        usage_limits=UsageLimitsSpec(request_limit=request_limit) if request_limit else None,
-    )
+    try:
+        task = RunAgent(
+            task_id=task_id or uuid.uuid4().hex,
+            agent=agent,
+            prompt=prompt,
+            session_id=session,
+            usage_limits=(
+                UsageLimitsSpec(request_limit=request_limit) if request_limit is not None else None
+            ),
+        )
+    except ValidationError as e:
+        raise invalid_input(
+            e,
+            {
+                "task_id": "--task-id",
+                "agent": "AGENT",
+                "prompt": "PROMPT",
+                "session_id": "--session",
+                "request_limit": "--request-limit",
+                "usage_limits": "--request-limit",
+            },
+        ) from None
+
+    def waiting(status: WaitingFor) -> None:
+        if status.workers_listening is False:
+            why = (
+                f"no worker is taking {settings.subject_prefix}.tasks.run.* tasks;"
+                " start one with `agentledger worker`"
+            )
+        elif status.tasks_pending:
+            why = f"{status.tasks_pending} task(s) are queued for the workers"
+        else:
+            why = "a worker has it"
+        notify(
+            f"waiting for the outcome of task {status.task_id} on {status.subject}"
+            f" ({why}; up to {timeout:g}s)"
+        )
 
     async def go() -> None:
         nc = await connect_nats(settings, "agentledger-cli")
+        client = LedgerClient(nc, prefix=settings.subject_prefix)
         try:
             await ensure_streams(nc.jetstream(), settings)
-            outcome = await submit(nc, settings.subject_prefix, task, wait=wait, timeout=timeout)
+            if not wait:
+                submission = await client.submit(task)
+                outcome = None
+            else:
+                submission, outcome = await client.run(task, timeout=timeout, on_waiting=waiting)
         finally:
             await nc.drain()
+        if submission.duplicate:
+            other = (
+                f" (it ran agent {outcome.agent!r}, not {task.agent!r})"
+                if outcome is not None and outcome.agent not in (None, task.agent)
+                else ""
+            )
+            notify(
+                f"notice: task id {task.task_id} was already submitted{other}; it is not run"
+                " again" + ("; this is the earlier task's outcome" if wait else "")
+            )
         if outcome is None:
-            console.print(f"published task {task.task_id}")
+            if not submission.duplicate:
+                console.print(f"published task {task.task_id}")
         elif as_json:
             print_json(outcome.model_dump(mode="json"))
         else:
@@ -190,7 +255,7 @@ def query(
     """Query a projection (directly from the views, or over NATS request-reply)."""
     from agentledger.handlers.render import conversation_table, metrics_table, runs_table
 
-    settings = settings_from_env()
+    settings = settings_from_env(announce_store=not via_nats)
     by_view: dict[str, dict[str, Any]] = {
         "conversation": {"session_id": session},
         "run": {"run_id": run_id, "task_id": task_id},
@@ -227,9 +292,13 @@ def _query(settings: Settings, view: str, arguments: dict[str, Any], via_nats: b
         return run(ask())
     from agentledger.handlers.queries import answer
     from agentledger.infra.view_store import view_store_for
+    from agentledger.projections.views import ALL_PROJECTIONS
 
     views = view_store_for(settings)
     try:
+        # The views exist as soon as a store does: a fresh store answers "nothing yet".
+        for projection in ALL_PROJECTIONS:
+            views.ensure(projection)
         return answer(views, view, arguments)
     finally:
         views.close()
@@ -245,7 +314,7 @@ def events(
     from agentledger.handlers.render import timeline_table
     from agentledger.infra.event_store import EventStore
 
-    store = EventStore(settings_from_env())
+    store = EventStore(settings_from_env(announce_store=True))
     try:
         aggregate_id, found = resolve(store, identifier)
     finally:
@@ -269,7 +338,7 @@ def state(
     """Print an aggregate's state as it was at a given version."""
     from agentledger.infra.event_store import EventStore
 
-    store = EventStore(settings_from_env())
+    store = EventStore(settings_from_env(announce_store=True))
     try:
         aggregate_id, found = resolve(store, identifier)
         latest = found[-1].originator_version
@@ -310,8 +379,11 @@ def rebuild(
     from agentledger.infra.view_store import view_store_for
     from agentledger.projections.views import ALL_PROJECTIONS
 
-    settings = settings_from_env()
-    names = [p.name for p in ALL_PROJECTIONS] if view == "all" else [view]
+    known = [p.name for p in ALL_PROJECTIONS]
+    if view != "all" and view not in known:
+        raise CliError(f"unknown view {view!r}; views: {', '.join(known)}, all")
+    settings = settings_from_env(announce_store=True)
+    names = known if view == "all" else [view]
     store = EventStore(settings)
     views = view_store_for(settings)
     try:
@@ -322,7 +394,7 @@ def rebuild(
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=console,
+                console=err_console,
             ) as progress:
                 bar = progress.add_task(name, total=None)
 

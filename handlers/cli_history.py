@@ -169,7 +169,7 @@ def replay(
 
     if sum(x is not None for x in (identifier, file, agent)) != 1:
         raise CliError("give a run, task or session id, --file or --agent (one of them)")
-    settings = settings_from_env(log_level="WARNING")
+    settings = settings_from_env(announce_store=True, log_level="WARNING")
     catalog = load_catalog(settings)
     if file is not None:
         recorded = recorded_runs(_read_document(file))
@@ -225,7 +225,7 @@ def export(
     from agentledger.handlers.export import export_run, export_session
     from agentledger.infra.event_store import EventStore
 
-    settings = settings_from_env()
+    settings = settings_from_env(announce_store=True)
     catalog = load_catalog(settings)
     store = EventStore(settings)
     try:
@@ -254,7 +254,7 @@ def import_(
     from agentledger.handlers.export import import_history
     from agentledger.infra.event_store import EventStore
 
-    settings = settings_from_env()
+    settings = settings_from_env(announce_store=True)
     store = EventStore(settings)
     results = []
     try:
@@ -287,7 +287,7 @@ def fork(
     from agentledger.handlers.runner import AgentRunner
     from agentledger.infra.event_store import AsyncEventStore, EventStore
 
-    settings = settings_from_env(log_level="WARNING")
+    settings = settings_from_env(announce_store=True, log_level="WARNING")
     catalog = load_catalog(settings)
     store = AsyncEventStore(EventStore(settings), settings.store_threads, settings.store_retry_s)
     try:
@@ -339,7 +339,7 @@ def archive(
     from agentledger.infra.event_store import EventStore
     from agentledger.infra.view_store import view_store_for
 
-    settings = settings_from_env()
+    settings = settings_from_env(announce_store=True)
     days = older_than_days if older_than_days is not None else settings.retention_days
     if days is None:
         raise CliError("give --older-than-days or set AGENTLEDGER_RETENTION_DAYS")
@@ -381,7 +381,7 @@ def store_size(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     from agentledger.handlers.retention import store_report
     from agentledger.infra.event_store import EventStore
 
-    settings = settings_from_env()
+    settings = settings_from_env(announce_store=True)
     store = EventStore(settings)
     try:
         sizes = store_report(store)

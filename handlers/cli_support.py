@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -17,13 +19,15 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from agentledger.domain.ids import rejection_id_for, run_id_for, session_aggregate_id_for
-from agentledger.infra.logging import configure_logging
+from agentledger.infra.logging import configure_logging, current_format
 from agentledger.infra.settings import Settings
 
 __all__ = [
     "CliError",
     "console",
     "err_console",
+    "invalid_input",
+    "notify",
     "one_line_errors",
     "print_json",
     "resolve",
@@ -32,10 +36,33 @@ __all__ = [
     "until_signal",
 ]
 
-# Piped output gets a wide, fixed width instead of rich's 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 150)
-err_console = Console(stderr=True)
+# Piped output follows COLUMNS when set, else a wide fixed width instead of rich's 80.
+console = Console(
+    width=None if sys.stdout.isatty() else shutil.get_terminal_size((150, 24)).columns
+)
+err_console = Console(
+    stderr=True,
+    width=None if sys.stderr.isatty() else shutil.get_terminal_size((150, 24)).columns,
+)
 """For progress bars, so stdout stays clean for tables and JSON."""
+
+
+def notify(message: str, level: str = "info") -> None:
+    """One line on stderr (a notice, a store name, what we wait for, the final error):
+    plain and never wrapped or cut, whatever the terminal width; a JSON object when
+    `AGENTLEDGER_LOG_FORMAT=json`, so that stderr stays JSON only."""
+    if current_format() == "json":
+        record = {
+            "event": message.removeprefix("error: "),
+            "level": level,
+            "logger": "agentledger.cli",
+            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        }
+        sys.stderr.write(json.dumps(record) + "\n")
+    else:
+        sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -56,8 +83,9 @@ def explain(e: BaseException) -> str:
     if isinstance(e, ValidationError):
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        return f"invalid setting {where}: {first['msg']} (see AGENTLEDGER_* variables)"
-    return text.splitlines()[0]
+        variable = f"AGENTLEDGER_{str(first['loc'][0]).upper()}" if first["loc"] else ""
+        return f"invalid setting {where} ({variable}): {first['msg']}"
+    return " ".join(text.split())
 
 
 def one_line_errors(fn: F) -> F:
@@ -69,16 +97,35 @@ def one_line_errors(fn: F) -> F:
             raise
         except Exception as e:
             # Plain write: rich would wrap a long message onto a second line.
-            sys.stderr.write(f"error: {explain(e)}\n")
+            notify(f"error: {explain(e)}", level="error")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def settings_from_env(**overrides: Any) -> Settings:
+def settings_from_env(*, announce_store: bool = False, **overrides: Any) -> Settings:
+    """Settings from `AGENTLEDGER_*` (and the command's flags); logging configured.
+
+    With `announce_store`, a command that reads the store says on stderr which one it
+    uses when no variable chose it (so an empty result is never a silent wrong folder).
+    """
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     configure_logging(settings.log_format, settings.log_level)
+    chosen = {"data_dir", "sqlite_path", "postgres_dsn"} & settings.model_fields_set
+    if announce_store and not chosen:
+        notify(
+            f"store: {settings.backend} {settings.safe_postgres_target()}"
+            " (set AGENTLEDGER_DATA_DIR or AGENTLEDGER_POSTGRES_DSN to choose)"
+        )
     return settings
+
+
+def invalid_input(e: ValidationError, flags: dict[str, str]) -> CliError:
+    """A validation error of a command's input, naming the argument or flag it came from."""
+    first = e.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    flag = flags.get(field, field)
+    return CliError(f"invalid {flag}: {first['msg']}")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -40,12 +40,13 @@ def outcomes_table(outcomes: Iterable[RunOutcome], title: str = "Outcomes") -> T
         table.add_column(column)
     for o in outcomes:
         style = {"completed": "green", "failed": "red", "rejected": "yellow"}[o.status]
-        detail = _short(o.output) if o.error is None else f"{o.error.kind}: {o.error.message}"
+        # An error is shown whole (the cell wraps); only outputs are abbreviated.
+        detail = _short(o.output, 70) if o.error is None else f"{o.error.kind}: {o.error.message}"
         table.add_row(
             o.task_id or "-",
             o.agent or "-",
             Text(o.status, style=style),
-            _short(detail, 70),
+            detail,
             f"{o.usage.input_tokens}/{o.usage.output_tokens}",
             "-" if o.cost_usd is None else f"{o.cost_usd:.6f}",
             _ms(o.duration_ms),
@@ -95,13 +96,13 @@ def runs_table(rows: Sequence[dict[str, Any]]) -> Table:
     for column in ("task", "agent", "session", "status", "output / error", "ms"):
         table.add_column(column)
     for r in rows:
-        detail = r.get("error_message") or _short(r.get("output"))
+        detail = r.get("error_message") or _short(r.get("output"))  # errors whole
         table.add_row(
             r.get("task_id") or "-",
             r.get("agent") or "-",
             r.get("session_id") or "-",
             r["status"],
-            _short(detail, 60),
+            detail,
             _ms(r.get("duration_ms")),
         )
     return table
@@ -128,11 +129,11 @@ def _event_summary(record: EventRecord) -> str:
     if name == "RunCompleted":
         return f"output={_short(data['output'], 40)} ms={data['duration_ms']:.1f}"
     if name == "RunFailed":
-        return f"{data['error_kind']}: {_short(data['message'], 50)}"
+        return f"{data['error_kind']}: {data['message']}"
     if name == "TurnRecorded":
         return f"turn {data['turn']} run {data['run_id'][:8]} ({len(data['messages'])} msgs)"
     if name == "TaskRejected":
-        return f"{data['error_kind']}: {_short(data['reason'], 50)}"
+        return f"{data['error_kind']}: {data['reason']}"
     return _short(data, 60)
 
 

@@ -5,6 +5,13 @@ completed one returns its stored outcome; one left in progress by a dead worker 
 from its recorded messages (recorded model responses are not requested again, recorded
 tool results are served from the ledger). After each agent step the step's events are
 saved in one `save()`; the final events and the session's turn are saved atomically.
+
+Given a tracer provider, agents run under pydantic-ai's own instrumentation: one
+`invoke_agent <agent>` span per delivery that drives the run, with a `chat <model>` span
+per model request sent and an `execute_tool <tool>` span per tool call. A resumed run
+shows only what this delivery did: recorded model responses are not requested again, so
+they have no `chat` span; a tool call whose result is recorded still has its span (the
+call goes through pydantic-ai's tool execution) but the result comes from the ledger.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic_ai import Agent
+from pydantic_ai.capabilities import Instrumentation
 from pydantic_ai.exceptions import (
     ModelAPIError,
     ModelConnectionError,
@@ -27,6 +35,7 @@ from pydantic_ai.exceptions import (
     UsageLimitExceeded,
 )
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
+from pydantic_ai.models.instrumented import InstrumentationSettings
 from pydantic_ai.run import AgentRun as PydanticAgentRun
 from pydantic_ai.usage import RunUsage, UsageLimits
 from pydantic_core import to_jsonable_python
@@ -47,6 +56,9 @@ from agentledger.handlers.recording import (
     wrap_toolsets,
 )
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["AgentRunner", "RunSuperseded", "TransientRunError", "outcome_of"]
 
@@ -136,15 +148,27 @@ class AgentRunner:
         clock: Clock = _utcnow,
         tool_effects: ToolEffects | None = None,
         logger: Any = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         """`tool_effects` replaces how a tool call not yet recorded is carried out (replay
         serves recorded results through it); by default the tool runs. `logger` replaces
-        the runner's structlog logger (replay passes a silent one)."""
+        the runner's structlog logger (replay passes a silent one). With a
+        `tracer_provider`, every agent run is instrumented with it (per run, not through
+        `Agent.instrument_all`, so nothing global changes); without one, runs are traced
+        only as their agents themselves say."""
         self._log = log if logger is None else logger
         self._store = store
         self._catalog = catalog
         self._clock = clock
         self._tool_effects = tool_effects
+        # One capability for all runs: pydantic-ai copies it for each run (`for_run`).
+        self._run_capabilities = (
+            None
+            if tracer_provider is None
+            else [
+                Instrumentation(settings=InstrumentationSettings(tracer_provider=tracer_provider))
+            ]
+        )
 
     async def run(
         self,
@@ -266,7 +290,11 @@ class AgentRunner:
                     **overrides,
                 ):
                     async with agent.iter(
-                        prompt, message_history=prior, usage_limits=limits, usage=usage
+                        prompt,
+                        message_history=prior,
+                        usage_limits=limits,
+                        usage=usage,
+                        capabilities=self._run_capabilities,
                     ) as agent_run:
                         output, final = await self._step_through(agent_run, recorder, len(prior))
         except TimeoutError:

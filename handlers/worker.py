@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import structlog
@@ -18,17 +19,21 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
 
 from agentledger.domain.errors import ErrorKind
+from agentledger.domain.ids import run_id_for
 from agentledger.domain.rejection import TaskRejection
-from agentledger.domain.tasks import RunError, RunOutcome
+from agentledger.domain.subjects import results_subject, workers_consumer
+from agentledger.domain.tasks import RunAgent, RunError, RunOutcome
 from agentledger.handlers.catalog import Catalog, UnknownAgent
 from agentledger.handlers.intake import RawTask, Rejection, parse_task
+from agentledger.handlers.operations.metrics import WorkerMetrics
 from agentledger.handlers.runner import AgentRunner, RunSuperseded, TransientRunError
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
 from agentledger.infra.settings import Settings
 
-__all__ = ["REPLY_HEADER", "TaskWorker", "backoff_s", "task_subject"]
+__all__ = ["REPLY_HEADER", "TaskWorker", "backoff_s"]
 
 log = structlog.get_logger("agentledger.worker")
 
@@ -41,10 +46,6 @@ DRAIN_REDELIVERY_DELAY_S = 1.0
 RELEASE_DELAY_S = 3.0
 
 
-def task_subject(prefix: str, agent: str) -> str:
-    return f"{prefix}.tasks.run.{agent}"
-
-
 def backoff_s(delivered: int) -> float:
     """Redelivery delay after a transient failure: 0.5 s doubling, at most 30 s."""
     return float(min(30.0, 0.5 * 2 ** max(0, delivered - 1)))
@@ -52,6 +53,27 @@ def backoff_s(delivered: int) -> float:
 
 async def _raw_body(msg: NatsMessage) -> bytes:
     return msg.body
+
+
+def _trace_task(task: RunAgent, delivered: int) -> None:
+    """Name the task on the delivery's span (FastStream's `<subject> process` span when
+    tracing is on; a no-op otherwise)."""
+    span = trace.get_current_span()
+    span.set_attributes(
+        {
+            "agentledger.task_id": task.task_id,
+            "agentledger.run_id": str(run_id_for(task.task_id)),
+            "agentledger.agent": task.agent,
+            "agentledger.delivery": delivered,
+        }
+    )
+    if task.session_id is not None:
+        span.set_attribute("agentledger.session_id", task.session_id)
+
+
+def _subject_agent(subject: str) -> str:
+    """The agent a task subject names (untrusted: only a metric label once checked)."""
+    return subject.rsplit(".", 1)[-1]
 
 
 class TaskWorker:
@@ -65,19 +87,24 @@ class TaskWorker:
         store: AsyncEventStore,
         catalog: Catalog,
         runner: AgentRunner,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
+        """`metrics`: where the worker counts tasks (default: a private registry)."""
         self.settings = settings
         self.broker = broker
         self.store = store
         self.catalog = catalog
         self.runner = runner
+        self.metrics = WorkerMetrics(catalog.names()) if metrics is None else metrics
         self.in_flight: dict[asyncio.Task[Any], NatsMessage] = {}
         self.draining = False
         prefix = settings.subject_prefix
+        self.durable = workers_consumer(prefix)
+        """The durable consumer all workers of this prefix share."""
         self.broker.subscriber(
             f"{prefix}.tasks.run.*",
             stream=JStream(settings.tasks_stream, declare=False),
-            durable=f"{prefix}-workers",
+            durable=self.durable,
             pull_sub=PullSub(batch_size=min(64, settings.worker_concurrency), timeout=1.0),
             max_workers=settings.worker_concurrency,
             ack_policy=AckPolicy.MANUAL,
@@ -101,12 +128,14 @@ class TaskWorker:
         current = asyncio.current_task()
         assert current is not None
         self.in_flight[current] = msg
+        self.metrics.in_flight.inc()
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
             await self._process(body, msg)
         finally:
             heartbeat.cancel()
             self.in_flight.pop(current, None)
+            self.metrics.in_flight.dec()
 
     async def _heartbeat(self, msg: NatsMessage) -> None:
         interval = max(0.5, self.settings.ack_wait_s / 3)
@@ -128,6 +157,7 @@ class TaskWorker:
             fallback_key=f"{metadata.stream}:{metadata.sequence.stream}",
         )
         bound = log.bind(subject=raw.subject, delivered=delivered)
+        self.metrics.task_received(_subject_agent(raw.subject), delivered=delivered)
         task_id: str | None = None
         try:
             task = parse_task(
@@ -135,7 +165,9 @@ class TaskWorker:
             )
             task_id = task.task_id
             bound = bound.bind(task_id=task.task_id, agent=task.agent)
+            _trace_task(task, delivered)
             final = delivered >= self.settings.max_deliveries
+            started = time.perf_counter()
             try:
                 outcome = await self.runner.run(
                     task, final_attempt=final, first_delivery=delivered == 1
@@ -144,8 +176,11 @@ class TaskWorker:
                 raise Rejection(
                     ErrorKind.UNKNOWN_AGENT, str(e), key=task.task_id, task_id=task.task_id
                 ) from None
+            seconds = time.perf_counter() - started
+            trace.get_current_span().set_attribute("agentledger.status", outcome.status)
             await self.publish_outcome(outcome, reply_to)
             await msg.ack()
+            self.metrics.run_finished(task.agent, outcome.status, seconds)
         except Rejection as rejection:
             await self._reject(msg, rejection, task_raw, reply_to, delivered, bound)
         except (TransientRunError, StoreUnavailable, RunSuperseded) as e:
@@ -188,6 +223,10 @@ class TaskWorker:
             return
         await self.publish_outcome(outcome, reply_to)
         await msg.reject()
+        # Terminated: JetStream will not deliver it again (the dead-letter point).
+        self.metrics.task_rejected(
+            rejection.agent or _subject_agent(raw.subject), str(rejection.kind)
+        )
 
     async def _record_rejection(self, rejection: Rejection, raw: RawTask) -> RunOutcome:
         record = TaskRejection(
@@ -224,7 +263,7 @@ class TaskWorker:
         if outcome.task_id is not None:
             js = nc.jetstream()
             await js.publish(
-                f"{self.settings.subject_prefix}.results.{outcome.task_id}",
+                results_subject(self.settings.subject_prefix, outcome.task_id),
                 payload,
                 headers={"Nats-Msg-Id": f"outcome:{outcome.task_id}"},
             )

@@ -46,6 +46,7 @@ __all__ = [
     "UnsafeDelete",
     "UnsupportedBackend",
     "store_env",
+    "unreachable_postgres",
 ]
 
 T = TypeVar("T")
@@ -125,13 +126,31 @@ def store_env(settings: Settings) -> dict[str, str]:
 _SCHEMA_LOCK_KEY = 0x61676C64  # "agld": one advisory lock id for agentledger's DDL
 
 
+def unreachable_postgres(settings: Settings, error: Exception) -> StoreUnavailable:
+    """One line naming the database (never its credentials) and the driver's reason."""
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return StoreUnavailable(
+        f"cannot reach PostgreSQL at {settings.safe_postgres_target()} within"
+        f" {settings.postgres_connect_timeout_s:g}s: {reason}"
+    )
+
+
 @contextmanager
-def _schema_lock(dsn: str) -> Iterator[None]:
-    """Hold a PostgreSQL advisory lock while creating tables (released on disconnect)."""
+def _schema_lock(settings: Settings) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while creating tables (released on disconnect).
+
+    It is also the first connection a process makes: an unreachable database fails here,
+    within `postgres_connect_timeout_s`, with one clear line (before the pool retries).
+    """
+    assert settings.postgres_dsn is not None
     try:
-        connection = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        connection = psycopg.connect(
+            settings.postgres_dsn.get_secret_value(),
+            autocommit=True,
+            connect_timeout=max(2, round(settings.postgres_connect_timeout_s)),
+        )
     except psycopg.OperationalError as e:
-        raise StoreUnavailable(f"event store unavailable: {e}") from None
+        raise unreachable_postgres(settings, e) from None
     with connection:
         connection.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK_KEY,))
         try:
@@ -177,7 +196,7 @@ class EventStore:
         if settings.postgres_dsn is not None:
             # Processes starting together on a fresh database would race to create the
             # tables (CREATE TABLE IF NOT EXISTS is not safe against a concurrent twin).
-            with _schema_lock(settings.postgres_dsn.get_secret_value()):
+            with _schema_lock(settings):
                 self._app = _translate(lambda: _Ledger(env=env))
         else:
             self._app = _translate(lambda: _Ledger(env=env))

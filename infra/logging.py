@@ -9,8 +9,18 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from structlog.typing import Processor
 
-__all__ = ["configure_logging", "redact"]
+__all__ = ["configure_logging", "current_format", "redact"]
+
+_format = "console"
+
+
+def current_format() -> str:
+    """The format `configure_logging` last set (`console` before it is called), so that
+    lines written outside logging (a CLI's final error) can match it."""
+    return _format
+
 
 _SECRET_KEYS = re.compile(
     r"(^|_)(password|passwd|token|secret|dsn|credentials?|seed|cipher_key|api_key)$", re.I
@@ -29,26 +39,57 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
 
 
 def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
-    """Configure structlog (and stdlib logging beneath it) once per process."""
+    """Configure structlog and stdlib logging once per process.
+
+    Every record, ours and the libraries' (faststream, nats-py, asyncio, psycopg_pool,
+    eventsourcing, captured `warnings`), goes through one stderr handler and the same
+    processors, so JSON mode prints nothing but JSON lines.
+    """
+    global _format
+    _format = "json" if fmt == "json" else "console"
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
-    renderer: Any
-    if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if fmt == "json" else (lambda _l, _m, e: e),
-            redact,
-            renderer,
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *_rendering(fmt),
+            ],
+        )
+    )
+    # Libraries speak from warnings up; our own loggers (all `agentledger.*`) at `level`.
+    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler], force=True)
+    logging.getLogger("agentledger").setLevel(numeric)
+    logging.captureWarnings(True)
+
+
+def _rendering(fmt: str) -> list[Processor]:
+    """Redaction and the renderer; tracebacks never carry local variables (prompts,
+    passwords)."""
+    if fmt == "json":
+        return [structlog.processors.format_exc_info, redact, structlog.processors.JSONRenderer()]
+    colors = sys.stderr.isatty()
+    exception_formatter = (
+        structlog.dev.RichTracebackFormatter(show_locals=False)
+        if colors
+        else structlog.dev.plain_traceback
+    )
+    return [
+        redact,
+        structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=exception_formatter),
+    ]

@@ -5,17 +5,24 @@ Credentials come from settings only; they are handed to the client and never log
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
+import structlog
 from faststream.nats import NatsBroker
 from faststream.nats.security import NatsNKey, NatsSecurity, NatsToken, NatsUserPassword
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from agentledger.domain.subjects import results_stream
 from agentledger.infra.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = [
     "DEFAULT_LOCAL_URL",
@@ -24,10 +31,13 @@ __all__ = [
     "nats_connect_kwargs",
     "nats_url",
     "results_stream",
+    "without_credentials",
 ]
 
 DEFAULT_LOCAL_URL = "nats://127.0.0.1:4222"
 """Where `agentledger nats` listens; the default when AGENTLEDGER_NATS_URL is unset."""
+
+log = structlog.get_logger("agentledger")
 
 
 def nats_url(settings: Settings) -> str:
@@ -59,8 +69,64 @@ def _security(settings: Settings) -> NatsSecurity | None:
     return None
 
 
+def without_credentials(url: str) -> str:
+    """The URL with any user and password replaced by `***` (for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = f"***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class _ConnectionReports:
+    """Logs a client losing and regaining its server.
+
+    nats-py's callbacks take no arguments, so the URL reported is the configured one.
+    """
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        self._url = without_credentials(nats_url(settings))
+        self._name = name
+        self._lost: asyncio.Handle | None = None
+        self._reconnecting = False
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "disconnected_cb": self._disconnected,
+            "reconnected_cb": self._reconnected,
+            "closed_cb": self._closed,
+        }
+
+    async def _disconnected(self) -> None:
+        # nats-py also calls this right before `closed_cb` when the client is closed on
+        # purpose; waiting one loop turn lets `_closed` withdraw the warning.
+        self._lost = asyncio.get_running_loop().call_soon(self._report_lost)
+
+    def _report_lost(self) -> None:
+        self._reconnecting = True
+        log.warning("nats disconnected", url=self._url, client=self._name)
+
+    async def _reconnected(self) -> None:
+        self._reconnecting = False
+        log.info("nats reconnected", url=self._url, client=self._name)
+
+    async def _closed(self) -> None:
+        if self._lost is not None:
+            self._lost.cancel()
+        if self._reconnecting:
+            log.warning(
+                "nats connection closed while reconnecting", url=self._url, client=self._name
+            )
+        else:
+            log.debug("nats connection closed", url=self._url, client=self._name)
+
+
 def nats_connect_kwargs(settings: Settings, name: str) -> dict[str, Any]:
-    """Keyword arguments for `nats.connect` (plain nats-py clients: CLI, relay)."""
+    """Keyword arguments for `nats.connect` (plain nats-py clients: CLI, relay).
+
+    They include the disconnect, reconnect and close callbacks (which log); a caller may
+    add its own `error_cb`.
+    """
     kwargs: dict[str, Any] = {
         "servers": [nats_url(settings)],
         "name": name,
@@ -68,6 +134,7 @@ def nats_connect_kwargs(settings: Settings, name: str) -> dict[str, Any]:
         "reconnect_time_wait": 0.5,
         "connect_timeout": 5,
         "allow_reconnect": True,
+        **_ConnectionReports(settings, name).callbacks(),
     }
     if settings.nats_token is not None:
         kwargs["token"] = settings.nats_token.get_secret_value()
@@ -107,11 +174,23 @@ def _faststream_logger(settings: Settings) -> logging.Logger:
     return logger
 
 
-def make_broker(settings: Settings, name: str) -> NatsBroker:
-    """A FastStream broker for the worker and query service."""
+def make_broker(
+    settings: Settings, name: str, *, tracer_provider: TracerProvider | None = None
+) -> NatsBroker:
+    """A FastStream broker for the worker and query service.
+
+    With a `tracer_provider`, FastStream's telemetry middleware traces every message
+    consumed (a `<subject> process` span, the parent of whatever the handler traces;
+    a `traceparent` header on the message continues the sender's trace)."""
     extra: dict[str, Any] = {}
     if settings.nats_creds_file is not None:
         extra["user_credentials"] = str(settings.nats_creds_file)
+    if tracer_provider is not None:
+        # Imported only here: it needs the OpenTelemetry SDK's semantic conventions,
+        # which the base install does not have.
+        from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+
+        extra["middlewares"] = [NatsTelemetryMiddleware(tracer_provider=tracer_provider)]
     return NatsBroker(
         nats_url(settings),
         security=_security(settings),
@@ -119,6 +198,7 @@ def make_broker(settings: Settings, name: str) -> NatsBroker:
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         connect_timeout=5,
+        **_ConnectionReports(settings, name).callbacks(),
         # FastStream's own chatter (per-message lines, task callbacks) only when
         # debugging; its warnings and errors still show.
         logger=_faststream_logger(settings),
@@ -173,8 +253,3 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             await js.add_stream(config)
         else:
             await js.update_stream(config)
-
-
-def results_stream(prefix: str) -> str:
-    """The stream keeping the last outcome of each task (`<prefix>.results.>`)."""
-    return f"{prefix.upper()}_RESULTS"

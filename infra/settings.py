@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
     nats_connect_timeout_s: float = Field(
-        default=10.0, gt=0, description="Give up the first connection after this long."
+        default=2.0, gt=0, description="Give up the first connection after this long."
     )
     subject_prefix: str = Field(default="ledger", pattern=r"^[A-Za-z0-9_\-]+$")
     duplicate_window_s: float = Field(default=3600.0, gt=0)
@@ -47,7 +47,16 @@ class Settings(BaseSettings):
     postgres_db_functions: bool = Field(
         default=True, description="eventsourcing's stored-function inserts (about 2x saves/s)."
     )
-    data_dir: Path = Path(".agentledger")
+    postgres_connect_timeout_s: float = Field(
+        default=2.0,
+        ge=2,  # libpq's minimum
+        description="Give up connecting to PostgreSQL after this long (one clear error).",
+    )
+    data_dir: Path = Field(
+        default=Path(".agentledger"),
+        description="Embedded storage; a relative path is resolved once, against the"
+        " working directory at start.",
+    )
     sqlite_path: Path | None = Field(default=None, description="Default: <data_dir>/ledger.db")
     cipher_key: SecretStr | None = Field(
         default=None, description="Base64 AES key: encrypts event payloads at rest."
@@ -86,9 +95,34 @@ class Settings(BaseSettings):
     )
     archive_dir: Path | None = Field(default=None, description="Default: <data_dir>/archive")
 
+    # -- operations ----------------------------------------------------------
+    http_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve /healthz, /readyz and /metrics on this port (worker and projector"
+        " processes); unset: no HTTP server. 0: any free port (logged).",
+    )
+    http_host: str = Field(
+        default="127.0.0.1", description="Interface of the operations endpoints."
+    )
+
     # -- logging -------------------------------------------------------------
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
+
+    # -- tracing -------------------------------------------------------------
+    otel_enabled: bool = Field(
+        default=False,
+        description="OpenTelemetry traces of the worker (the `otel` extra); the exporter"
+        " reads the standard OTEL_EXPORTER_OTLP_* variables.",
+    )
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _resolve_data_dir(cls, value: Path) -> Path:
+        # Resolved once, so every part of a process (and its log lines) names one folder.
+        return value.expanduser().resolve()
 
     @model_validator(mode="after")
     def _check_tls_pair(self) -> Settings:

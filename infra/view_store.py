@@ -32,7 +32,7 @@ import psycopg_pool
 import structlog
 from psycopg import sql
 
-from agentledger.infra.event_store import StoreUnavailable
+from agentledger.infra.event_store import StoreUnavailable, unreachable_postgres
 from agentledger.infra.settings import Settings
 from agentledger.infra.view_cipher import AesSealer
 from agentledger.projections.base import PLAIN, Projection, Sealer, ViewCursor
@@ -505,7 +505,16 @@ def view_store_for(settings: Settings) -> ViewStore:
     a cipher key, prompts, outputs and transcripts are sealed in the views too."""
     store: ViewStore
     if settings.postgres_dsn is not None:
-        store = PostgresViewStore(settings.postgres_dsn.get_secret_value())
+        dsn = settings.postgres_dsn.get_secret_value()
+        # One direct connection first: an unreachable database is one clear error within
+        # postgres_connect_timeout_s, not a pool retrying (and warning) in the background.
+        conninfo, kwargs = _conninfo(dsn)
+        kwargs["connect_timeout"] = max(2, round(settings.postgres_connect_timeout_s))
+        try:
+            psycopg.connect(conninfo, **kwargs).close()
+        except psycopg.OperationalError as e:
+            raise unreachable_postgres(settings, e) from None
+        store = PostgresViewStore(dsn)
     else:
         store = SQLiteViewStore(settings.views_sqlite_file)
     if settings.cipher_key is not None:

@@ -62,7 +62,7 @@ def test_replay_prints_identical_or_the_divergence_and_exits_accordingly(
 
     edited = _cli(cwd, "replay", calc, **_edited_catalog(cwd))
     assert edited.returncode == 2, edited.stderr
-    assert "diverged at event 2: expected ModelRequestSent, got ModelRequestSent" in edited.stdout
+    assert "diverged at event 2: ModelRequestSent differs in message.instructions" in edited.stdout
     assert "You are a careful calculator" in edited.stdout
 
 

@@ -10,6 +10,7 @@ user's `handlers` package on the path then broke the CLI (`No module named
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -37,10 +38,20 @@ def _run(*args: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy of the tracked files: an in-tree build would reuse build/ and
+    # could package modules that no longer exist.
+    source = tmp_path_factory.mktemp("source")
+    tracked = _run(
+        "git", "ls-files", "--cached", "--others", "--exclude-standard", cwd=REPO_ROOT
+    ).stdout.splitlines()
+    for name in tracked:
+        if (REPO_ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
     _run(
         sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-        "-w", out, REPO_ROOT,
+        "-w", out, source,
     )  # fmt: skip
     (built,) = out.glob("agentledger-*.whl")
     return built

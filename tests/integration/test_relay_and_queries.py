@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentledger.domain.tasks import RunAgent
-from agentledger.handlers.client import query_over_nats, submit
+from agentledger.handlers.client import QueryFailed, query_over_nats, submit
 from agentledger.handlers.relay import TRACKING_NAME, EventRelay
 from agentledger.infra.event_store import EventStore
 from agentledger.infra.settings import Settings
@@ -102,9 +102,9 @@ async def test_queries_over_nats_request_reply(settings: Settings) -> None:
         run = await query_over_nats(nc, prefix, "run", {"task_id": "q-calc"})
         runs = await query_over_nats(nc, prefix, "runs", {"agent": "notes"})
         metrics = await query_over_nats(nc, prefix, "metrics", {})
-        with pytest.raises(RuntimeError, match="unknown view 'nope'"):
+        with pytest.raises(QueryFailed, match="unknown view 'nope'"):
             await query_over_nats(nc, prefix, "nope", {})
-        with pytest.raises(RuntimeError, match="bad arguments for runs: limit"):
+        with pytest.raises(QueryFailed, match="bad arguments for runs: limit"):
             await query_over_nats(nc, prefix, "runs", {"limit": 0})
 
     assert [t["turn"] for t in conversation["turns"]] == [1, 2]

@@ -289,19 +289,21 @@ async def test_a_task_that_keeps_failing_unexpectedly_still_gets_an_outcome(
     backend,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
-    # The catalog names a module that does not exist: a deployment bug, not the task's.
+    # The agent's model function has a bug (a plain exception, not a provider error).
     # It is retried like any unexpected error; on the last delivery it is recorded and
-    # answered instead of being left without an outcome.
+    # answered instead of being left without an outcome. (A catalog reference that does
+    # not import is no longer a per-task error: the worker refuses to start.)
     settings = make_settings(backend, catalog=str(write_catalog(tmp_path)), max_deliveries=2)
     async with running_worker(settings), nats_client(settings) as nc:
         outcome = await submit(
             nc,
             settings.subject_prefix,
-            RunAgent(task_id="broken-1", agent="broken", prompt="x"),
+            RunAgent(task_id="broken-1", agent="unexpected", prompt="x"),
             timeout=30,
         )
-    assert outcome is not None and outcome.status == "rejected"
+    # The run exists, so the run itself ends: failed, with a stable error kind.
+    assert outcome is not None and outcome.status == "failed"
     assert outcome.error is not None and outcome.error.kind == "internal_error"
-    assert "gave up after 2 deliveries" in outcome.error.message
-    assert "support.no_such_module" in outcome.error.message
-    assert [type(e).__name__ for e in rejection_events(settings, "broken-1")] == ["TaskRejected"]
+    assert "LookupError: a bug in the model function" in outcome.error.message
+    assert run_events(settings, "broken-1")[-1] == "RunFailed"
+    assert rejection_events(settings, "broken-1") == []

@@ -108,6 +108,14 @@ def explode() -> str:
     raise RuntimeError("the tool broke")
 
 
+def _unexpected_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """A bug in the model function itself: no provider error, a plain exception."""
+    raise LookupError("a bug in the model function")
+
+
+unexpected = Agent(FunctionModel(_unexpected_model, model_name="unexpected-fn"), name="unexpected")
+
+
 FLAKY_FAILURES_ENV = "AGENTLEDGER_TEST_FLAKY_FAILURES"
 
 
@@ -135,8 +143,8 @@ ref = "support.agents:echo"
 ref = "support.agents:exploding"
 [agents.flaky]
 ref = "support.agents:flaky"
-[agents.broken]
-ref = "support.no_such_module:agent"
+[agents.unexpected]
+ref = "support.agents:unexpected"
 [agents.calculator]
 ref = "agentledger.catalog.example_agents:calculator"
 price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }

@@ -108,3 +108,29 @@ def test_a_replay_that_stops_short_or_goes_on_diverges_at_the_end() -> None:
     longer = first_divergence(recorded, [*recorded, rec(3, "RunFailed", error_kind="x")])
     assert longer is not None and longer.index == 3 and longer.expected is None
     assert longer.summary() == "diverged at event 3: expected end of recording, got RunFailed"
+
+
+def test_a_divergence_between_events_of_one_type_names_the_fields_that_differ() -> None:
+    recorded = [started(1, "c1"), finished(2, "c1", result=42.0)]
+    replayed = [started(1, "c1"), finished(2, "c1", result=43.0)]
+    divergence = first_divergence(recorded, replayed)
+    assert divergence is not None
+    assert divergence.differing_fields() == ("result",)
+    assert divergence.summary() == "diverged at event 2: ToolCallFinished differs in result"
+
+    nested_a = rec(1, "ModelRequestSent", step=1, message={"parts": [{"content": "a"}, {"x": 1}]})
+    nested_b = rec(1, "ModelRequestSent", step=1, message={"parts": [{"content": "b"}, {"x": 1}]})
+    nested = first_divergence([nested_a], [nested_b])
+    assert nested is not None
+    assert nested.summary() == (
+        "diverged at event 1: ModelRequestSent differs in message.parts[0].content"
+    )
+
+
+def test_a_divergence_between_different_event_types_names_both() -> None:
+    divergence = first_divergence([finished(1, "c1")], [started(1, "c1")])
+    assert divergence is not None
+    assert divergence.differing_fields() == ()
+    assert divergence.summary() == (
+        "diverged at event 1: expected ToolCallFinished, got ToolCallStarted"
+    )

@@ -52,8 +52,9 @@ async def test_changed_instructions_diverge_at_the_first_request(tmp_path: Path)
     assert report.verdict == "diverged"
     assert report.divergence is not None
     assert report.divergence.index == 2
+    # Same event type on both sides: the summary names the field that differs.
     assert report.divergence.summary() == (
-        "diverged at event 2: expected ModelRequestSent, got ModelRequestSent"
+        "diverged at event 2: ModelRequestSent differs in message.instructions"
     )
     diff = "\n".join(report.divergence.diff)
     assert '-    "instructions": "You are a calculator. Use the tools for arithmetic."' in diff

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agentledger.domain.ids import run_id_for
 from agentledger.domain.tasks import RunAgent
@@ -153,3 +156,36 @@ async def test_a_run_failing_after_an_answer_keeps_its_model_steps(tmp_path: Pat
     assert limited.usage.requests == 1
     for task_id in ("s", "l"):
         assert (await replay_run(store, run_id_for(task_id), catalog)).identical
+
+
+@pytest.mark.parametrize(
+    ("recorded", "spans"),
+    [
+        # Nothing recorded but the request: the whole run is live.
+        (2, ["chat calculator-fn", "chat calculator-fn", "execute_tool add"]),
+        # The tool call recorded: that response is not requested again (no `chat` span).
+        (3, ["chat calculator-fn", "execute_tool add"]),
+        # Its result recorded too: the tool's span is still there, its result from the ledger.
+        (5, ["chat calculator-fn", "execute_tool add"]),
+    ],
+)
+async def test_a_resumed_run_traces_what_this_delivery_does(
+    tmp_path: Path, recorded: int, spans: list[str]
+) -> None:
+    catalog = Catalog.load(write_replay_catalog(tmp_path))
+    task = RunAgent(task_id="t", agent="calculator", prompt="add 2 and 3")
+    whole = EventStore.in_memory()
+    await AgentRunner(store=AsyncEventStore(whole, 0), catalog=catalog).run(
+        task, first_delivery=True
+    )
+    resumed = EventStore.in_memory()
+    resumed.save(*whole.events(run_id_for("t"))[:recorded])
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    runner = AgentRunner(
+        store=AsyncEventStore(resumed, 0), catalog=catalog, tracer_provider=provider
+    )
+    assert (await runner.run(task)).status == "completed"
+    names = sorted(s.name for s in exporter.get_finished_spans())
+    assert names == sorted([*spans, "invoke_agent calculator"])
