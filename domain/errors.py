@@ -20,6 +20,9 @@ class ErrorKind(StrEnum):
     TOOL_ERROR = "tool_error"
     TRANSIENT_EXHAUSTED = "transient_exhausted"
     INTERNAL_ERROR = "internal_error"
+    DEAD_LETTERED = "dead_lettered"
+    """Not a stored kind: an outcome's, when the worker kept the message as a dead
+    letter because nothing could be recorded (the store was down)."""
 
 
 class DomainError(Exception):

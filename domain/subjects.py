@@ -7,13 +7,22 @@ subjects from these, so they cannot drift apart.
 from __future__ import annotations
 
 __all__ = [
+    "REPLY_SUBJECT_MAX_CHARS",
+    "dead_stream",
+    "dead_subject",
     "query_subject",
+    "reply_subject_problem",
     "results_stream",
     "results_subject",
+    "task_stream_subjects",
     "task_subject",
     "tasks_stream",
     "workers_consumer",
 ]
+
+REPLY_SUBJECT_MAX_CHARS = 256
+"""Longest reply subject accepted from a task's header (NATS allows longer ones, but a
+protocol line over the server's 4,096-byte limit would cost the worker its connection)."""
 
 
 def task_subject(prefix: str, agent: str) -> str:
@@ -31,8 +40,19 @@ def query_subject(prefix: str, view: str) -> str:
     return f"{prefix}.query.{view}"
 
 
+def task_stream_subjects(prefix: str) -> list[str]:
+    """The subjects the tasks stream holds: exactly those a worker consumes.
+
+    A publish to any other `<prefix>.tasks...` subject (`ledger.tasks.run`,
+    `ledger.tasks.run.a.b`) finds no stream and fails at once, instead of being stored
+    where nothing ever answers it. New kinds of task (`<prefix>.tasks.graph.*`) are
+    added here.
+    """
+    return [f"{prefix}.tasks.run.*"]
+
+
 def tasks_stream(prefix: str) -> str:
-    """The JetStream stream holding `<prefix>.tasks.>`."""
+    """The JetStream stream holding `task_stream_subjects(prefix)`."""
     return f"{prefix.upper()}_TASKS"
 
 
@@ -44,3 +64,51 @@ def results_stream(prefix: str) -> str:
 def workers_consumer(prefix: str) -> str:
     """The durable pull consumer every worker of `prefix` shares."""
     return f"{prefix}-workers"
+
+
+def dead_stream(prefix: str) -> str:
+    """The JetStream stream of task messages the workers gave up on."""
+    return f"{prefix.upper()}_DEAD"
+
+
+def dead_subject(prefix: str) -> str:
+    """Where a dead letter is kept."""
+    return f"{prefix}.dead.tasks"
+
+
+def reply_subject_problem(prefix: str, subject: str) -> str | None:
+    """Why `subject`, taken from a task's reply header, must not be published to; None
+    when it may be.
+
+    A reply subject is the client's own: 1 to `REPLY_SUBJECT_MAX_CHARS` printable ASCII
+    characters, no whitespace, dot-separated non-empty tokens, no wildcards; never a NATS
+    system subject (a `$`-prefixed first token: `$JS.`, `$SYS.`, `$KV.`, `$O.`, ...,
+    in any case) and never one of ours (`<prefix>` or anything under `<prefix>.`: an
+    outcome published there could overwrite another task's result or enqueue a task).
+    `_INBOX.…` and any other application subject are fine.
+    """
+    if not subject:
+        return "the reply subject is empty"
+    if len(subject) > REPLY_SUBJECT_MAX_CHARS:
+        return (
+            f"the reply subject has {len(subject)} characters;"
+            f" the limit is {REPLY_SUBJECT_MAX_CHARS}"
+        )
+    for position, char in enumerate(subject):
+        if char.isspace():
+            return f"the reply subject contains whitespace ({char!r} at position {position})"
+        if not ("!" <= char <= "~"):
+            return (
+                f"the reply subject contains {char!r} at position {position};"
+                " only printable ASCII characters are allowed"
+            )
+    if "*" in subject or ">" in subject:
+        return "the reply subject contains a wildcard ('*' or '>'); it must name one subject"
+    tokens = subject.split(".")
+    if "" in tokens:
+        return "the reply subject has an empty token (a leading, trailing or double dot)"
+    if tokens[0].startswith("$"):
+        return f"the reply subject is in the NATS system namespace {tokens[0]!r}"
+    if tokens[0] == prefix:
+        return f"the reply subject is one of agentledger's own subjects ({prefix}.…)"
+    return None

@@ -1,16 +1,24 @@
 """The public task contract: what clients publish and what they get back.
 
 Its JSON schema (`agentledger schema`) is the contract; change it only compatibly.
+Numbers and times are strict: a limit is a JSON integer (not `"5"`, `5.0` or `true`) and
+a deadline an RFC 3339 string with a timezone (not a Unix timestamp), so what the schema
+forbids is never accepted.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 __all__ = [
     "ID_PATTERN",
+    "METADATA_KEY_MAX_CHARS",
+    "METADATA_MAX_KEYS",
+    "METADATA_VALUE_MAX_CHARS",
     "OutcomeStatus",
     "RunAgent",
     "RunError",
@@ -24,22 +32,37 @@ ID_PATTERN = r"^[A-Za-z0-9_\-:]{1,200}$"
 
 OutcomeStatus = Literal["completed", "failed", "rejected"]
 
+METADATA_MAX_KEYS = 64
+METADATA_KEY_MAX_CHARS = 128
+METADATA_VALUE_MAX_CHARS = 4096
+"""Labels, not documents: at most 64 keys of 1-128 characters with values of up to 4,096
+(about 270,000 characters in all, against a prompt's default 32,768)."""
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+_Limit = Annotated[int, Field(strict=True)]
+
 
 class UsageLimitsSpec(BaseModel):
     """Per-task limits; a run that would exceed one fails with `usage_limit_exceeded`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    request_limit: int | None = Field(default=50, ge=1, description="Model requests per run.")
-    tool_calls_limit: int | None = Field(default=None, ge=0, description="Tool calls per run.")
-    input_tokens_limit: int | None = Field(default=None, ge=1)
-    output_tokens_limit: int | None = Field(default=None, ge=1)
-    total_tokens_limit: int | None = Field(default=None, ge=1)
+    request_limit: _Limit | None = Field(default=50, ge=1, description="Model requests per run.")
+    tool_calls_limit: _Limit | None = Field(default=None, ge=0, description="Tool calls per run.")
+    input_tokens_limit: _Limit | None = Field(default=None, ge=1)
+    output_tokens_limit: _Limit | None = Field(default=None, ge=1)
+    total_tokens_limit: _Limit | None = Field(default=None, ge=1)
 
 
 class RunAgent(BaseModel):
     """Run the named agent on a prompt. Publish to `<prefix>.tasks.run.<agent>` with
-    header `Nats-Msg-Id: <task_id>`."""
+    header `Nats-Msg-Id: <task_id>`.
+
+    The payload is one UTF-8 JSON object; only `metadata` and `usage_limits` are
+    objects inside it, and they hold no further nesting. No string (metadata keys
+    included) may contain a NUL character (`\\u0000`: PostgreSQL text cannot hold
+    it) or a lone surrogate (`\\ud800`: not Unicode text); such tasks are rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,11 +72,36 @@ class RunAgent(BaseModel):
     session_id: str | None = Field(
         default=None, pattern=ID_PATTERN, description="Conversation to continue."
     )
-    metadata: dict[str, str] = Field(default_factory=dict, description="Free-form labels.")
+    metadata: dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=METADATA_KEY_MAX_CHARS)],
+        Annotated[str, StringConstraints(max_length=METADATA_VALUE_MAX_CHARS)],
+    ] = Field(
+        default_factory=dict,
+        max_length=METADATA_MAX_KEYS,
+        description=f"Free-form labels: at most {METADATA_MAX_KEYS} keys of 1 to"
+        f" {METADATA_KEY_MAX_CHARS} characters, values of at most {METADATA_VALUE_MAX_CHARS}.",
+    )
     usage_limits: UsageLimitsSpec | None = None
     deadline: AwareDatetime | None = Field(
-        default=None, description="Fail with deadline_exceeded if not finished by then."
+        default=None,
+        description="RFC 3339 date-time with a timezone, e.g. 2030-01-01T12:00:00Z."
+        " A deadline already past when the task arrives is rejected (deadline_exceeded);"
+        " a run not finished by then fails with deadline_exceeded.",
     )
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        # Strict by hand: pydantic's strict mode still reads "1700000000" as a Unix
+        # timestamp, and strict checks after a before-validator see Python, not JSON.
+        if value is None or isinstance(value, datetime):
+            return value
+        if not (isinstance(value, str) and _RFC3339.match(value)):
+            raise ValueError(
+                "deadline must be an RFC 3339 date-time string with a timezone,"
+                " e.g. 2030-01-01T12:00:00Z"
+            )
+        return value
 
 
 class Usage(BaseModel):

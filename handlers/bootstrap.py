@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import nats
 import structlog
@@ -40,7 +42,7 @@ from agentledger.handlers.queries import QueryService
 from agentledger.handlers.relay import EventRelay
 from agentledger.handlers.runner import AgentRunner
 from agentledger.handlers.worker import TaskWorker
-from agentledger.infra.event_store import AsyncEventStore, EventStore
+from agentledger.infra.event_store import AsyncEventStore, EventStore, StoreUnavailable
 from agentledger.infra.models import build_model
 from agentledger.infra.nats import (
     ensure_streams,
@@ -69,6 +71,8 @@ __all__ = [
 ]
 
 log = structlog.get_logger("agentledger")
+
+T = TypeVar("T")
 
 
 class NatsAuthError(Exception):
@@ -135,6 +139,20 @@ async def _first_of(*events: asyncio.Event) -> None:
             w.cancel()
 
 
+async def _open_when_reachable(what: str, open_store: Callable[[], T]) -> T:
+    """Open a store, waiting (with backoff, logged) while its database is unreachable:
+    a service started before its database, or during an outage, comes up when the
+    database does instead of exiting. (CLI commands fail fast instead: one line.)"""
+    delay = 0.5
+    while True:
+        try:
+            return await asyncio.to_thread(open_store)
+        except StoreUnavailable as e:
+            log.warning(f"{what} unreachable; retrying", error=str(e), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
 def load_catalog(settings: Settings) -> Catalog:
     """The catalog, with models named in it built by the model factory, and its
     references importable (`AGENTLEDGER_APP_DIR`, else the catalog's folder and the
@@ -189,11 +207,11 @@ class WorkerService:
         # clear start-up error, and no agent module is first imported on the event loop.
         await asyncio.to_thread(catalog.check)
         self.store = AsyncEventStore(
-            await asyncio.to_thread(EventStore, settings),
+            await _open_when_reachable("event store", lambda: EventStore(settings)),
             settings.store_threads,
             retry_s=settings.store_retry_s,
         )
-        broker = make_broker(settings, self.name, tracer_provider=tracer_provider)
+        broker = make_broker(settings, self.name)
         runner = AgentRunner(store=self.store, catalog=catalog, tracer_provider=tracer_provider)
         self.metrics = WorkerMetrics(catalog.names())
         self.worker = TaskWorker(
@@ -210,6 +228,7 @@ class WorkerService:
             raise NatsUnreachable(nats_url(settings), settings.nats_connect_timeout_s) from None
         await ensure_streams(broker.connection.jetstream(), settings)
         await broker.start()
+        await self.worker.start(tracer_provider)
         log.info(
             "worker started",
             agents=catalog.names(),
@@ -259,6 +278,8 @@ class WorkerService:
     async def stop(self, grace_s: float | None = None) -> None:
         if self.worker is not None:
             await self.worker.drain(self.settings.shutdown_grace_s if grace_s is None else grace_s)
+            with contextlib.suppress(Exception):  # its subscription goes with the connection
+                await self.worker.stop()
             try:
                 await self.worker.broker.stop()
             except NatsError as e:
@@ -290,9 +311,36 @@ class WorkerService:
         return provider
 
 
+_SUPERVISE_S = 0.5
+"""How often `ProjectorService` looks whether its projector thread and relay task run."""
+_RESTART_MAX_S = 30.0
+_STEADY_S = 60.0
+"""A part running this long since its last restart restarts without delay next time."""
+
+
+@dataclass(kw_only=True)
+class _Restarts:
+    """Backoff of one supervised part: restarted at once, then after 0.5 s, 1 s, 2 s, ...
+    up to 30 s; at once again after it ran `_STEADY_S` without ending."""
+
+    count: int = 0
+    started_at: float = 0.0
+
+    def delay(self, now: float) -> float:
+        if now - self.started_at > _STEADY_S:
+            self.count = 0
+        self.count += 1
+        return 0.0 if self.count == 1 else min(_RESTART_MAX_S, 0.5 * 2 ** (self.count - 2))
+
+
 @dataclass(kw_only=True)
 class ProjectorService:
-    """Projections (in a thread), the event relay and the query responder."""
+    """Projections (in a thread), the event relay and the query responder.
+
+    A supervisor task restarts the projector thread or the relay task if either ends
+    while the service runs (neither should: both retry their own errors), with an error
+    logged (`alert=True`), `agentledger_projector_restarts` counted, and a backoff.
+    """
 
     settings: Settings
     relay: bool = True
@@ -300,10 +348,14 @@ class ProjectorService:
     store: EventStore | None = field(default=None, init=False)
     views: ViewStore | None = field(default=None, init=False)
     projector: Projector | None = field(default=None, init=False)
+    event_relay: EventRelay | None = field(default=None, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
     _relay_stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _relay_task: asyncio.Task[None] | None = field(default=None, init=False)
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _supervisor: asyncio.Task[None] | None = field(default=None, init=False)
+    _restarts: dict[str, _Restarts] = field(default_factory=dict, init=False)
     _nc: Client | None = field(default=None, init=False)
     _query_service: QueryService | None = field(default=None, init=False)
     metrics: ProjectorMetrics = field(default_factory=ProjectorMetrics, init=False)
@@ -313,28 +365,28 @@ class ProjectorService:
 
     async def start(self) -> ProjectorService:
         settings = self.settings
-        self.store = await asyncio.to_thread(EventStore, settings)
-        self.views = await asyncio.to_thread(view_store_for, settings)
+        self.store = await _open_when_reachable("event store", lambda: EventStore(settings))
+        self.views = await _open_when_reachable("view store", lambda: view_store_for(settings))
         self.projector = make_projector(settings, self.store, self.views)
+        self.projector.on_poison = self.metrics.poison_event
         await asyncio.to_thread(self.projector.ensure)
-        self._thread = threading.Thread(
-            target=self.projector.run_forever, args=(self._stop,), name="projector", daemon=True
-        )
-        self._thread.start()
+        self._start_projector()
         if self.relay or self.queries:
             self._nc = await connect_nats(settings, "agentledger-projector")
             await ensure_streams(self._nc.jetstream(), settings)
         if self.relay:
             assert self._nc is not None
             views, names = self.views, [p.name for p in self.projector.projections]
-            relay = EventRelay(
+            self.event_relay = EventRelay(
                 store=self.store,
                 views=views,
                 nc=self._nc,
                 prefix=settings.subject_prefix,
                 horizon=lambda: views.lowest_tracking(names),
             )
-            self._relay_task = asyncio.create_task(relay.run_forever(self._relay_stop))
+            self.event_relay.on_poison = self.metrics.poison_event
+            self._start_relay()
+        self._supervisor = asyncio.create_task(self._supervise())
         if self.queries:
             assert self._nc is not None
             self._query_service = QueryService(
@@ -376,11 +428,61 @@ class ProjectorService:
         endpoints = routes(readiness=readiness, registry=self.metrics.registry, refresh=refresh)
         self.operations = await start_operations(self.settings, endpoints, "projector")
 
+    def _start_projector(self) -> None:
+        self._restarts.setdefault("projector", _Restarts()).started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run_projector, name="projector", daemon=True)
+        self._thread.start()
+
+    def _run_projector(self) -> None:
+        assert self.projector is not None
+        try:
+            self.projector.run_forever(self._stop)
+        except BaseException:  # the supervisor restarts the thread; say why it ended
+            log.exception("the projector thread failed")
+
+    def _start_relay(self) -> None:
+        assert self.event_relay is not None
+        self._restarts.setdefault("relay", _Restarts()).started_at = time.monotonic()
+        self._relay_task = asyncio.create_task(self.event_relay.run_forever(self._relay_stop))
+
+    async def _supervise(self) -> None:
+        """Restart the projector thread or the relay task when one has ended while the
+        service runs (see the class docstring)."""
+        while not await _stopped_within(self._stopping, _SUPERVISE_S):
+            if self._thread is not None and not self._thread.is_alive():
+                if not await self._restart("projector", None):
+                    return
+                self._start_projector()
+            task = self._relay_task
+            if task is not None and task.done():
+                error = None if task.cancelled() else task.exception()
+                if not await self._restart("relay", error):
+                    return
+                self._start_relay()
+
+    async def _restart(self, part: str, error: BaseException | None) -> bool:
+        """Log and count the end of `part`, wait its backoff; False if the service stops
+        meanwhile."""
+        delay = self._restarts[part].delay(time.monotonic())
+        log.error(
+            f"the {'event relay' if part == 'relay' else 'projector thread'} ended"
+            " unexpectedly; restarting it",
+            alert=True,
+            part=part,
+            error=None if error is None else repr(error),
+            delay_s=delay,
+        )
+        self.metrics.restarted(part)
+        return not await _stopped_within(self._stopping, delay)
+
     def wait_until(self, notification_id: int, timeout: float = 10.0) -> bool:
         assert self.projector is not None
         return self.projector.wait_until(notification_id, timeout)
 
     async def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            await self._supervisor
         if self.operations is not None:
             await self.operations.stop()
             self.operations = None
@@ -390,7 +492,9 @@ class ProjectorService:
         self._stop.set()
         self._relay_stop.set()
         if self._relay_task is not None:
-            await self._relay_task
+            await asyncio.wait([self._relay_task])
+            if not self._relay_task.cancelled() and self._relay_task.exception() is not None:
+                log.error("the event relay had failed", error=repr(self._relay_task.exception()))
         if self._query_service is not None:
             await self._query_service.stop()
         if self._nc is not None:
@@ -407,3 +511,10 @@ class ProjectorService:
         if self.store is not None:
             self.store.close()
         log.info("projector stopped")
+
+
+async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `stopping`; whether it is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
+    return stopping.is_set()

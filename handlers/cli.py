@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agentledger.domain.tasks import RunAgent, UsageLimitsSpec
 from agentledger.domain.timeline import event_record
+from agentledger.handlers.cli_dead import register as register_dead_commands
 from agentledger.handlers.cli_history import register as register_history_commands
 from agentledger.handlers.cli_support import (
     CliError,
@@ -248,7 +249,10 @@ def query(
     task_id: str = typer.Option(None, help="Task id (run)."),
     agent: str = typer.Option(None, help="Agent filter (runs, metrics)."),
     status: str = typer.Option(None, help="Status filter (runs)."),
-    limit: int = typer.Option(50, help="Max rows (runs)."),
+    limit: int = typer.Option(
+        None, help="Max rows (runs, snapshots: 50; metrics: 100 agents; at most 1000)."
+    ),
+    offset: int = typer.Option(None, help="Rows to skip first (runs, snapshots, metrics)."),
     via_nats: bool = typer.Option(False, help="Ask the query responder over NATS."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -256,12 +260,13 @@ def query(
     from agentledger.handlers.render import conversation_table, metrics_table, runs_table
 
     settings = settings_from_env(announce_store=not via_nats)
+    page = {"limit": limit, "offset": offset}
     by_view: dict[str, dict[str, Any]] = {
         "conversation": {"session_id": session},
         "run": {"run_id": run_id, "task_id": task_id},
-        "runs": {"agent": agent, "status": status, "session_id": session, "limit": limit},
-        "metrics": {"agent": agent},
-        "snapshots": {},
+        "runs": {"agent": agent, "status": status, "session_id": session, **page},
+        "metrics": {"agent": agent, **page},
+        "snapshots": page,
     }
     arguments = {k: v for k, v in by_view.get(view, {}).items() if v is not None}
     data = _query(settings, view, arguments, via_nats)
@@ -472,6 +477,7 @@ def schema(
 
 
 register_history_commands(app)
+register_dead_commands(app)
 
 
 def main() -> None:

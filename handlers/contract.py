@@ -36,7 +36,9 @@ def asyncapi_document(prefix: str = "ledger") -> dict[str, Any]:
         f"{prefix}.tasks.run.{{agent}}",
         title="RunAgent",
         description="Run an agent. Header Nats-Msg-Id must be the task_id (idempotency key); "
-        "optional header Agentledger-Reply-To names a subject that also gets the outcome.",
+        "optional header Agentledger-Reply-To names a subject that also gets the outcome "
+        "(at most 256 printable ASCII characters, no whitespace or wildcards, not a $ "
+        "subject and not under the prefix; otherwise it is ignored).",
     )
     @broker.publisher(
         f"{prefix}.results.{{task_id}}",

@@ -9,8 +9,9 @@ then starts where the first stopped.
 The log is read in notification-id order, but ids are drawn before their transactions
 commit, and not always committed in that order: a reader can see id n + 1 while n is
 still in flight, or never see n (its transaction rolled back). A read therefore stops
-before a gap in the ids until the gap is known to be for ever (`_Gaps`), so no event is
-skipped because it committed a moment late.
+before a gap in the ids until the gap is known to be for ever
+(`agentledger.handlers.log_gaps`), so no event is skipped because it committed a moment
+late.
 
 Each projection gets its events a batch at a time (`Projection.apply_batch`), so a batch
 writes each touched row once; on PostgreSQL the whole transaction is pipelined (see
@@ -34,6 +35,25 @@ We chose LISTEN/NOTIFY over adaptive polling alone on PostgreSQL because it give
 near-zero idle cost and no added latency after an idle gap; eventsourcing already sends
 the NOTIFY, and the listener is one thread and one connection. The poll stays as the
 fallback because the listener can be down (restarts) and SQLite has no notifications.
+
+One event never stalls the views (the policy; see also README "Decisions worth knowing"):
+- What PostgreSQL cannot hold is made fit before it is written: no view text holds a NUL
+  (`agentledger.infra.view_store`), and agent, task and session ids are bounded where they
+  are keys (`agentledger.projections.base.view_key`).
+- A transient error (`StoreUnavailable`: a store unreachable, restarting, a deadlock) is
+  retried with backoff for as long as it lasts; nothing is skipped for it.
+- Any other error of a pass is retried too; after `_ISOLATE_AFTER` failed passes in a row
+  the projections fold the next batch event by event, each event in a transaction of its
+  own (`fold_apart`). An event that fails alone, twice, for a reason about the event (a
+  value the view store rejects, an error of the projection's code on it, an event that
+  cannot be decoded while later ones can) is a poison event: recorded in the poison log
+  (`al_poison_log`, `agentledger.infra.poison_log`) in the transaction that moves the
+  projection past it, logged as an error with `alert=True`, counted (`poisoned`,
+  `on_poison`), and skipped by that projection only. An error about the views' own SQL or
+  tables (`is_schema_error`), or an undecodable event with nothing decodable after it (a
+  wrong cipher key, code behind the log), fails every event alike: it is never taken for
+  a poison event, and the projector keeps retrying loudly instead.
+- A rebuild forgets the projection's poison events and meets each again like any other.
 """
 
 from __future__ import annotations
@@ -42,16 +62,32 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import structlog
-from eventsourcing.utils import TopicError
+from eventsourcing.persistence import Notification
 
+from agentledger.handlers.log_gaps import LogGaps
 from agentledger.infra.event_store import EventStore, StoreUnavailable
-from agentledger.infra.view_store import CommitSignal, ViewStore
+from agentledger.infra.poison_log import (
+    PoisonLog,
+    UndecodableEvent,
+    UnknownEventTopic,
+    alert_poison,
+    decode,
+    decodes_after,
+)
+from agentledger.infra.view_store import CommitSignal, ViewStore, is_schema_error
 from agentledger.projections.base import Projection, ViewCursor
 from agentledger.projections.views import UnknownView
 
-__all__ = ["Projector", "ProjectorHandle", "RebuildInterrupted", "UnknownEventTopic"]
+__all__ = [
+    "Projector",
+    "ProjectorHandle",
+    "RebuildInterrupted",
+    "UndecodableEvent",
+    "UnknownEventTopic",
+]
 
 log = structlog.get_logger("agentledger.projector")
 
@@ -65,23 +101,30 @@ _LISTENING_IDLE_S = 1.0
 """The longest wait for a commit notification before passing anyway (safety net)."""
 _STOP_CHECK_S = 0.05
 """How often a wait for a notification looks at the stop flag."""
-_GAP_WARN_S = 10.0
-"""A gap in the notification ids still in flight after this long is logged."""
 _HINTS_TTL_S = 1.0
 """How long a remembered position may skip a projection's lock (see `Projector._hints`)."""
+_ISOLATE_AFTER = 3
+"""Failed passes in a row (not counting store outages) before folding event by event."""
+_ALONE_ATTEMPTS = 2
+"""Times an event is tried alone before it is taken for a poison event."""
+_ALONE_RETRY_S = 0.1
+_REREADS = 2
+"""Extra reads of the log in one pass, after the gap a read stopped at became final."""
+
+OnPoison = Callable[[str], None]
+"""Called with the projection's name whenever it skips a poison event."""
 
 
-class UnknownEventTopic(Exception):
-    """A stored event's topic names no known event class: deploy the code that wrote it
-    (or register the old topic) before projecting further. Never skipped."""
+class _Alone(Enum):
+    """What trying the next event alone came to."""
 
-    def __init__(self, topic: str, notification_id: int) -> None:
-        super().__init__(
-            f"notification {notification_id} has event topic {topic!r}, which names no known"
-            " event class; the projector stops here until the topic is registered"
-        )
-        self.topic = topic
-        self.notification_id = notification_id
+    APPLIED = "applied"
+    SKIPPED = "skipped"
+    """A poison event, recorded and skipped."""
+    NOTHING = "nothing"
+    """No event to apply now (caught up, a gap, or the position moved meanwhile)."""
+    DROPPED = "dropped"
+    """The projection's tracking row is gone."""
 
 
 class RebuildInterrupted(Exception):
@@ -133,14 +176,20 @@ class Projector:
         # a view dropped by another process and left half rebuilt is caught up regardless.
         self._hints: dict[str, int] = {}
         self._hints_since = time.monotonic()
-        self._gaps = _Gaps(_events_table(store))
+        self._gaps = LogGaps(_events_table(store))
         self._read_full = False
         """Whether the latest `run_once` read a whole batch (more may be waiting)."""
+        self.poison_log = PoisonLog(views)
+        self.poisoned: dict[str, int] = {}
+        """Poison events skipped by this projector, per projection."""
+        self.on_poison: OnPoison | None = None
 
     def ensure(self) -> None:
-        """Create every projection's tables and tracking row (idempotent)."""
+        """Create every projection's tables and tracking row, and the poison log
+        (idempotent)."""
         for projection in self.projections:
             self.views.ensure(projection)
+        self.poison_log.ensure()
         self._ensured = True
 
     def run_once(self) -> int:
@@ -204,13 +253,19 @@ class Projector:
 
     def _run_forever(self, stop: threading.Event, signal: CommitSignal | None) -> None:
         failures = 0
+        faults = 0  # failed passes in a row that were not store outages
         idle_since: float | None = None
         while not stop.is_set():
             if signal is not None:
                 signal.clear()  # before looking: a commit from now on wakes the next wait
             started = time.monotonic()
             try:
-                applied = self.run_once()
+                if faults >= _ISOLATE_AFTER:
+                    log.warning("folding the next events one by one to find the one at fault")
+                    applied = self.fold_apart()
+                    faults = 0
+                else:
+                    applied = self.run_once()
             except Exception as e:
                 failures += 1
                 delay = min(_MAX_BACKOFF_S, 0.05 * 2**failures)
@@ -220,10 +275,11 @@ class Projector:
                         "projector cannot reach a store; retrying", error=str(e), delay_s=delay
                     )
                 else:
+                    faults += 1
                     log.exception("projection failed; retrying", delay_s=delay)
                 stop.wait(delay)
                 continue
-            failures = 0
+            failures = faults = 0
             self.last_error = None
             if applied:
                 idle_since = None
@@ -281,18 +337,36 @@ class Projector:
 
         Safe while a live projector runs: both advance the same locked tracking row, so
         each notification is still applied once (the live projector may fold some batches).
+        Poison events are met as by the live projector (see the module docstring); a store
+        outage ends the rebuild with `StoreUnavailable` (run it again).
         """
         projection = self._projection(name)
         target = self.store.max_notification_id()
         self.views.drop(projection)
         self.views.ensure(projection)
+        self.poison_log.ensure()
+        with self.views.transaction() as cursor:
+            self.poison_log.forget(cursor, name)
         self._hints.pop(name, None)
         log.info("rebuilding view", view=name, notifications=target)
         position = 0
+        faults = 0
         if progress is not None:
             progress(0, target)
         while position < target:
-            applied = self._advance(projection)
+            applied: int | None
+            if faults >= _ISOLATE_AFTER:
+                applied, faults = self._fold_apart(projection), 0
+            else:
+                try:
+                    applied = self._advance(projection)
+                except StoreUnavailable:
+                    raise
+                except Exception:
+                    faults += 1
+                    log.exception("rebuilding a view failed; retrying", view=name)
+                    time.sleep(_ALONE_RETRY_S * faults)
+                    continue
             if applied is None:
                 raise RebuildInterrupted(f"the {name} view was dropped while being rebuilt")
             position = self.views.tracking(name)
@@ -324,128 +398,144 @@ class Projector:
         self._hints[projection.name] = position
         return len(events)
 
+    def fold_apart(self) -> int:
+        """Fold up to one batch into every projection that is behind, event by event, each
+        event in a transaction of its own, skipping poison events (see the module
+        docstring); how many events were applied or skipped (summed over projections).
+
+        Slow (a transaction per event): the live loop does this only after a batch failed
+        `_ISOLATE_AFTER` times, to find the event at fault and go on past it.
+        """
+        if not self._ensured:
+            self.ensure()
+        done = 0
+        failed: Exception | None = None
+        for projection in sorted(self.projections, key=lambda p: p.name):
+            try:
+                done += self._fold_apart(projection) or 0
+            except StoreUnavailable:
+                raise
+            except Exception as e:  # not a poison event: the others still go on
+                log.exception("projection failed on its own", view=projection.name)
+                failed = failed or e
+        if failed is not None and not done:
+            raise failed
+        return done
+
+    def _fold_apart(self, projection: Projection) -> int | None:
+        """`fold_apart` for one projection (None if its tracking row is gone)."""
+        done = 0
+        while done < self.batch:
+            outcome = self._apply_alone(projection)
+            if outcome is _Alone.DROPPED:
+                return None
+            if outcome is _Alone.NOTHING:
+                break
+            done += 1
+        return done
+
+    def _apply_alone(self, projection: Projection) -> _Alone:
+        """Apply the projection's next event in a transaction of its own; one that fails
+        alone `_ALONE_ATTEMPTS` times for a reason about the event is recorded in the poison
+        log and skipped."""
+        name = projection.name
+        error: Exception | None = None
+        poison: Notification | None = None
+        for attempt in range(_ALONE_ATTEMPTS):
+            if attempt:
+                time.sleep(_ALONE_RETRY_S)
+            applying: Notification | None = None
+            try:
+                with self.views.transaction() as cursor:
+                    position = self.views.lock_tracking(cursor, name)
+                    if position is None:
+                        return _Alone.DROPPED
+                    found = self._notifications(position + 1, cursor, limit=1)
+                    if not found:
+                        return _Alone.NOTHING
+                    applying = found[0]
+                    projection.apply_batch([decode(self.store, applying)], cursor)
+                    self.views.set_tracking(cursor, name, applying.id)
+                self._hints[name] = applying.id
+                return _Alone.APPLIED
+            except StoreUnavailable:
+                raise
+            except Exception as e:
+                if applying is None or is_schema_error(e):
+                    raise  # not about this event: retried by the caller, never skipped
+                if isinstance(e, UndecodableEvent) and not decodes_after(self.store, applying.id):
+                    raise  # maybe every event's fault (a wrong key, code behind the log)
+                error = e
+                poison = applying
+        assert error is not None and poison is not None
+        return self._skip(name, poison, error)
+
+    def _skip(self, name: str, notification: Notification, error: Exception) -> _Alone:
+        """Record `notification` as a poison event of projection `name` and move the
+        projection past it, in one transaction."""
+        reason = f"{type(error).__name__}: {error}"
+        with self.views.transaction() as cursor:
+            position = self.views.lock_tracking(cursor, name)
+            if position is None:
+                return _Alone.DROPPED
+            if self._notifications(position + 1, cursor, limit=1) != [notification]:
+                return _Alone.NOTHING  # moved meanwhile (another projector): look again
+            self.poison_log.record(cursor, name, notification, reason)
+            self.views.set_tracking(cursor, name, notification.id)
+        self._hints[name] = notification.id
+        self.poisoned[name] = self.poisoned.get(name, 0) + 1
+        alert_poison(
+            "poison event skipped: recorded in al_poison_log", notification, reason, view=name
+        )
+        if self.on_poison is not None:
+            self.on_poison(name)
+        return _Alone.SKIPPED
+
     def _read(self, start: int, cursor: ViewCursor) -> list[tuple[int, object]]:
         """Decoded events from notification `start` on, at most one batch, stopping
-        before a gap in the ids that may still fill (see `_Gaps`)."""
-        self._gaps.blocked = False
-        self._gaps.settle(self.views, cursor)
-        read_at = time.monotonic()
-        events: list[tuple[int, object]] = []
+        before a gap in the ids that may still fill; `UndecodableEvent` if one of them
+        cannot be decoded."""
+        return [(n.id, decode(self.store, n)) for n in self._notifications(start, cursor)]
+
+    def _notifications(
+        self, start: int, cursor: ViewCursor, limit: int | None = None
+    ) -> list[Notification]:
+        """Notifications from id `start` on, at most `limit` (a batch), stopping before a
+        gap in the ids that may still fill (see `agentledger.handlers.log_gaps`)."""
+        limit = self.batch if limit is None else limit
+        gaps = self._gaps
+        gaps.blocked = False
+        gaps.settle(self.views, cursor)
+        skipped = gaps.skipped
+        found: list[Notification] = []
         expected = start
-        for notification in self.store.notifications(start=start, limit=self.batch):
-            if notification.id != expected and not self._gaps.may_skip(
-                expected, notification.id, read_at, self.views, cursor
-            ):
+        for _ in range(1 + _REREADS):
+            read_at = time.monotonic()
+            stopped_at: int | None = None
+            read = self.store.notifications(start=expected, limit=limit - len(found))
+            for notification in read:
+                if notification.id != expected and not gaps.may_skip(
+                    expected,
+                    notification.id,
+                    horizon=read[-1].id,
+                    read_at=read_at,
+                    views=self.views,
+                    cursor=cursor,
+                ):
+                    stopped_at = notification.id
+                    break
+                found.append(notification)
+                expected = notification.id + 1
+            if stopped_at is None or not gaps.final_since(stopped_at, read_at):
                 break
-            self._gaps.filled(notification.id)
-            try:
-                event = self.store.decode(notification)
-            except TopicError:
-                raise UnknownEventTopic(notification.topic, notification.id) from None
-            events.append((notification.id, event))
-            expected = notification.id + 1
-        return events
-
-
-@dataclass(kw_only=True)
-class _Gap:
-    """Notification ids [first, end) found missing while `end` was committed."""
-
-    first: int
-    end: int
-    seen_at: float
-    writers: frozenset[str] | None = None
-    """The transactions inserting events when the gap was seen a second time: whoever
-    drew an id of the gap is one of them, or has finished already."""
-    settled_at: float | None = None
-    """When none of `writers` was inserting any more: a read after this that still
-    misses the ids will never see them (their transactions rolled back)."""
-    warned: bool = False
-
-
-class _Gaps:
-    """Gaps in the notification log, and whether each may still fill.
-
-    Notification ids are drawn from a sequence when a transaction inserts its events, but
-    transactions commit in their own order (eventsourcing's PostgreSQL database functions
-    do not lock the table), so a reader can see id n + 1 committed while n is still in
-    flight; and a transaction that rolls back leaves its ids unused for ever. A reader
-    that moved past n would never apply it. So a read stops before a gap until the gap is
-    known to be for ever: the second time it is seen, the transactions then inserting
-    (`ViewStore.event_writers`) are noted; once none of them is inserting any more, a
-    read that still misses the ids skips them. A gap that fills meanwhile is simply read.
-    SQLite serialises its writers, so there its gaps are skipped at once.
-
-    Shared by the live loop and a rebuild in another thread, hence the lock.
-    """
-
-    _KEEP = 4096
-    """Gaps remembered (the oldest are forgotten first)."""
-
-    def __init__(self, table: str) -> None:
-        self.table = table
-        self._gaps: dict[int, _Gap] = {}
-        self._lock = threading.Lock()
-        self.blocked = False
-        """Whether the latest read stopped before a gap (then poll again soon)."""
-
-    def settle(self, views: ViewStore, cursor: ViewCursor) -> None:
-        """Before a read: settle the gaps none of whose writers is inserting any more."""
-        with self._lock:
-            pending = [g for g in self._gaps.values() if g.writers is not None and not g.settled_at]
-        if not pending:
-            return
-        writers = views.event_writers(cursor, self.table) or frozenset()
-        now = time.monotonic()
-        with self._lock:
-            for gap in pending:
-                if not gap.writers or not (gap.writers & writers):
-                    gap.settled_at = now
-
-    def may_skip(
-        self, first: int, end: int, read_at: float, views: ViewStore, cursor: ViewCursor
-    ) -> bool:
-        """Whether a read begun at `read_at` that finds ids [first, end) missing may move
-        past them; False means: stop before them for now."""
-        if not views.sees_event_writers:
-            return True
-        capture = False
-        with self._lock:
-            gap = self._gaps.get(first)
-            if gap is not None and gap.settled_at is not None and gap.settled_at < read_at:
-                log.info(
-                    "skipping notification ids that no transaction will commit",
-                    first=first,
-                    last=end - 1,
-                )
-                return True
-            self.blocked = True
-            if gap is None:
-                if len(self._gaps) >= self._KEEP:
-                    del self._gaps[next(iter(self._gaps))]
-                self._gaps[first] = _Gap(first=first, end=end, seen_at=read_at)
-            elif gap.writers is None:
-                capture = True
-            elif read_at - gap.seen_at > _GAP_WARN_S and not gap.warned:
-                gap.warned = True
-                log.warning(
-                    "waiting for notification ids that a transaction still in flight drew",
-                    first=first,
-                    last=end - 1,
-                    waited_s=round(read_at - gap.seen_at, 1),
-                )
-        if capture and gap is not None:
-            writers = views.event_writers(cursor, self.table) or frozenset()
-            with self._lock:
-                gap.writers = writers
-        return False
-
-    def filled(self, notification_id: int) -> None:
-        """Forget a gap (not known to be for ever) whose first id turned up."""
-        gap = self._gaps.get(notification_id)
-        if gap is not None and gap.settled_at is None:
-            with self._lock:
-                self._gaps.pop(notification_id, None)
+            gaps.blocked = False  # the gap became final since this read began: read again
+        if gaps.skipped > skipped:
+            log.info(
+                "skipped notification ids that no transaction will commit",
+                ids=gaps.skipped - skipped,
+                below=expected,
+            )
+        return found
 
 
 def _events_table(store: EventStore) -> str:

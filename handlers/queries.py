@@ -1,15 +1,22 @@
 """Queries over NATS request-reply: `<prefix>.query.<view>` answers with typed JSON.
 
 Views: `conversation` {session_id}, `run` {run_id | task_id}, `runs` {agent, status,
-session_id, limit, offset}, `metrics` {agent}, `snapshots` {kind}. The reply is
-`{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`. The CLI's `query`
-command calls the same `answer()` directly against the view store.
+session_id, limit, offset}, `metrics` {agent, limit, offset}, `snapshots` {kind, limit,
+offset}. Every list is paged: `limit` (default 50; 100 agents for metrics; at most 1000)
+and `offset`. The reply is `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.
+An error of the query itself (unknown view, bad arguments, nothing found) is said as it
+is; any other is logged with an id and answered `internal error (logged as <id>)`, so
+nothing of the service's internals reaches a client. A reply larger than the server's
+`max_payload` is answered with an error asking for fewer rows. The responder outlives
+every failure to answer (a reply subject gone, a connection draining): it is logged. The
+CLI's `query` command calls the same `answer()` directly against the view store.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any, Literal
 
 import structlog
@@ -19,6 +26,7 @@ from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
+from agentledger.infra.event_store import StoreUnavailable
 from agentledger.infra.view_store import ViewStore
 from agentledger.projections.conversations import get_conversation
 from agentledger.projections.metrics import agent_metrics
@@ -28,6 +36,9 @@ from agentledger.projections.snapshots import list_snapshots
 __all__ = ["VIEWS", "QueryError", "QueryService", "answer"]
 
 log = structlog.get_logger("agentledger.queries")
+
+_HEADERS_ROOM = 512
+"""Bytes of `max_payload` kept for a reply's headers."""
 
 
 class QueryError(Exception):
@@ -57,10 +68,14 @@ class RunsQuery(_Query):
 
 class MetricsQuery(_Query):
     agent: str | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
 
 
 class SnapshotsQuery(_Query):
     kind: Literal["run", "session"] | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
 
 
 VIEWS: dict[str, type[_Query]] = {
@@ -109,10 +124,12 @@ def answer(views: ViewStore, view: str, arguments: dict[str, Any]) -> Any:
                 sealer=views.sealer,
             )
         elif isinstance(query, MetricsQuery):
-            result = agent_metrics(cursor, agent=query.agent)
+            result = agent_metrics(
+                cursor, agent=query.agent, limit=query.limit, offset=query.offset
+            )
         else:
             assert isinstance(query, SnapshotsQuery)
-            result = list_snapshots(cursor, kind=query.kind)
+            result = list_snapshots(cursor, kind=query.kind, limit=query.limit, offset=query.offset)
     return to_jsonable_python(result)
 
 
@@ -135,19 +152,40 @@ class QueryService:
             await self._subscription.unsubscribe()
 
     async def _on_request(self, msg: Msg) -> None:
-        view = msg.subject.rsplit(".", 1)[-1]
+        view = msg.subject.rsplit(".", 1)[-1][:100]
         try:
-            arguments = json.loads(msg.data) if msg.data else {}
+            payload = await self._reply(view, msg.data)
+            if len(payload) > self._nc.max_payload - _HEADERS_ROOM:
+                log.warning("query reply too large", view=view, bytes=len(payload))
+                payload = json.dumps(
+                    {
+                        "ok": False,
+                        "error": f"the reply is {len(payload)} bytes, more than NATS max_payload"
+                        f" ({self._nc.max_payload}) allows; ask for fewer rows (limit)",
+                    }
+                ).encode()
+            if msg.reply:
+                await msg.respond(payload)
+        except Exception as e:  # never let one request end the responder
+            log.warning("could not answer a query", view=view, error=repr(e))
+
+    async def _reply(self, view: str, data: bytes) -> bytes:
+        """The reply to one request, encoded: its data, or an error a client may read."""
+        try:
+            arguments = json.loads(data) if data else {}
             if not isinstance(arguments, dict):
                 raise QueryError("query arguments must be a JSON object")
-            data = await asyncio.to_thread(answer, self._views, view, arguments)
-            reply: dict[str, Any] = {"ok": True, "data": data}
-        except json.JSONDecodeError as e:
-            reply = {"ok": False, "error": f"query is not valid JSON: {e}"}
+            result = await asyncio.to_thread(answer, self._views, view, arguments)
+            return json.dumps({"ok": True, "data": result}).encode()
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            error = f"query is not valid JSON: {e}"
         except QueryError as e:
-            reply = {"ok": False, "error": str(e)}
+            error = str(e)
         except Exception as e:
-            log.exception("query failed", view=view)
-            reply = {"ok": False, "error": f"query failed: {type(e).__name__}: {e}"}
-        if msg.reply:
-            await msg.respond(json.dumps(reply).encode())
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("query failed", view=view, error_id=error_id)
+            if isinstance(e, StoreUnavailable):
+                error = f"views unavailable; try again (logged as {error_id})"
+            else:
+                error = f"internal error (logged as {error_id})"
+        return json.dumps({"ok": False, "error": error}).encode()

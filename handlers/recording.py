@@ -172,9 +172,10 @@ class LedgerToolset(WrapperToolset[Any]):
             error = f"tool {name!r} raised {type(e).__name__}: {e}"
             await recorder.fail_tool(call_id, name, error, retry=False)
             raise ToolCallError(error) from e
-        recorded = to_jsonable_python(result)
-        await recorder.finish_tool(call_id, name, recorded)
-        return recorded
+        await recorder.finish_tool(call_id, name, to_jsonable_python(result))
+        # The tool's own result goes to pydantic-ai (a `ToolReturn`, binary content or a
+        # model keep their meaning); only a resumed run gets the recorded JSON form.
+        return result
 
 
 def wrap_toolsets(

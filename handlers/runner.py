@@ -223,6 +223,24 @@ class AgentRunner:
                 recorder,
             )
 
+    async def give_up(self, task: RunAgent, kind: ErrorKind, message: str) -> RunOutcome:
+        """End the task's run as failed with `kind` (the worker's last delivery could not
+        finish it). A finished run keeps its outcome; a task never run gets a run that
+        records the failure, so every accepted task has one. Store errors propagate."""
+        run = await self._store.get(run_id_for(task.task_id), AgentRun)
+        if run is None:
+            created = await self._create(task)
+            run = (
+                created[0]
+                if created is not None
+                else await self._store.get(run_id_for(task.task_id), AgentRun)
+            )
+            assert run is not None, "a creation conflict implies the run exists"
+        if run.status != "running":
+            return outcome_of(run)
+        bound = self._log.bind(task_id=task.task_id, agent=task.agent, run_id=str(run.id))
+        return await self._fail(run, _Failure(kind=kind, message=message, retryable=True), bound)
+
     async def _create(self, task: RunAgent) -> tuple[AgentRun, list[Any]] | None:
         """Record the run's creation with the session history it starts from (None when
         another delivery of the same task created it first)."""
@@ -279,8 +297,9 @@ class AgentRunner:
             tool_calls=run.tool_calls,
         )
         timeout = self._remaining(task)
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 overrides: dict[str, Any] = {}
                 if entry.model is not None:
                     overrides["model"] = entry.model
@@ -297,7 +316,9 @@ class AgentRunner:
                         capabilities=self._run_capabilities,
                     ) as agent_run:
                         output, final = await self._step_through(agent_run, recorder, len(prior))
-        except TimeoutError:
+        except TimeoutError as e:
+            if not deadline.expired():  # not the task's deadline: a model call timed out
+                raise TransientRunError(f"timed out: {e or 'TimeoutError'}") from None
             raise _Failure(
                 kind=ErrorKind.DEADLINE_EXCEEDED, message=f"deadline {task.deadline} passed"
             ) from None
@@ -380,6 +401,7 @@ class AgentRunner:
         final_json = messages_to_json(final)
         turn_messages = recorded_before + recorder.recorded + final_json
         for attempt in range(SESSION_RETRIES):
+            base_version = run.version  # everything before this attempt is saved
             append_messages(run, final, final_json)
             run.complete(output_json, self._cost(run, entry), self._duration_ms(run))
             conversation: Conversation | None = None
@@ -392,7 +414,15 @@ class AgentRunner:
                 await self._store.save(run, *([conversation] if conversation else []))
             except ConcurrencyConflict:
                 fresh = await self._store.get(run.id, AgentRun)
-                if conversation is None or fresh is None or fresh.status != "running":
+                # Retry only a conflict that came from the conversation (another turn of
+                # the session committed first). If the run itself moved on, another
+                # worker is driving it: completing on top of its steps would be wrong.
+                if (
+                    conversation is None
+                    or fresh is None
+                    or fresh.status != "running"
+                    or fresh.version != base_version
+                ):
                     raise RunSuperseded(f"run {run.id} was advanced by another worker") from None
                 # Another turn of this session committed first: retry on a fresh state.
                 run = fresh

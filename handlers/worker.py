@@ -1,4 +1,5 @@
-"""The task worker: a FastStream subscriber on a durable JetStream pull consumer.
+"""The task worker: runs the tasks of a durable JetStream pull consumer
+(`handlers/task_consumer.py` fetches them, at most one per free slot).
 
 Acknowledgement is manual and follows one rule: ack only after the run's final events
 are committed and its outcome published. Transient failures nak with backoff (the run
@@ -15,22 +16,29 @@ import time
 from typing import Any
 
 import structlog
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsBroker, PullSub
-from faststream.nats.annotations import NatsMessage
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from faststream.nats import NatsBroker
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
 from agentledger.domain.errors import ErrorKind
 from agentledger.domain.ids import run_id_for
-from agentledger.domain.rejection import TaskRejection
-from agentledger.domain.subjects import results_subject, workers_consumer
-from agentledger.domain.tasks import RunAgent, RunError, RunOutcome
+from agentledger.domain.subjects import (
+    reply_subject_problem,
+    workers_consumer,
+)
+from agentledger.domain.tasks import OutcomeStatus, RunAgent, RunError, RunOutcome
+from agentledger.handlers.answers import TaskAnswers
 from agentledger.handlers.catalog import Catalog, UnknownAgent
+from agentledger.handlers.dead_letters import dead_letter
 from agentledger.handlers.intake import RawTask, Rejection, parse_task
 from agentledger.handlers.operations.metrics import WorkerMetrics
 from agentledger.handlers.runner import AgentRunner, RunSuperseded, TransientRunError
-from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+from agentledger.handlers.task_consumer import Delivery, TaskConsumer
+from agentledger.infra.event_store import (
+    AsyncEventStore,
+    BrokenStream,
+    StoreUnavailable,
+)
 from agentledger.infra.settings import Settings
 
 __all__ = ["REPLY_HEADER", "TaskWorker", "backoff_s"]
@@ -49,10 +57,6 @@ RELEASE_DELAY_S = 3.0
 def backoff_s(delivered: int) -> float:
     """Redelivery delay after a transient failure: 0.5 s doubling, at most 30 s."""
     return float(min(30.0, 0.5 * 2 ** max(0, delivered - 1)))
-
-
-async def _raw_body(msg: NatsMessage) -> bytes:
-    return msg.body
 
 
 def _trace_task(task: RunAgent, delivered: int) -> None:
@@ -96,30 +100,43 @@ class TaskWorker:
         self.catalog = catalog
         self.runner = runner
         self.metrics = WorkerMetrics(catalog.names()) if metrics is None else metrics
-        self.in_flight: dict[asyncio.Task[Any], NatsMessage] = {}
+        self.in_flight: dict[asyncio.Task[Any], Delivery] = {}
         self.draining = False
         prefix = settings.subject_prefix
         self.durable = workers_consumer(prefix)
         """The durable consumer all workers of this prefix share."""
-        self.broker.subscriber(
-            f"{prefix}.tasks.run.*",
-            stream=JStream(settings.tasks_stream, declare=False),
+        self.consumer: TaskConsumer | None = None
+        self.answers = TaskAnswers(broker=broker, store=store, prefix=prefix)
+
+    async def start(self, tracer_provider: Any = None) -> None:
+        """Start pulling tasks (the broker is connected)."""
+        settings = self.settings
+        tracer = tracer_provider.get_tracer("agentledger.worker") if tracer_provider else None
+        self.consumer = TaskConsumer(
+            js=self.broker.connection.jetstream(),
+            subject=f"{settings.subject_prefix}.tasks.run.*",
+            stream=settings.tasks_stream,
             durable=self.durable,
-            pull_sub=PullSub(batch_size=min(64, settings.worker_concurrency), timeout=1.0),
-            max_workers=settings.worker_concurrency,
-            ack_policy=AckPolicy.MANUAL,
-            # The payload is parsed by intake, which turns any malformation into a
-            # recorded rejection; FastStream must not decode (or reject) it first.
-            decoder=_raw_body,
             config=ConsumerConfig(
+                durable_name=self.durable,
+                ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=settings.ack_wait_s,
                 max_deliver=settings.max_deliveries,
                 max_ack_pending=max(1000, settings.worker_concurrency * 4),
                 deliver_policy=DeliverPolicy.ALL,
             ),
-        )(self.handle)
+            capacity=settings.worker_concurrency,
+            handle=self.handle,
+            tracer=tracer,
+        )
+        await self.consumer.start()
 
-    async def handle(self, body: bytes, msg: NatsMessage) -> None:
+    async def stop(self) -> None:
+        """Stop pulling and drop the subscription (call after `drain`)."""
+        if self.consumer is not None:
+            await self.consumer.close()
+
+    async def handle(self, body: bytes, msg: Delivery) -> None:
         if self.draining:
             # Shutting down: hand the task back; another worker (or this one's
             # successor) takes it after the delay.
@@ -137,36 +154,38 @@ class TaskWorker:
             self.in_flight.pop(current, None)
             self.metrics.in_flight.dec()
 
-    async def _heartbeat(self, msg: NatsMessage) -> None:
+    async def _heartbeat(self, msg: Delivery) -> None:
         interval = max(0.5, self.settings.ack_wait_s / 3)
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
+            try:
                 await msg.in_progress()
+            except Exception as e:  # not fatal: the next beat may get through
+                log.warning("heartbeat failed; AckWait may expire", error=str(e))
 
-    async def _process(self, body: bytes, msg: NatsMessage) -> None:
+    async def _process(self, body: bytes, msg: Delivery) -> None:
         raw = msg.raw_message
         metadata = raw.metadata
         delivered = metadata.num_delivered or 1
         headers = raw.headers or {}
-        reply_to = headers.get(REPLY_HEADER)
         task_raw = RawTask(
             body=body,
             subject=raw.subject,
             msg_id=headers.get("Nats-Msg-Id"),
             fallback_key=f"{metadata.stream}:{metadata.sequence.stream}",
+            delivered=delivered,
         )
         bound = log.bind(subject=raw.subject, delivered=delivered)
+        reply_to = self._reply_subject(headers.get(REPLY_HEADER), bound)
         self.metrics.task_received(_subject_agent(raw.subject), delivered=delivered)
-        task_id: str | None = None
+        task: RunAgent | None = None
+        final = delivered >= self.settings.max_deliveries
         try:
             task = parse_task(
                 task_raw, catalog=self.catalog, max_prompt_chars=self.settings.max_prompt_chars
             )
-            task_id = task.task_id
             bound = bound.bind(task_id=task.task_id, agent=task.agent)
             _trace_task(task, delivered)
-            final = delivered >= self.settings.max_deliveries
             started = time.perf_counter()
             try:
                 outcome = await self.runner.run(
@@ -178,35 +197,125 @@ class TaskWorker:
                 ) from None
             seconds = time.perf_counter() - started
             trace.get_current_span().set_attribute("agentledger.status", outcome.status)
-            await self.publish_outcome(outcome, reply_to)
+            await self.answers.publish(outcome, reply_to)
             await msg.ack()
             self.metrics.run_finished(task.agent, outcome.status, seconds)
         except Rejection as rejection:
             await self._reject(msg, rejection, task_raw, reply_to, delivered, bound)
-        except (TransientRunError, StoreUnavailable, RunSuperseded) as e:
-            delay = backoff_s(delivered)
-            bound.warning("transient failure; will redeliver", error=str(e), delay_s=delay)
-            await msg.nack(delay=delay)
+        except BrokenStream as e:
+            # Never heals by waiting: give up now rather than after every redelivery.
+            bound.error("run cannot be loaded; giving up", error=str(e))
+            await self._give_up(msg, task_raw, task, ErrorKind.INTERNAL_ERROR, str(e), reply_to)
         except Exception as e:
-            if delivered < self.settings.max_deliveries:
+            transient = isinstance(e, TransientRunError | StoreUnavailable | RunSuperseded)
+            if not final:
                 delay = backoff_s(delivered)
-                bound.exception("unexpected error; will redeliver", delay_s=delay)
+                if transient:
+                    bound.warning("transient failure; will redeliver", error=str(e), delay_s=delay)
+                else:
+                    bound.exception("unexpected error; will redeliver", delay_s=delay)
                 await msg.nack(delay=delay)
                 return
-            # JetStream will not deliver it again: record why, answer, and terminate,
-            # rather than leave an accepted task without an outcome.
-            bound.exception("unexpected error on the last delivery; recording it")
-            failure = Rejection(
-                ErrorKind.INTERNAL_ERROR,
-                f"gave up after {delivered} deliveries: {type(e).__name__}: {e}",
-                key=task_id or task_raw.msg_id or task_raw.fallback_key,
-                task_id=task_id,
+            kind = ErrorKind.TRANSIENT_EXHAUSTED if transient else ErrorKind.INTERNAL_ERROR
+            reason = f"gave up after {delivered} deliveries: {type(e).__name__}: {e}"
+            bound.error("last delivery failed; giving up", error=reason)
+            await self._give_up(msg, task_raw, task, kind, reason, reply_to)
+
+    def _reply_subject(self, requested: str | None, bound: Any) -> str | None:
+        """The `Agentledger-Reply-To` header if it is a subject we may answer on; else
+        None (the task still runs and its outcome is still stored on its own results
+        subject). A reply subject is an address the sender picks: never one of ours
+        (another task's results, a task subject), never `$JS.`/`$SYS.`, never a string
+        that would break the connection (over-long, spaces, control characters)."""
+        if requested is None:
+            return None
+        problem = reply_subject_problem(self.settings.subject_prefix, requested)
+        if problem is None:
+            return requested
+        bound.warning("ignoring the reply subject", reason=problem, reply_to=requested[:80])
+        return None
+
+    async def _give_up(
+        self,
+        msg: Delivery,
+        raw: RawTask,
+        task: RunAgent | None,
+        kind: ErrorKind,
+        reason: str,
+        reply_to: str | None,
+    ) -> None:
+        """The one place where the worker gives up on a message: it is never just dropped.
+
+        A parsed task ends as a `failed` run with `kind` (the run is created if it never
+        was). What cannot be recorded (the store is down) goes to the dead-letter stream
+        with the reason, and the task, when its id is known, is answered with a `failed`
+        outcome of kind `dead_lettered`. Either way the message is terminated.
+        """
+        if task is not None:
+            try:
+                outcome = await self.runner.give_up(task, kind, reason)
+            except Exception as e:
+                log.warning("cannot record the failure; dead-lettering", error=str(e))
+            else:
+                await self.answers.publish(outcome, reply_to)
+                await msg.reject()
+                self.metrics.run_finished(task.agent, outcome.status, None)
+                return
+        await self._dead_letter(msg, raw, task, str(kind), reason, reply_to)
+
+    async def _dead_letter(
+        self,
+        msg: Delivery,
+        raw: RawTask,
+        task: RunAgent | None,
+        kind: str,
+        reason: str,
+        reply_to: str | None,
+        status: OutcomeStatus = "failed",
+    ) -> None:
+        metadata = msg.raw_message.metadata
+        try:
+            sequence = await dead_letter(
+                self.broker.connection.jetstream(),
+                self.settings.subject_prefix,
+                subject=raw.subject,
+                body=raw.body,
+                headers=dict(msg.raw_message.headers or {}),
+                task_id=task.task_id if task else None,
+                kind=kind,
+                reason=reason,
+                delivered=metadata.num_delivered or 1,
+                tasks_sequence=metadata.sequence.stream,
             )
-            await self._reject(msg, failure, task_raw, reply_to, delivered, bound)
+        except Exception as e:
+            # Nothing can hold it: leave it to JetStream (the message stays in the tasks
+            # stream; its max-deliveries advisory names it).
+            log.error("cannot dead-letter the message", error=str(e), reason=reason)
+            await msg.nack(delay=backoff_s(metadata.num_delivered or 1))
+            return
+        log.error("task dead-lettered", dead_letter=sequence, kind=kind, reason=reason)
+        self.metrics.dead_lettered(kind)
+        if task is not None:
+            outcome = RunOutcome(
+                task_id=task.task_id,
+                run_id=str(run_id_for(task.task_id)),
+                agent=task.agent,
+                session_id=task.session_id,
+                status=status,
+                error=RunError(
+                    kind=str(ErrorKind.DEAD_LETTERED) if status == "failed" else kind,
+                    message=f"{reason} (dead letter {sequence}:"
+                    f" `agentledger dead retry {sequence}` requeues it)",
+                    retryable=status == "failed",
+                ),
+            )
+            with contextlib.suppress(Exception):
+                await self.answers.publish(outcome, reply_to)
+        await msg.reject()
 
     async def _reject(
         self,
-        msg: NatsMessage,
+        msg: Delivery,
         rejection: Rejection,
         raw: RawTask,
         reply_to: str | None,
@@ -216,59 +325,30 @@ class TaskWorker:
         """Record the rejection, answer it, terminate the message (or retry the whole
         thing later if the store is down: a rejection is never dropped unrecorded)."""
         try:
-            outcome = await self._record_rejection(rejection, raw)
+            outcome = await self.answers.record_rejection(rejection, raw)
         except StoreUnavailable as e:
-            bound.warning("cannot record rejection yet; will retry", error=str(e))
-            await msg.nack(delay=backoff_s(delivered))
+            if delivered < self.settings.max_deliveries:
+                bound.warning("cannot record rejection yet; will retry", error=str(e))
+                await msg.nack(delay=backoff_s(delivered))
+                return
+            # The last delivery: keep the message as a dead letter instead.
+            await self._dead_letter(
+                msg,
+                raw,
+                None,
+                str(rejection.kind),
+                f"rejected ({rejection.reason}), but the rejection could not be recorded: {e}",
+                reply_to,
+            )
             return
-        await self.publish_outcome(outcome, reply_to)
+        await self.answers.publish(
+            outcome, reply_to, store=await self.answers.speaks_for(rejection, raw)
+        )
         await msg.reject()
-        # Terminated: JetStream will not deliver it again (the dead-letter point).
+        # Terminated: JetStream will not deliver it again.
         self.metrics.task_rejected(
             rejection.agent or _subject_agent(raw.subject), str(rejection.kind)
         )
-
-    async def _record_rejection(self, rejection: Rejection, raw: RawTask) -> RunOutcome:
-        record = TaskRejection(
-            key=rejection.key,
-            task_id=rejection.task_id,
-            agent=rejection.agent,
-            subject=raw.subject,
-            error_kind=str(rejection.kind),
-            reason=rejection.reason,
-            payload_excerpt=raw.excerpt(),
-        )
-        try:
-            await self.store.save(record)
-        except ConcurrencyConflict:
-            pass  # already recorded by an earlier delivery of the same message
-        log.warning(
-            "task rejected",
-            key=rejection.key,
-            task_id=rejection.task_id,
-            error_kind=str(rejection.kind),
-            reason=rejection.reason,
-        )
-        return RunOutcome(
-            task_id=rejection.task_id,
-            run_id=str(record.id),
-            agent=rejection.agent,
-            status="rejected",
-            error=RunError(kind=str(rejection.kind), message=rejection.reason, retryable=False),
-        )
-
-    async def publish_outcome(self, outcome: RunOutcome, reply_to: str | None) -> None:
-        payload = outcome.model_dump_json().encode()
-        nc = self.broker.connection
-        if outcome.task_id is not None:
-            js = nc.jetstream()
-            await js.publish(
-                results_subject(self.settings.subject_prefix, outcome.task_id),
-                payload,
-                headers={"Nats-Msg-Id": f"outcome:{outcome.task_id}"},
-            )
-        if reply_to:
-            await nc.publish(reply_to, payload)
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking runs; wait up to `grace_s` for in-flight ones; release the rest.
@@ -277,6 +357,8 @@ class TaskWorker:
         that this worker's own open pull requests (alive until the connection closes) do
         not take it back; another worker then resumes the run from what it recorded."""
         self.draining = True
+        if self.consumer is not None:
+            await self.consumer.stop_fetching()
         pending = set(self.in_flight)
         if not pending:
             return

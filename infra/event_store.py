@@ -8,6 +8,7 @@ which runs each call in a bounded thread pool. Library errors are translated her
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.domain import Aggregate, DomainEvent
+from eventsourcing.domain import Aggregate, DomainEvent, OriginatorVersionError
 from eventsourcing.persistence import (
     IntegrityError,
     Notification,
@@ -39,11 +40,13 @@ from agentledger.infra.settings import Settings
 
 __all__ = [
     "AsyncEventStore",
+    "BrokenStream",
     "ConcurrencyConflict",
     "EventStore",
     "StoreUnavailable",
     "TopicSize",
     "UnsafeDelete",
+    "UnsavedAggregate",
     "UnsupportedBackend",
     "store_env",
     "unreachable_postgres",
@@ -61,6 +64,38 @@ class StoreUnavailable(Exception):
 
 class ConcurrencyConflict(Exception):
     """Another writer saved the same aggregate version first (optimistic concurrency)."""
+
+
+class UnsavedAggregate(StoreUnavailable):
+    """An earlier save of this aggregate object failed for good: its version ran ahead
+    of the store, so saving it again would leave a gap in its stream. Reload it."""
+
+    def __init__(self, aggregate_id: UUID) -> None:
+        super().__init__(
+            f"aggregate {aggregate_id} has events that were never saved (an earlier save"
+            " failed); reload it from the store before saving again"
+        )
+
+
+class BrokenStream(Exception):
+    """An aggregate's stored events are not contiguous (a version is missing): it cannot
+    be loaded. Not transient; an operator must look (`agentledger events ID`)."""
+
+
+_SAVE_FAILED = "_agentledger_save_failed"
+"""Set on an aggregate object whose save failed after its events were collected."""
+
+
+_SAVE_LOCK = "_agentledger_save_lock"
+
+
+def _save_lock(aggregate: Aggregate) -> asyncio.Lock:
+    """The lock serialising saves of one aggregate object (kept on the object)."""
+    lock: asyncio.Lock | None = getattr(aggregate, _SAVE_LOCK, None)
+    if lock is None:
+        lock = asyncio.Lock()
+        setattr(aggregate, _SAVE_LOCK, lock)
+    return lock
 
 
 class _Ledger(Application[UUID]):
@@ -104,7 +139,9 @@ def store_env(settings: Settings) -> dict[str, str]:
                 # No pre-ping (a query per checkout): a connection broken by a database
                 # restart fails its operation, the pool discards it, and the save is
                 # retried by AsyncEventStore.
-                "POSTGRES_CONNECT_TIMEOUT": "5",
+                # How long a pooled connection is waited for (eventsourcing then retries
+                # a failing call 10 times, so an outage costs ~10x this per call).
+                "POSTGRES_CONNECT_TIMEOUT": str(max(1, round(settings.postgres_connect_timeout_s))),
                 "POSTGRES_LOCK_TIMEOUT": "10000",
                 "POSTGRES_ENABLE_DB_FUNCTIONS": "y" if settings.postgres_db_functions else "",
             }
@@ -168,6 +205,8 @@ def _translate(call: Callable[[], T]) -> T:
         raise StoreUnavailable(f"event store unavailable: {e}") from None
     except PersistenceError as e:
         raise StoreUnavailable(f"event store error: {e}") from None
+    except OriginatorVersionError as e:
+        raise BrokenStream(f"an aggregate's stored events are not contiguous: {e}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -466,10 +505,35 @@ class AsyncEventStore:
         return await self._call(self.sync.events, aggregate_id, lte)
 
     async def save(self, *aggregates: Aggregate) -> int | None:
-        events = [e for a in aggregates for e in a.collect_events()]
+        """Save the aggregates' pending events atomically.
+
+        Saves of one aggregate object are serialised (parallel tool calls of a run save
+        the same object). Collecting the events moves them out of the aggregate; if the
+        save then fails for good, the object is ahead of the store: it is marked, and
+        any later save of it raises `UnsavedAggregate` (reload it). Otherwise a sibling
+        step would save the same object at a later version and leave a gap in its
+        stream that no load survives.
+        """
+        locks = [_save_lock(a) for a in sorted(aggregates, key=lambda a: a.id)]
+        async with contextlib.AsyncExitStack() as held:
+            for lock in locks:
+                await held.enter_async_context(lock)
+            for aggregate in aggregates:
+                if getattr(aggregate, _SAVE_FAILED, False):
+                    raise UnsavedAggregate(aggregate.id)
+            events = [e for a in aggregates for e in a.collect_events()]
+            try:
+                return await self._save_events(events)
+            except BaseException:
+                for aggregate in aggregates:
+                    setattr(aggregate, _SAVE_FAILED, True)
+                raise
+
+    async def _save_events(self, events: list[Any]) -> int | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_s
         delay = 0.05
+        retried = False
         while True:
             try:
                 return await self._call(self.sync.save, *events)
@@ -478,6 +542,22 @@ class AsyncEventStore:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                retried = True
+            except ConcurrencyConflict:
+                # A retry after an ambiguous failure (the commit went through, its answer
+                # was lost) meets its own events: that is a success.
+                if retried and await self._call(self._already_saved, events):
+                    return None
+                raise
+
+    def _already_saved(self, events: list[Any]) -> bool:
+        for event in events:
+            stored = self.sync.events(event.originator_id, lte=event.originator_version)
+            if not stored or stored[-1].originator_version != event.originator_version:
+                return False
+            if (type(stored[-1]), stored[-1].timestamp) != (type(event), event.timestamp):
+                return False
+        return True
 
     def close(self) -> None:
         if self._pool is not None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -18,11 +19,13 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from agentledger.domain.subjects import results_stream
+from agentledger.domain.subjects import (
+    dead_stream,
+    dead_subject,
+    results_stream,
+    task_stream_subjects,
+)
 from agentledger.infra.settings import Settings
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import TracerProvider
 
 __all__ = [
     "DEFAULT_LOCAL_URL",
@@ -174,23 +177,12 @@ def _faststream_logger(settings: Settings) -> logging.Logger:
     return logger
 
 
-def make_broker(
-    settings: Settings, name: str, *, tracer_provider: TracerProvider | None = None
-) -> NatsBroker:
-    """A FastStream broker for the worker and query service.
-
-    With a `tracer_provider`, FastStream's telemetry middleware traces every message
-    consumed (a `<subject> process` span, the parent of whatever the handler traces;
-    a `traceparent` header on the message continues the sender's trace)."""
+def make_broker(settings: Settings, name: str) -> NatsBroker:
+    """A FastStream broker: the worker's connection (its pull loop is our own, see
+    handlers/task_consumer.py) and publisher."""
     extra: dict[str, Any] = {}
     if settings.nats_creds_file is not None:
         extra["user_credentials"] = str(settings.nats_creds_file)
-    if tracer_provider is not None:
-        # Imported only here: it needs the OpenTelemetry SDK's semantic conventions,
-        # which the base install does not have.
-        from faststream.nats.opentelemetry import NatsTelemetryMiddleware
-
-        extra["middlewares"] = [NatsTelemetryMiddleware(tracer_provider=tracer_provider)]
     return NatsBroker(
         nats_url(settings),
         security=_security(settings),
@@ -213,7 +205,9 @@ def _stream_configs(settings: Settings) -> list[StreamConfig]:
     return [
         StreamConfig(
             name=settings.tasks_stream,
-            subjects=[f"{prefix}.tasks.>"],
+            # Only subjects a worker consumes: a publish elsewhere under
+            # `<prefix>.tasks.` finds no stream and fails, instead of waiting forever.
+            subjects=task_stream_subjects(prefix),
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             duplicate_window=window,
@@ -240,16 +234,33 @@ def _stream_configs(settings: Settings) -> list[StreamConfig]:
             max_age=7 * 24 * 3600,
             num_replicas=settings.stream_replicas,
         ),
+        # Task messages a worker gave up on without being able to record why; kept
+        # until an operator retries or purges them (`agentledger dead`).
+        StreamConfig(
+            name=dead_stream(prefix),
+            subjects=[dead_subject(prefix)],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            duplicate_window=window,
+            max_age=30 * 24 * 3600,
+            num_replicas=settings.stream_replicas,
+        ),
     ]
 
 
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
-    """Create or update the tasks, results and events streams (idempotent)."""
+    """Create the tasks, results, events and dead-letter streams that are missing.
+
+    An existing stream keeps the settings an operator gave it (replicas, limits, ages);
+    only its subjects are brought to what this version consumes, since a worker depends
+    on them (e.g. the tasks stream takes `<prefix>.tasks.run.*` only).
+    """
     for config in _stream_configs(settings):
         assert config.name is not None
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
         except NotFoundError:
             await js.add_stream(config)
-        else:
-            await js.update_stream(config)
+            continue
+        if sorted(info.config.subjects or []) != sorted(config.subjects or []):
+            await js.update_stream(replace(info.config, subjects=config.subjects))

@@ -11,6 +11,17 @@ caller reads) or the end of the transaction waits for the server. A projector ba
 therefore costs a handful of round trips, not one per statement. An error of a
 pipelined statement surfaces at the next fetch or at the end of the block; either way
 the whole transaction is rolled back.
+
+Text never holds a NUL character: PostgreSQL `text` cannot, so both backends write every
+string parameter with NUL replaced by U+FFFD (`agentledger.projections.base.without_nul`);
+the event store keeps the original. Only errors of reaching or holding the database
+(a lost connection, a restart, a deadlock, a full disk) are `StoreUnavailable`; an error
+about what was written (a value too large for an index, a constraint) is raised as it
+is, and `is_schema_error` tells the ones about the views' own SQL or tables apart.
+
+Each view's tables are kept at its projection's `version`: `ensure` drops the tables of a
+view stored at another version (and its tracking row), so the projector folds it again
+from the log with the new shape.
 """
 
 from __future__ import annotations
@@ -35,13 +46,14 @@ from psycopg import sql
 from agentledger.infra.event_store import StoreUnavailable, unreachable_postgres
 from agentledger.infra.settings import Settings
 from agentledger.infra.view_cipher import AesSealer
-from agentledger.projections.base import PLAIN, Projection, Sealer, ViewCursor
+from agentledger.projections.base import PLAIN, Projection, Sealer, ViewCursor, without_nul
 
 __all__ = [
     "CommitSignal",
     "PostgresViewStore",
     "SQLiteViewStore",
     "ViewStore",
+    "is_schema_error",
     "view_store_for",
 ]
 
@@ -80,6 +92,43 @@ _SET_TRACKING = (
     "INSERT INTO al_tracking (projection, notification_id) VALUES (?, ?)"
     " ON CONFLICT (projection) DO UPDATE SET notification_id = excluded.notification_id"
 )
+_VERSIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS al_view_versions ("
+    "projection TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+)
+
+
+def _clean(params: Sequence[Any]) -> tuple[Any, ...]:
+    """The parameters with NUL characters replaced in every string (see the module
+    docstring); the same tuple when there is none, the common case."""
+    values = tuple(params)
+    for value in values:
+        if type(value) is str and "\x00" in value:
+            return tuple(without_nul(v) if type(v) is str else v for v in values)
+    return values
+
+
+def is_schema_error(error: BaseException) -> bool:
+    """Whether a view-store error is about the views' SQL or tables (a table or column
+    missing, a syntax error, no privilege) rather than the values written: such an error
+    fails every event alike, so it is never taken for a poison event."""
+    if isinstance(error, psycopg.Error):
+        return isinstance(
+            error,
+            psycopg.ProgrammingError
+            | psycopg.NotSupportedError
+            | psycopg.InternalError
+            | psycopg.InterfaceError,
+        )
+    if isinstance(error, sqlite3.Error):
+        return isinstance(
+            error,
+            sqlite3.OperationalError
+            | sqlite3.ProgrammingError
+            | sqlite3.NotSupportedError
+            | sqlite3.InternalError,
+        )
+    return False
 
 
 class ViewStore(ABC):
@@ -113,16 +162,40 @@ class ViewStore(ABC):
         """Release every connection."""
 
     def ensure(self, projection: Projection | type[Projection]) -> None:
-        """Create the projection's tables and its tracking row (position 0) if missing."""
+        """Create the projection's tables and its tracking row (position 0) if missing;
+        first drop them if they were made for another `version` of the projection (a
+        view made before versions were recorded is version 1)."""
+        self._ensure_tracking_table()
         with self.transaction() as cursor:
             self._serialise_schema_changes(cursor)
-            cursor.execute(_TRACKING_DDL)
+            cursor.execute(
+                "SELECT v.version, t.notification_id FROM al_tracking t"
+                " LEFT JOIN al_view_versions v ON v.projection = t.projection"
+                " WHERE t.projection = ?",
+                (projection.name,),
+            )
+            row = cursor.fetchone()
+            stored = None if row is None else 1 if row[0] is None else int(row[0])
+            if stored is not None and stored != projection.version:
+                log.warning(
+                    "view tables are of another version; dropping them to fold the view again",
+                    view=projection.name,
+                    stored_version=stored,
+                    version=projection.version,
+                    position=int(row[1]) if row is not None else None,
+                )
+                self._drop_in(cursor, projection)
             for statement in projection.ddl:
                 cursor.execute(statement)
             cursor.execute(
                 "INSERT INTO al_tracking (projection, notification_id) VALUES (?, 0)"
                 " ON CONFLICT (projection) DO NOTHING",
                 (projection.name,),
+            )
+            cursor.execute(
+                "INSERT INTO al_view_versions (projection, version) VALUES (?, ?)"
+                " ON CONFLICT (projection) DO UPDATE SET version = excluded.version",
+                (projection.name, projection.version),
             )
         self._tracking_ready = True
 
@@ -131,11 +204,24 @@ class ViewStore(ABC):
         with self.transaction() as cursor:
             self._serialise_schema_changes(cursor)
             cursor.execute(_TRACKING_DDL)
-            # The tracking row first: a projector holding it finishes its batch before the
-            # tables go, and one waiting for it then finds no row and skips.
-            cursor.execute("DELETE FROM al_tracking WHERE projection = ?", (projection.name,))
-            for table in projection.tables:
-                cursor.execute(f"DROP TABLE IF EXISTS {table}")
+            cursor.execute(_VERSIONS_DDL)
+            self._drop_in(cursor, projection)
+
+    def _drop_in(self, cursor: ViewCursor, projection: Projection | type[Projection]) -> None:
+        # The tracking row first: a projector holding it finishes its batch before the
+        # tables go, and one waiting for it then finds no row and skips.
+        cursor.execute("DELETE FROM al_tracking WHERE projection = ?", (projection.name,))
+        cursor.execute("DELETE FROM al_view_versions WHERE projection = ?", (projection.name,))
+        for table in projection.tables:
+            cursor.execute(f"DROP TABLE IF EXISTS {table}")
+
+    def ensure_tables(self, *ddl: str) -> None:
+        """Run `CREATE ... IF NOT EXISTS` statements of bookkeeping tables (beside the
+        views), serialised with every other schema change."""
+        with self.transaction() as cursor:
+            self._serialise_schema_changes(cursor)
+            for statement in ddl:
+                cursor.execute(statement)
 
     def tracking(self, name: str) -> int:
         """The last notification id applied under `name` (0 if none)."""
@@ -203,6 +289,7 @@ class ViewStore(ABC):
             with self.transaction() as cursor:
                 self._serialise_schema_changes(cursor)
                 cursor.execute(_TRACKING_DDL)
+                cursor.execute(_VERSIONS_DDL)
             self._tracking_ready = True
 
 
@@ -214,6 +301,28 @@ _TRANSIENT_SQLITE = ("locked", "busy", "unable to open", "disk i/o")
 def _is_transient(error: sqlite3.OperationalError) -> bool:
     message = str(error).lower()
     return any(fragment in message for fragment in _TRANSIENT_SQLITE)
+
+
+class _SQLiteCursor:
+    """A `ViewCursor` over a sqlite3 cursor (writing text without NUL, as PostgreSQL)."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = (), /) -> _SQLiteCursor:
+        self._cursor.execute(sql, _clean(params))
+        return self
+
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> _SQLiteCursor:
+        self._cursor.executemany(sql, (_clean(p) for p in params))
+        return self
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._cursor.fetchone()
+        return row
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._cursor.fetchall()
 
 
 class SQLiteViewStore(ViewStore):
@@ -257,7 +366,7 @@ class SQLiteViewStore(ViewStore):
         try:
             connection.execute(begin)
             try:
-                yield connection.cursor()
+                yield _SQLiteCursor(connection.cursor())
             except BaseException:
                 connection.rollback()
                 raise
@@ -326,12 +435,12 @@ class _PostgresCursor:
 
     def execute(self, sql: str, params: Sequence[Any] = (), /) -> _PostgresCursor:
         # Always pass a params tuple: only then does psycopg unescape `%%`.
-        self._cursor.execute(to_pyformat(sql), tuple(params))
+        self._cursor.execute(to_pyformat(sql), _clean(params))
         return self
 
     def executemany(self, sql: str, params: Iterable[Sequence[Any]], /) -> _PostgresCursor:
         # Pipelined by psycopg: one round trip at most, however many rows.
-        self._cursor.executemany(to_pyformat(sql), [tuple(p) for p in params])
+        self._cursor.executemany(to_pyformat(sql), [_clean(p) for p in params])
         return self
 
     def fetchone(self) -> tuple[Any, ...] | None:
@@ -358,6 +467,17 @@ _CHECK_IDLE_S = 1.0
 """A pooled connection idle longer than this is checked (a round trip) before use."""
 _LISTEN_TICK_S = 0.25
 """How often the listener thread looks up from the socket to see whether to stop."""
+
+
+_DATA_LIMITS = "54"
+"""SQLSTATE class of "program limit exceeded" (e.g. a value too large for an index row):
+an `OperationalError` in psycopg, but about a value written, not about the server."""
+
+
+def _is_about_the_data(error: psycopg.OperationalError) -> bool:
+    """Whether an `OperationalError` is caused by what was written (retrying the same
+    write fails the same way), not by reaching or holding the server."""
+    return (error.sqlstate or "").startswith(_DATA_LIMITS)
 
 
 class PostgresViewStore(ViewStore):
@@ -410,7 +530,11 @@ class PostgresViewStore(ViewStore):
                         connection.rollback()
                 finally:
                     self._last_used[connection] = time.monotonic()
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as e:
+        except psycopg_pool.PoolTimeout as e:
+            raise StoreUnavailable(f"view store unavailable: {e}") from None
+        except psycopg.OperationalError as e:
+            if _is_about_the_data(e):
+                raise
             raise StoreUnavailable(f"view store unavailable: {e}") from None
 
     def transaction(self) -> AbstractContextManager[ViewCursor]:
@@ -421,6 +545,8 @@ class PostgresViewStore(ViewStore):
 
     def _serialise_schema_changes(self, cursor: ViewCursor) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK_KEY,))
+        # Fetched (a round trip): in pipeline mode a later fetch would get this result.
+        cursor.fetchone()
 
     def commit_signal(self, channel: str) -> CommitSignal | None:
         return _PostgresCommitSignal(self._conninfo, self._kwargs, channel)

@@ -14,6 +14,7 @@ PostgreSQL every statement is a round trip to another process; on SQLite it is a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,8 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 __all__ = [
+    "KEY_CHARS",
+    "NUL_REPLACEMENT",
     "PLAIN",
     "PlainText",
     "Projection",
@@ -31,12 +34,23 @@ __all__ = [
     "group_by_aggregate",
     "iso",
     "loads",
+    "optional_key",
     "select_rows",
     "upsert_sql",
+    "view_key",
+    "without_nul",
 ]
 
 _IN_CHUNK = 500
 """Keys per `IN (...)` list: far below SQLite's and PostgreSQL's parameter limits."""
+
+NUL_REPLACEMENT = "\ufffd"
+"""What a NUL character in view text becomes (PostgreSQL `text` cannot hold NUL)."""
+KEY_CHARS = 200
+"""The longest text a view keeps in a key or indexed column (agent, task and session
+ids): as long as the task contract allows ids, and far below PostgreSQL's index-row limit."""
+_KEY_KEPT = KEY_CHARS - 40
+"""Characters of an over-long key kept before the marker that ends it."""
 
 
 class Sealer(Protocol):
@@ -93,6 +107,10 @@ class Projection(ABC):
     """`CREATE TABLE IF NOT EXISTS` / `CREATE INDEX IF NOT EXISTS` statements."""
     tables: ClassVar[tuple[str, ...]]
     """The tables `ddl` creates, dropped when the view is rebuilt."""
+    version: ClassVar[int] = 1
+    """The shape of the view's tables and what they mean. Bump it when either changes:
+    the view store drops a view kept at another version and the projector folds it
+    again from the log (see `ViewStore.ensure`)."""
 
     def __init__(self, sealer: Sealer = PLAIN) -> None:
         self.sealer = sealer
@@ -148,6 +166,30 @@ def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
         f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
         + ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
     )
+
+
+def without_nul(text: str) -> str:
+    """`text` with every NUL character replaced by U+FFFD: the policy for all text a view
+    holds (the view store applies it to every string it writes; JSON columns keep a NUL
+    anyway, escaped as `\\u0000`)."""
+    return text.replace("\x00", NUL_REPLACEMENT) if "\x00" in text else text
+
+
+def view_key(value: str) -> str:
+    """`value` as a view keeps it in a key or an indexed column: without NUL, and cut to
+    `KEY_CHARS` characters when longer, ending in a marker with the original length and a
+    digest (so two long values stay apart, and a rebuild gives the same key). Recorded
+    events are untouched: only the view's copy is bounded."""
+    value = without_nul(value)
+    if len(value) <= KEY_CHARS:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{value[:_KEY_KEPT]}…[{len(value)} chars, {digest}]"
+
+
+def optional_key(value: str | None) -> str | None:
+    """`view_key` of a value that may be missing."""
+    return None if value is None else view_key(value)
 
 
 def iso(timestamp: datetime) -> str:

@@ -22,6 +22,7 @@ from agentledger.projections.base import (
     loads,
     select_rows,
     upsert_sql,
+    view_key,
 )
 from agentledger.projections.transcript import TranscriptEntry, transcript
 
@@ -143,7 +144,7 @@ def _fold(
         at = iso(event.timestamp)
         return {
             "aggregate_id": aggregate_id,
-            "session_id": event.session_id,
+            "session_id": view_key(event.session_id),
             "turns": 0,
             "last_run_id": None,
             "started_at": at,
@@ -166,8 +167,8 @@ def _fold(
             row["session_id"],
             event.turn,
             event.run_id,
-            event.task_id,
-            event.agent,
+            view_key(event.task_id),
+            view_key(event.agent),
             sealer.seal(dumps(event.messages)),
             at,
         )
@@ -187,7 +188,7 @@ def get_conversation(
     """A session's turns in order, or None if the session is unknown."""
     cursor.execute(
         "SELECT started_at, updated_at, last_run_id FROM al_conversations WHERE session_id = ?",
-        (session_id,),
+        (view_key(session_id),),
     )
     row = cursor.fetchone()
     if row is None:
@@ -196,7 +197,7 @@ def get_conversation(
     cursor.execute(
         "SELECT turn, run_id, task_id, agent, recorded_at, messages"
         " FROM al_conversation_turns WHERE session_id = ? ORDER BY turn",
-        (session_id,),
+        (view_key(session_id),),
     )
     turns = []
     for turn, run_id, task_id, agent, recorded_at, messages_json in cursor.fetchall():

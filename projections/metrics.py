@@ -2,38 +2,59 @@
 latency percentiles.
 
 Usage is summed as model responses and tool calls commit, so failed and in-flight runs
-count too. Latency is kept as one row per finished (completed or failed) run and the
-percentiles are computed at query time with `agentledger.domain.stats.percentile`. A rejected task
-whose agent is unknown is counted under `UNKNOWN_AGENT`.
+count too. Cost is summed exactly, in integer nano-dollars (each run's cost rounded to
+the nearest nano-dollar once), so the total does not depend on how the log was cut into
+batches: a view folded live equals its rebuild. The query returns it in dollars.
+
+Latency percentiles (p50, p95, p99) are approximate, from a per-agent histogram of
+finished (completed or failed) runs with log-scale buckets (`agentledger.domain.stats`:
+16 per doubling, each keeping its count, smallest and largest duration). They follow
+`agentledger.domain.stats.percentile` (linear interpolation between order statistics)
+over estimated order statistics: exact when the values they fall on are alone in their
+bucket, otherwise within 4.4 % of the exact value. A query reads at most one row per
+non-empty bucket per agent (about 250 cover 10 ms to 10 minutes), however many runs there
+were. A rejected task whose agent is unknown is counted under `UNKNOWN_AGENT`; agent names
+are view keys (`agentledger.projections.base.view_key`).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from agentledger.domain.rejection import TaskRejection
 from agentledger.domain.run import AgentRun
-from agentledger.domain.stats import percentile
+from agentledger.domain.stats import HistogramBucket, bucket_of, histogram_percentile
 from agentledger.projections.base import (
     Projection,
     ProjectionError,
     ViewCursor,
     group_by_aggregate,
     iso,
+    optional_key,
     select_rows,
     upsert_sql,
+    view_key,
 )
 
-__all__ = ["UNKNOWN_AGENT", "AgentMetrics", "MetricsProjection", "agent_metrics"]
+__all__ = [
+    "NANO_USD",
+    "UNKNOWN_AGENT",
+    "AgentMetrics",
+    "MetricsProjection",
+    "agent_metrics",
+    "nano_usd",
+]
 
 UNKNOWN_AGENT = "(unknown)"
 """The agent name rejections without an agent are counted under."""
+NANO_USD = 1_000_000_000
+"""Nano-dollars per dollar: the unit costs are summed in."""
 
 _COUNTERS = (
     "runs",
@@ -44,7 +65,7 @@ _COUNTERS = (
     "input_tokens",
     "output_tokens",
     "tool_calls",
-    "cost_usd",
+    "cost_nusd",
 )
 
 
@@ -65,19 +86,24 @@ class AgentMetrics(BaseModel):
     output_tokens: int
     tool_calls: int
     cost_usd: float
+    """Summed exactly (in nano-dollars), returned in dollars."""
     failure_rate: float | None
     """failed / (completed + failed); None before any run finished."""
     latency_p50_ms: float | None
+    """Approximate (see the module docstring); None before any run finished."""
     latency_p95_ms: float | None
     latency_p99_ms: float | None
 
 
 class MetricsProjection(Projection):
-    """Folds `AgentRun` and `TaskRejection` events into `al_agent_metrics` and
-    `al_metric_runs` (one row per run: its agent, outcome and latency)."""
+    """Folds `AgentRun` and `TaskRejection` events into `al_agent_metrics` (per agent
+    counters), `al_metric_latency` (per agent latency histogram) and `al_metric_runs` (one
+    row per run: its agent, outcome, latency and the version last applied)."""
 
     name: ClassVar[str] = "metrics"
-    tables: ClassVar[tuple[str, ...]] = ("al_agent_metrics", "al_metric_runs")
+    version: ClassVar[int] = 2
+    """2: cost in integer nano-dollars; latency as a histogram."""
+    tables: ClassVar[tuple[str, ...]] = ("al_agent_metrics", "al_metric_runs", "al_metric_latency")
     ddl: ClassVar[tuple[str, ...]] = (
         """CREATE TABLE IF NOT EXISTS al_agent_metrics (
             agent TEXT PRIMARY KEY,
@@ -89,7 +115,7 @@ class MetricsProjection(Projection):
             input_tokens BIGINT NOT NULL DEFAULT 0,
             output_tokens BIGINT NOT NULL DEFAULT 0,
             tool_calls BIGINT NOT NULL DEFAULT 0,
-            cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0
+            cost_nusd BIGINT NOT NULL DEFAULT 0
         )""",
         """CREATE TABLE IF NOT EXISTS al_metric_runs (
             run_id TEXT PRIMARY KEY,
@@ -99,7 +125,14 @@ class MetricsProjection(Projection):
             duration_ms DOUBLE PRECISION,
             finished_at TEXT
         )""",
-        "CREATE INDEX IF NOT EXISTS al_metric_runs_agent_idx ON al_metric_runs (agent)",
+        """CREATE TABLE IF NOT EXISTS al_metric_latency (
+            agent TEXT NOT NULL,
+            bucket INTEGER NOT NULL,
+            runs BIGINT NOT NULL,
+            low_ms DOUBLE PRECISION NOT NULL,
+            high_ms DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (agent, bucket)
+        )""",
     )
 
     def apply(self, event: object, cursor: ViewCursor) -> None:
@@ -107,7 +140,8 @@ class MetricsProjection(Projection):
 
     def apply_batch(self, events: Sequence[object], cursor: ViewCursor) -> None:
         """Read the touched `al_metric_runs` rows in one SELECT, fold the events in memory,
-        then write each changed run row once and each agent's summed deltas once."""
+        then write each changed run row once, and each agent's summed counters and
+        histogram buckets once."""
         groups = group_by_aggregate(events, (AgentRun.Event, TaskRejection.TaskRejected))
         if not groups:
             return
@@ -125,34 +159,61 @@ class MetricsProjection(Projection):
         _add(cursor, deltas)
 
 
+_IN_CHUNK = 500
+"""Agents per `IN (...)` list of a query."""
 _RUN_COLUMNS = ("run_id", "agent", "status", "version", "duration_ms", "finished_at")
 _UPSERT_RUN = upsert_sql("al_metric_runs", _RUN_COLUMNS, ("run_id",))
-_INTEGER_COUNTERS = _COUNTERS[:-1]
-"""Every counter but `cost_usd`."""
+_ADD_COUNTERS = (
+    f"INSERT INTO al_agent_metrics (agent, {', '.join(_COUNTERS)})"
+    f" VALUES (?{', ?' * len(_COUNTERS)}) ON CONFLICT (agent) DO UPDATE SET "
+    + ", ".join(f"{c} = al_agent_metrics.{c} + excluded.{c}" for c in _COUNTERS)
+)
+_ADD_LATENCIES = (
+    "INSERT INTO al_metric_latency (agent, bucket, runs, low_ms, high_ms) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (agent, bucket) DO UPDATE SET runs = al_metric_latency.runs + excluded.runs,"
+    " low_ms = CASE WHEN excluded.low_ms < al_metric_latency.low_ms"
+    " THEN excluded.low_ms ELSE al_metric_latency.low_ms END,"
+    " high_ms = CASE WHEN excluded.high_ms > al_metric_latency.high_ms"
+    " THEN excluded.high_ms ELSE al_metric_latency.high_ms END"
+)
 
 
 @dataclass
 class _Deltas:
-    """What a batch adds to one agent's counters."""
+    """What a batch adds to one agent's figures."""
 
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_INTEGER_COUNTERS, 0))
-    costs: list[float] = field(default_factory=list)
-    """Each completion's cost, in log order: added one at a time, as one event at a time
-    would, so the floating-point sum does not depend on where batches start."""
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTERS, 0))
+    latencies: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """Durations of the runs that finished, by histogram bucket."""
+
+    def finished(self, duration_ms: float) -> None:
+        if math.isfinite(duration_ms):  # a run without a measurable latency adds none
+            self.latencies[bucket_of(duration_ms)].append(duration_ms)
+
+
+def nano_usd(cost_usd: float | None) -> int:
+    """A cost in dollars as whole nano-dollars (0 when no cost is known)."""
+    if cost_usd is None or not math.isfinite(cost_usd):
+        return 0
+    return round(cost_usd * NANO_USD)
 
 
 def _fold(
     row: dict[str, Any] | None, run_id: str, event: object, deltas: dict[str, _Deltas]
 ) -> dict[str, Any] | None:
     """The run's row after `event` (a new dict if the event changes it, else `row`); what
-    the event adds to its agent's counters goes to `deltas`."""
+    the event adds to its agent's figures goes to `deltas`."""
     if isinstance(event, AgentRun.RunRequested | TaskRejection.TaskRejected):
         if row is not None:
             return row
         if isinstance(event, AgentRun.RunRequested):
-            agent, status, counter = event.agent, "running", "runs"
+            agent, status, counter = view_key(event.agent), "running", "runs"
         else:
-            agent, status, counter = event.agent or UNKNOWN_AGENT, "rejected", "rejected"
+            agent, status, counter = (
+                optional_key(event.agent) or UNKNOWN_AGENT,
+                "rejected",
+                "rejected",
+            )
         deltas.setdefault(agent, _Deltas()).counts[counter] += 1
         return {
             "run_id": run_id,
@@ -179,73 +240,76 @@ def _fold(
         add.counts["output_tokens"] += event.output_tokens
     elif isinstance(event, AgentRun.ToolCallStarted):
         add.counts["tool_calls"] += 1
-    elif isinstance(event, AgentRun.RunCompleted):
-        add.counts["completed"] += 1
-        add.costs.append(event.cost_usd or 0.0)
-        row.update(status="completed", duration_ms=event.duration_ms)
-        row["finished_at"] = iso(event.timestamp)
-    elif isinstance(event, AgentRun.RunFailed):
-        add.counts["failed"] += 1
-        row.update(status="failed", duration_ms=event.duration_ms)
-        row["finished_at"] = iso(event.timestamp)
+    elif isinstance(event, AgentRun.RunCompleted | AgentRun.RunFailed):
+        if isinstance(event, AgentRun.RunCompleted):
+            add.counts["completed"] += 1
+            add.counts["cost_nusd"] += nano_usd(event.cost_usd)
+            row["status"] = "completed"
+        else:
+            add.counts["failed"] += 1
+            row["status"] = "failed"
+        add.finished(event.duration_ms)
+        row.update(duration_ms=event.duration_ms, finished_at=iso(event.timestamp))
     return row
 
 
 def _add(cursor: ViewCursor, deltas: dict[str, _Deltas]) -> None:
-    """Add each agent's deltas to its counters, creating its row on first sight: one
-    statement per number of costs to add (usually one in all)."""
-    by_shape: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+    """Add each agent's deltas to its counters and histogram, creating rows on first
+    sight: two statements in all."""
+    counters: list[tuple[Any, ...]] = []
+    latencies: list[tuple[Any, ...]] = []
     for agent, add in deltas.items():
-        if not add.costs and not any(add.counts.values()):
-            continue  # e.g. only tool calls finishing: nothing to add
-        new_row_cost = 0.0
-        for cost in add.costs:
-            new_row_cost += cost
-        by_shape[len(add.costs)].append((agent, *add.counts.values(), new_row_cost, *add.costs))
-    for costs, params in by_shape.items():
-        cursor.executemany(_add_sql(costs), params)
+        if any(add.counts.values()):  # e.g. only tool calls finishing: nothing to add
+            counters.append((agent, *add.counts.values()))
+        for bucket, durations in sorted(add.latencies.items()):
+            latencies.append((agent, bucket, len(durations), min(durations), max(durations)))
+    if counters:
+        cursor.executemany(_ADD_COUNTERS, counters)
+    if latencies:
+        cursor.executemany(_ADD_LATENCIES, latencies)
 
 
-@lru_cache(maxsize=64)
-def _add_sql(costs: int) -> str:
-    columns = (*_INTEGER_COUNTERS, "cost_usd")
-    assignments = [f"{c} = al_agent_metrics.{c} + excluded.{c}" for c in _INTEGER_COUNTERS]
-    if costs:
-        assignments.append("cost_usd = al_agent_metrics.cost_usd" + " + ?" * costs)
-    return (
-        f"INSERT INTO al_agent_metrics (agent, {', '.join(columns)})"
-        f" VALUES (?{', ?' * len(columns)}) ON CONFLICT (agent) DO UPDATE SET "
-        + ", ".join(assignments)
-    )
-
-
-def agent_metrics(cursor: ViewCursor, agent: str | None = None) -> list[AgentMetrics]:
-    """Every agent's metrics (or one agent's), ordered by agent name."""
-    where, params = (" WHERE agent = ?", (agent,)) if agent is not None else ("", ())
+def agent_metrics(
+    cursor: ViewCursor, agent: str | None = None, *, limit: int = 100, offset: int = 0
+) -> list[AgentMetrics]:
+    """Every agent's metrics (or one agent's), ordered by agent name: at most `limit`
+    agents, after skipping `offset`. Reads the agents' rows and their histograms' buckets,
+    never the runs."""
+    if limit < 1 or offset < 0:
+        raise ValueError(f"agent_metrics needs limit >= 1 and offset >= 0, got {limit}, {offset}")
+    where, params = (" WHERE agent = ?", (view_key(agent),)) if agent is not None else ("", ())
     cursor.execute(
-        f"SELECT agent, {', '.join(_COUNTERS)} FROM al_agent_metrics{where} ORDER BY agent",
-        params,
+        f"SELECT agent, {', '.join(_COUNTERS)} FROM al_agent_metrics{where}"
+        " ORDER BY agent LIMIT ? OFFSET ?",
+        (*params, limit, offset),
     )
     rows = cursor.fetchall()
-    cursor.execute(
-        "SELECT agent, duration_ms FROM al_metric_runs"
-        f" WHERE duration_ms IS NOT NULL{where.replace(' WHERE', ' AND')}",
-        params,
-    )
-    latencies: dict[str, list[float]] = defaultdict(list)
-    for name, duration_ms in cursor.fetchall():
-        latencies[name].append(float(duration_ms))
-    return [_metrics(row, latencies[row[0]]) for row in rows]
+    histograms: dict[str, list[HistogramBucket]] = defaultdict(list)
+    agents = [row[0] for row in rows]
+    for start in range(0, len(agents), _IN_CHUNK):
+        chunk = agents[start : start + _IN_CHUNK]
+        cursor.execute(
+            "SELECT agent, runs, low_ms, high_ms FROM al_metric_latency"
+            f" WHERE agent IN ({', '.join('?' * len(chunk))}) ORDER BY agent, bucket",
+            chunk,
+        )
+        for name, runs, low_ms, high_ms in cursor.fetchall():
+            histograms[name].append(
+                HistogramBucket(count=int(runs), low=float(low_ms), high=float(high_ms))
+            )
+    return [_metrics(row, histograms[row[0]]) for row in rows]
 
 
-def _metrics(row: tuple[Any, ...], latencies: list[float]) -> AgentMetrics:
+def _metrics(row: tuple[Any, ...], latency: list[HistogramBucket]) -> AgentMetrics:
     figures = dict(zip(("agent", *_COUNTERS), row, strict=True))
     finished = figures["completed"] + figures["failed"]
+    cost_nusd = int(figures.pop("cost_nusd"))
     return AgentMetrics(
         **figures,
+        cost_usd=cost_nusd / NANO_USD,
         running=figures["runs"] - finished,
         failure_rate=figures["failed"] / finished if finished else None,
-        latency_p50_ms=percentile(latencies, 50),
-        latency_p95_ms=percentile(latencies, 95),
-        latency_p99_ms=percentile(latencies, 99),
+        latency_p50_ms=histogram_percentile(latency, 50),
+        latency_p95_ms=histogram_percentile(latency, 95),
+        latency_p99_ms=histogram_percentile(latency, 99),
     )

@@ -20,8 +20,10 @@ from agentledger.projections.base import (
     group_by_aggregate,
     iso,
     loads,
+    optional_key,
     select_rows,
     upsert_sql,
+    view_key,
 )
 
 __all__ = ["RunStatusView", "RunView", "RunsProjection", "get_run", "list_runs"]
@@ -168,9 +170,9 @@ def _fold(
             return row
         return _new_row(
             run_id=run_id,
-            task_id=event.task_id,
-            agent=event.agent,
-            session_id=event.session_id,
+            task_id=view_key(event.task_id),
+            agent=view_key(event.agent),
+            session_id=optional_key(event.session_id),
             status="running",
             prompt=sealer.seal(event.prompt),
             metadata=dumps(event.metadata),
@@ -183,8 +185,8 @@ def _fold(
         at = iso(event.timestamp)
         return _new_row(
             run_id=run_id,
-            task_id=event.task_id,
-            agent=event.agent,
+            task_id=optional_key(event.task_id),
+            agent=optional_key(event.agent),
             status="rejected",
             metadata="{}",
             error_kind=event.error_kind,
@@ -292,7 +294,7 @@ def get_run(
         cursor.execute(f"{_SELECT} WHERE run_id = ?", (run_id,))
     elif task_id is not None:
         cursor.execute(
-            f"{_SELECT} WHERE task_id = ? ORDER BY requested_at DESC LIMIT 1", (task_id,)
+            f"{_SELECT} WHERE task_id = ? ORDER BY requested_at DESC LIMIT 1", (view_key(task_id),)
         )
     else:
         raise ValueError("get_run needs run_id or task_id")
@@ -315,7 +317,8 @@ def list_runs(
         raise ValueError(f"list_runs needs limit >= 1 and offset >= 0, got {limit}, {offset}")
     conditions: list[str] = []
     params: list[Any] = []
-    for column, value in (("agent", agent), ("status", status), ("session_id", session_id)):
+    keys = (("agent", optional_key(agent)), ("session_id", optional_key(session_id)))
+    for column, value in (*keys, ("status", status)):
         if value is not None:
             conditions.append(f"{column} = ?")
             params.append(value)

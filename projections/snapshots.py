@@ -4,6 +4,11 @@ of every session.
 A run's row says how far it got (steps, messages recorded, tool calls started but not
 finished) and disappears when the run completes or fails; a session's row stays and
 tracks its turns. Operators use it to see what a restart will resume.
+
+A finished run leaves a tombstone (`al_snapshot_ends`: its id and final version), so an
+earlier event of it applied again (a duplicated or replayed `RunRequested`, a batch
+applied twice) never brings its row back: every event of a run with a tombstone is
+ignored (a finished run records nothing more).
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from agentledger.projections.base import (
     group_by_aggregate,
     iso,
     loads,
+    optional_key,
     select_rows,
     upsert_sql,
+    view_key,
 )
 
 __all__ = [
@@ -92,7 +99,9 @@ class SnapshotsProjection(Projection):
     """Folds `AgentRun` and `Conversation` events into `al_snapshots`."""
 
     name: ClassVar[str] = "snapshots"
-    tables: ClassVar[tuple[str, ...]] = ("al_snapshots",)
+    version: ClassVar[int] = 2
+    """2: tombstones of finished runs (`al_snapshot_ends`)."""
+    tables: ClassVar[tuple[str, ...]] = ("al_snapshots", "al_snapshot_ends")
     ddl: ClassVar[tuple[str, ...]] = (
         """CREATE TABLE IF NOT EXISTS al_snapshots (
             aggregate_id TEXT PRIMARY KEY,
@@ -109,45 +118,65 @@ class SnapshotsProjection(Projection):
             last_run_id TEXT
         )""",
         "CREATE INDEX IF NOT EXISTS al_snapshots_kind_idx ON al_snapshots (kind, updated_at)",
+        """CREATE TABLE IF NOT EXISTS al_snapshot_ends (
+            aggregate_id TEXT PRIMARY KEY,
+            version INTEGER NOT NULL
+        )""",
     )
 
     def apply(self, event: object, cursor: ViewCursor) -> None:
         self.apply_batch((event,), cursor)
 
     def apply_batch(self, events: Sequence[object], cursor: ViewCursor) -> None:
-        """Read the touched rows in one SELECT, fold each aggregate's events into its row
-        in memory, then upsert the changed rows and delete the finished runs' rows."""
+        """Read the touched rows and tombstones (one SELECT each), fold each aggregate's
+        events into its row in memory, then upsert the changed rows, delete the finished
+        runs' rows and record their tombstones."""
         groups = group_by_aggregate(events, (AgentRun.Event, Conversation.Event))
         if not groups:
             return
-        rows = select_rows(cursor, "al_snapshots", _COLUMNS, groups)
+        ended = select_rows(cursor, "al_snapshot_ends", ("aggregate_id", "version"), groups)
+        rows = select_rows(cursor, "al_snapshots", _COLUMNS, groups.keys() - ended.keys())
         changed: list[tuple[Any, ...]] = []
         gone: list[tuple[str]] = []
+        tombstones: list[tuple[str, int]] = []
         for aggregate_id, aggregate_events in groups.items():
+            if aggregate_id in ended:
+                continue  # finished: whatever comes again is older than its end
             before = row = rows.get(aggregate_id)
             for event in aggregate_events:
                 row = _fold(row, aggregate_id, event)
-            if row is None:
+                if row is _ENDED:
+                    tombstones.append((aggregate_id, event.originator_version))
+                    break
+            if row is _ENDED:
                 if before is not None:
                     gone.append((aggregate_id,))
-            elif row is not before:
+            elif row is not None and row is not before:
                 changed.append(tuple(row[c] for c in _COLUMNS))
         if gone:
             cursor.executemany("DELETE FROM al_snapshots WHERE aggregate_id = ?", gone)
+        if tombstones:
+            cursor.executemany(_INSERT_TOMBSTONE, tombstones)
         if changed:
             cursor.executemany(_UPSERT, changed)
 
 
 _UPSERT = upsert_sql("al_snapshots", _COLUMNS, ("aggregate_id",))
+_INSERT_TOMBSTONE = (
+    "INSERT INTO al_snapshot_ends (aggregate_id, version) VALUES (?, ?)"
+    " ON CONFLICT (aggregate_id) DO NOTHING"
+)
+_ENDED: dict[str, Any] = {}
+"""What `_fold` returns for a run that ended (its row goes, a tombstone stays)."""
 
 
 def _fold(row: dict[str, Any] | None, aggregate_id: str, event: object) -> dict[str, Any] | None:
-    """The aggregate's row after `event`: a new dict (or None: deleted) if the event
-    changes it, else `row`.
+    """The aggregate's row after `event`: a new dict (or `_ENDED`) if the event changes
+    it, else `row`.
 
-    A creation event makes the row if there is none, the end of a run deletes it, and any
-    other event changes an existing row whose version is below its own (setting the
-    version and `updated_at`), else nothing.
+    A creation event makes the row if there is none, the end of a run ends it (whether
+    its row was seen or not), and any other event changes an existing row whose version
+    is below its own (setting the version and `updated_at`), else nothing.
     """
     if isinstance(event, AgentRun.RunRequested):
         if row is not None:
@@ -157,9 +186,9 @@ def _fold(row: dict[str, Any] | None, aggregate_id: str, event: object) -> dict[
             kind="run",
             version=event.originator_version,
             updated_at=iso(event.timestamp),
-            task_id=event.task_id,
-            agent=event.agent,
-            session_id=event.session_id,
+            task_id=view_key(event.task_id),
+            agent=view_key(event.agent),
+            session_id=optional_key(event.session_id),
         )
     if isinstance(event, Conversation.ConversationStarted):
         if row is not None:
@@ -169,10 +198,10 @@ def _fold(row: dict[str, Any] | None, aggregate_id: str, event: object) -> dict[
             kind="session",
             version=event.originator_version,
             updated_at=iso(event.timestamp),
-            session_id=event.session_id,
+            session_id=view_key(event.session_id),
         )
     if isinstance(event, AgentRun.RunCompleted | AgentRun.RunFailed):
-        return None
+        return _ENDED
     if not isinstance(event, AgentRun.Event | Conversation.TurnRecorded):
         return row
     if row is None or row["version"] >= event.originator_version:
@@ -229,10 +258,16 @@ def get_snapshot(cursor: ViewCursor, aggregate_id: str) -> SnapshotView | None:
     return None if row is None else _view(row)
 
 
-def list_snapshots(cursor: ViewCursor, kind: SnapshotKind | None = None) -> list[SnapshotView]:
-    """Snapshots (of one kind, or all), most recently updated first."""
-    if kind is None:
-        cursor.execute(f"{_SELECT} ORDER BY updated_at DESC, aggregate_id")
-    else:
-        cursor.execute(f"{_SELECT} WHERE kind = ? ORDER BY updated_at DESC, aggregate_id", (kind,))
+def list_snapshots(
+    cursor: ViewCursor, kind: SnapshotKind | None = None, *, limit: int = 50, offset: int = 0
+) -> list[SnapshotView]:
+    """Snapshots (of one kind, or all), most recently updated first: at most `limit`,
+    after skipping `offset`."""
+    if limit < 1 or offset < 0:
+        raise ValueError(f"list_snapshots needs limit >= 1 and offset >= 0, got {limit}, {offset}")
+    where, params = ("", ()) if kind is None else (" WHERE kind = ?", (kind,))
+    cursor.execute(
+        f"{_SELECT}{where} ORDER BY updated_at DESC, aggregate_id LIMIT ? OFFSET ?",
+        (*params, limit, offset),
+    )
     return [_view(row) for row in cursor.fetchall()]

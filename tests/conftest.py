@@ -90,6 +90,20 @@ def postgres_server() -> Iterator[EmbeddedPostgres | None]:
 
 
 @pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of the test's own, to stop and start at will (stopping the
+    session's server would disturb other tests)."""
+    root = Path(tempfile.mkdtemp(prefix="agentledger-pg-own-"))
+    server = EmbeddedPostgres(root / "data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
 def pg_dsn(postgres_server: EmbeddedPostgres | None) -> Iterator[str]:
     """DSN of a fresh database (with pgvector) for this test, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"

@@ -76,7 +76,8 @@ class WorkerMetrics:
         )
         self._dead_letters = Counter(
             "agentledger_dead_letters",
-            "Task messages this worker gave up on and terminated, by error kind.",
+            "Task messages this worker kept in the dead-letter stream (nothing could be"
+            " recorded on their last delivery), by error kind.",
             ["kind"],
             registry=r,
         )
@@ -90,8 +91,9 @@ class WorkerMetrics:
         if delivered > 1:
             self.redeliveries.inc()
 
-    def run_finished(self, agent: str | None, status: str, seconds: float) -> None:
-        """A run's outcome was recorded, published and acked (`status` of `RunOutcome`)."""
+    def run_finished(self, agent: str | None, status: str, seconds: float | None) -> None:
+        """A run's outcome was recorded, published and acked (`status` of `RunOutcome`).
+        `seconds` is None when the worker gave up on it: no run time to observe."""
         label = self.agent_label(agent)
         if status == "completed":
             self._completed[label].inc()
@@ -99,17 +101,25 @@ class WorkerMetrics:
             self._failed[label].inc()
         else:
             return
-        self._duration[label].observe(seconds)
+        if seconds is not None:
+            self._duration[label].observe(seconds)
 
     def task_rejected(self, agent: str | None, kind: str) -> None:
-        """A task message was recorded as rejected and terminated: a rejection and, since
-        JetStream will not deliver it again, a dead letter."""
+        """A task message was recorded as rejected and terminated."""
         self._rejected[self.agent_label(agent)].inc()
+
+    def dead_lettered(self, kind: str) -> None:
+        """A task message went to the dead-letter stream."""
         self._dead_letters.labels(kind=kind if kind in _KINDS else "other").inc()
 
 
 class ProjectorMetrics:
-    """A projector's metrics: how far the views are behind the event log."""
+    """A projector's metrics: how far the views are behind the event log, the poison
+    events skipped, and restarts of its parts.
+
+    Label values are bounded: a `consumer` is a projection's name or `relay`, a
+    `component` is `projector` or `relay`.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = CollectorRegistry() if registry is None else registry
@@ -119,3 +129,25 @@ class ProjectorMetrics:
             " applied yet (measured when scraped).",
             registry=self.registry,
         )
+        self._poison_events = Counter(
+            "agentledger_poison_events",
+            "Events a projection or the relay skipped as poison (listed in al_poison_log),"
+            " by consumer.",
+            ["consumer"],
+            registry=self.registry,
+        )
+        self._restarts = Counter(
+            "agentledger_projector_restarts",
+            "Times the projector thread or the event relay ended unexpectedly and was"
+            " restarted, by component.",
+            ["component"],
+            registry=self.registry,
+        )
+
+    def poison_event(self, consumer: str) -> None:
+        """`consumer` (a projection, or the relay) skipped a poison event."""
+        self._poison_events.labels(consumer=consumer).inc()
+
+    def restarted(self, component: str) -> None:
+        """`component` (`projector` or `relay`) ended unexpectedly and is restarted."""
+        self._restarts.labels(component=component).inc()

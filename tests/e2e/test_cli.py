@@ -101,6 +101,10 @@ def test_inspection_commands_after_demo(
     runs = json.loads(_cli(cwd, "query", "runs", "--json").stdout)
     assert len(runs) == 6 and {r["status"] for r in runs} == {"completed"}
     calc = next(r for r in runs if r["agent"] == "calculator")
+    page = _cli(cwd, "query", "runs", "--limit", "2", "--offset", "1", "--json").stdout
+    assert json.loads(page) == runs[1:3]
+    snapshots = json.loads(_cli(cwd, "query", "snapshots", "--limit", "1", "--json").stdout)
+    assert len(snapshots) == 1 and snapshots[0]["kind"] == "session"
 
     events = json.loads(_cli(cwd, "events", calc["task_id"], "--json").stdout)
     names = [e["name"] for e in events]

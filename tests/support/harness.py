@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -161,3 +162,23 @@ async def record_tasks(settings: Settings, tasks: list[RunAgent]) -> dict[str, R
 
         await asyncio.gather(*(one(t) for t in solo), *(in_order(ts) for ts in sessions.values()))
     return outcomes
+
+
+def corrupt_stored_event(
+    settings: Settings, notification_id: int, *, topic: str | None = None
+) -> None:
+    """Rewrite a stored event: a topic no class has, or state that is not JSON."""
+    column, value = ("topic", topic) if topic is not None else ("state", b"\x00not json")
+    if settings.postgres_dsn is not None:
+        import psycopg
+
+        with psycopg.connect(settings.postgres_dsn.get_secret_value()) as connection:
+            connection.execute(
+                f"UPDATE agentledger_events SET {column} = %s WHERE notification_id = %s",
+                (value, notification_id),
+            )
+    else:
+        with sqlite3.connect(settings.sqlite_file) as connection:
+            connection.execute(
+                f"UPDATE stored_events SET {column} = ? WHERE rowid = ?", (value, notification_id)
+            )

@@ -237,8 +237,10 @@ def write_replay_catalog(directory: Path, name: str = "replay-catalog.toml", **r
 
 def varied_tasks(tag: str) -> list[RunAgent]:
     """Twenty tasks of varied shape: single and parallel tool calls, a tool retry, a
-    model retry, failures (tool error, usage limit, deadline) and a three-turn session."""
-    past = datetime(2020, 1, 1, tzinfo=UTC)
+    model retry, failures (tool error, usage limit), a deadline met and a three-turn
+    session. (A deadline already past is rejected at intake, so it records no run; the
+    golden history holds a run that failed on its deadline.)"""
+    later = datetime(2100, 1, 1, tzinfo=UTC)
     session = f"{tag}-session"
     specs: list[dict[str, Any]] = [
         {"agent": "calculator", "prompt": "add 17 and 25"},
@@ -255,7 +257,7 @@ def varied_tasks(tag: str) -> list[RunAgent]:
         {"agent": "counter", "prompt": "count them"},
         {"agent": "exploding", "prompt": "boom"},
         {"agent": "calculator", "prompt": "add 2 and 2", "usage_limits": {"request_limit": 1}},
-        {"agent": "greeter", "prompt": "too late", "deadline": past},
+        {"agent": "greeter", "prompt": "in time", "deadline": later},
         {"agent": "effect", "prompt": "apply"},
         {"agent": "notes", "prompt": "remember the deploy is on Friday", "session_id": session},
         {"agent": "notes", "prompt": "remember the DB rotates monthly", "session_id": session},

@@ -12,7 +12,7 @@ from agentledger.domain.ids import run_id_for, session_aggregate_id_for
 from agentledger.domain.pricing import ModelPrice
 from agentledger.domain.rejection import TaskRejection
 from agentledger.domain.run import AgentRun, RunHistory
-from agentledger.domain.stats import percentile
+from agentledger.domain.stats import HistogramBucket, bucket_of, histogram_percentile, percentile
 from agentledger.domain.timeline import event_record
 
 
@@ -113,6 +113,34 @@ def test_percentile_interpolates() -> None:
     assert percentile(list(range(101)), 95) == 95.0
     with pytest.raises(ValueError, match=r"0\.\.100"):
         percentile([1.0], 101)
+
+
+def _histogram(values: list[float]) -> list[HistogramBucket]:
+    by_bucket: dict[int, list[float]] = {}
+    for value in values:
+        by_bucket.setdefault(bucket_of(value), []).append(value)
+    return [
+        HistogramBucket(count=len(vs), low=min(vs), high=max(vs))
+        for _, vs in sorted(by_bucket.items())
+    ]
+
+
+def test_histogram_percentiles_are_exact_for_lone_values_and_close_otherwise() -> None:
+    assert histogram_percentile([], 50) is None
+    assert histogram_percentile(_histogram([7.0]), 99) == 7.0
+    spread = [0.0, 1.0, 10.0, 100.0, 1000.0]  # one value per bucket: exact
+    for q in (0, 50, 95, 99, 100):
+        assert histogram_percentile(_histogram(spread), q) == percentile(spread, q)
+    crowded = [100.0 + i / 10 for i in range(40)]  # all in one bucket or two
+    for q in (50, 95, 99):
+        exact = percentile(crowded, q)
+        assert exact is not None
+        assert histogram_percentile(_histogram(crowded), q) == pytest.approx(exact, rel=0.044)
+    assert bucket_of(0.0) < bucket_of(1e-3) < bucket_of(1.0) < bucket_of(1.05) < bucket_of(1e9)
+    with pytest.raises(ValueError, match="finite"):
+        bucket_of(float("nan"))
+    with pytest.raises(ValueError, match=r"0\.\.100"):
+        histogram_percentile(_histogram([1.0]), -1)
 
 
 def test_price_turns_tokens_into_dollars() -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import random
 import sqlite3
 from collections.abc import Iterable, Iterator
+from decimal import Decimal
 
 import pytest
 
 from agentledger.domain.rejection import TaskRejection
 from agentledger.domain.run import AgentRun
-from agentledger.domain.stats import percentile
+from agentledger.domain.stats import BUCKETS_PER_DOUBLING, percentile
 from agentledger.projections.base import ProjectionError
 from agentledger.projections.metrics import UNKNOWN_AGENT, MetricsProjection, agent_metrics
 
@@ -134,12 +137,18 @@ def _metrics_rows(cursor: sqlite3.Cursor) -> list[tuple[object, ...]]:
     return [
         *cursor.execute("SELECT * FROM al_agent_metrics ORDER BY agent").fetchall(),
         *cursor.execute("SELECT * FROM al_metric_runs ORDER BY run_id").fetchall(),
+        *cursor.execute("SELECT * FROM al_metric_latency ORDER BY agent, bucket").fetchall(),
     ]
+
+
+def _clear(cursor: sqlite3.Cursor) -> None:
+    for table in MetricsProjection.tables:
+        cursor.execute(f"DELETE FROM {table}")
 
 
 def test_a_batch_folds_like_one_event_at_a_time(cursor: sqlite3.Cursor) -> None:
     runs = []
-    # Costs whose float sum depends on the order of the additions.
+    # Costs whose float sum would depend on the order of the additions.
     for i, cost in enumerate((0.1, 0.2, 0.3, None, None)):
         run = AgentRun(
             task_id=f"c-{i}",
@@ -172,10 +181,9 @@ def test_a_batch_folds_like_one_event_at_a_time(cursor: sqlite3.Cursor) -> None:
     events = [e for run in runs for e in run.collect_events()] + rejection.collect_events()
     fold(cursor, events)
     expected = _metrics_rows(cursor)
-    (alpha,) = [row for row in expected if row[0] == "alpha"]
-    assert alpha[-1] == (0.1 + 0.2) + 0.3 != 0.1 + (0.2 + 0.3)  # added in log order
-    cursor.execute("DELETE FROM al_agent_metrics")
-    cursor.execute("DELETE FROM al_metric_runs")
+    (alpha,) = cursor.execute("SELECT * FROM al_agent_metrics WHERE agent = 'alpha'").fetchall()
+    assert alpha[-1] == 600_000_000  # nano-dollars: exact, whatever the order
+    _clear(cursor)
 
     projection = MetricsProjection()
     projection.apply_batch(events[:9], cursor)
@@ -183,3 +191,79 @@ def test_a_batch_folds_like_one_event_at_a_time(cursor: sqlite3.Cursor) -> None:
     assert _metrics_rows(cursor) == expected
     projection.apply_batch(events, cursor)
     assert _metrics_rows(cursor) == expected
+
+
+def _completed_run(task_id: str, agent: str, cost: float | None, duration_ms: float) -> AgentRun:
+    run = AgentRun(
+        task_id=task_id,
+        agent=agent,
+        prompt="p",
+        session_id=None,
+        metadata={},
+        usage_limits={},
+        deadline=None,
+        history_version=0,
+    )
+    run.complete("ok", cost_usd=cost, duration_ms=duration_ms)
+    return run
+
+
+def test_many_small_costs_sum_exactly_however_the_log_is_cut(cursor: sqlite3.Cursor) -> None:
+    # Each cost is a float; summed as floats the total depends on where batches start
+    # (0.0070723500000000016 one way, 0.00707235 another).
+    costs = [0.00000235 * (1 + i % 7) + 0.0000001 * (i % 3) for i in range(600)]
+    events = [
+        e
+        for i, cost in enumerate(costs)
+        for e in _completed_run(f"c-{i}", "alpha", cost, 1.0 + i).collect_events()
+    ]
+    fold(cursor, events)  # one event at a time
+    one_by_one = _metrics_rows(cursor)
+    _clear(cursor)
+    MetricsProjection().apply_batch(events, cursor)  # one batch
+    assert _metrics_rows(cursor) == one_by_one
+    _clear(cursor)
+    projection = MetricsProjection()
+    for start in range(0, len(events), 37):  # batches cut anywhere (as a rebuild cuts them)
+        projection.apply_batch(events[start : start + 37], cursor)
+    assert _metrics_rows(cursor) == one_by_one
+
+    (alpha,) = agent_metrics(cursor)
+    exact = sum(Decimal(repr(c)).quantize(Decimal("1e-9")) for c in costs)
+    assert alpha.cost_usd == float(exact)
+    assert alpha.cost_usd != sum(costs)  # what float addition gave
+
+
+def test_latency_percentiles_come_from_a_bounded_histogram(cursor: sqlite3.Cursor) -> None:
+    rng = random.Random(7)
+    durations = [rng.lognormvariate(5, 1.5) for _ in range(3000)]
+    projection = MetricsProjection()
+    events = [
+        e
+        for i, duration in enumerate(durations)
+        for e in _completed_run(f"l-{i}", "alpha", None, duration).collect_events()
+    ]
+    for start in range(0, len(events), 500):
+        projection.apply_batch(events[start : start + 500], cursor)
+
+    (alpha,) = agent_metrics(cursor)
+    for q, estimate in (
+        (50, alpha.latency_p50_ms),
+        (95, alpha.latency_p95_ms),
+        (99, alpha.latency_p99_ms),
+    ):
+        exact = percentile(durations, q)
+        assert exact is not None and estimate == pytest.approx(exact, rel=0.045)
+    # What a query reads grows with the spread of the latencies, not with the runs.
+    (buckets,) = cursor.execute("SELECT COUNT(*) FROM al_metric_latency").fetchone()
+    spread = math.log2(max(durations) / min(durations))
+    assert buckets <= spread * BUCKETS_PER_DOUBLING + 1 < len(durations) / 10
+
+
+def test_agents_are_listed_a_page_at_a_time(cursor: sqlite3.Cursor) -> None:
+    for i in range(5):
+        fold(cursor, _completed_run(f"p-{i}", f"agent-{i}", 0.1, 1.0).collect_events())
+    assert [m.agent for m in agent_metrics(cursor, limit=2)] == ["agent-0", "agent-1"]
+    assert [m.agent for m in agent_metrics(cursor, limit=2, offset=3)] == ["agent-3", "agent-4"]
+    with pytest.raises(ValueError, match="limit >= 1"):
+        agent_metrics(cursor, limit=0)

@@ -136,3 +136,41 @@ def test_a_batch_folds_like_one_event_at_a_time(cursor: sqlite3.Cursor) -> None:
     assert cursor.execute("SELECT * FROM al_snapshots ORDER BY aggregate_id").fetchall() == (
         expected
     )
+
+
+def test_a_finished_run_stays_gone_when_its_earlier_events_come_again(
+    cursor: sqlite3.Cursor,
+) -> None:
+    run = new_run("t-7")
+    run.send_model_request({})
+    requested, *middle = run.collect_events()
+    run.complete("ok", cost_usd=None, duration_ms=1.0)
+    (completed,) = run.collect_events()
+    fold(cursor, [requested, *middle, completed])
+    assert get_snapshot(cursor, str(run.id)) is None
+
+    fold(cursor, [requested])  # a duplicated or replayed RunRequested
+    fold(cursor, middle)
+    SnapshotsProjection().apply_batch([requested, *middle, completed], cursor)
+    assert get_snapshot(cursor, str(run.id)) is None
+    assert list_snapshots(cursor, kind="run") == []
+
+    # Ended within one batch, never seen before: no row, and a tombstone all the same.
+    other = new_run("t-8")
+    other.complete("ok", cost_usd=None, duration_ms=1.0)
+    events = other.collect_events()
+    SnapshotsProjection().apply_batch(events, cursor)
+    SnapshotsProjection().apply_batch(events[:1], cursor)
+    assert get_snapshot(cursor, str(other.id)) is None
+
+
+def test_snapshots_are_listed_a_page_at_a_time(cursor: sqlite3.Cursor) -> None:
+    for i in range(5):
+        fold(cursor, new_run(f"page-{i}").collect_events())
+    everything = list_snapshots(cursor, kind="run", limit=100)
+    assert len(everything) == 5
+    assert list_snapshots(cursor, kind="run", limit=2) == everything[:2]
+    assert list_snapshots(cursor, limit=2, offset=2) == everything[2:4]
+    assert list_snapshots(cursor, kind="run", offset=4) == everything[4:]
+    with pytest.raises(ValueError, match="limit >= 1"):
+        list_snapshots(cursor, limit=0)

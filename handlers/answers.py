@@ -1,0 +1,92 @@
+"""How the worker answers a task: outcomes on `<prefix>.results.<task_id>` (and the
+reply subject), and rejections recorded as `TaskRejected` events."""
+
+from __future__ import annotations
+
+import structlog
+from faststream.nats import NatsBroker
+
+from agentledger.domain.ids import run_id_for
+from agentledger.domain.rejection import TaskRejection
+from agentledger.domain.subjects import results_subject
+from agentledger.domain.tasks import RunError, RunOutcome
+from agentledger.handlers.intake import RawTask, Rejection
+from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+
+__all__ = ["TaskAnswers"]
+
+log = structlog.get_logger("agentledger.worker")
+
+
+class TaskAnswers:
+    """Publishes outcomes and records rejections for one worker."""
+
+    def __init__(self, *, broker: NatsBroker, store: AsyncEventStore, prefix: str) -> None:
+        self.broker = broker
+        self.store = store
+        self.prefix = prefix
+
+    async def speaks_for(self, rejection: Rejection, raw: RawTask) -> bool:
+        """May this rejection be stored as task T's outcome? Not when the message's
+        `Nats-Msg-Id` names another message, nor when T has a run: a malformed message
+        merely claiming T's id must never replace the outcome of the real T."""
+        task_id = rejection.task_id
+        if task_id is None or raw.msg_id not in (None, task_id):
+            return False
+        try:
+            return not await self.store.events(run_id_for(task_id), lte=1)
+        except StoreUnavailable:
+            return False
+
+    async def record_rejection(self, rejection: Rejection, raw: RawTask) -> RunOutcome:
+        record = TaskRejection(
+            key=rejection.key,
+            task_id=rejection.task_id,
+            agent=rejection.agent,
+            subject=raw.subject,
+            error_kind=str(rejection.kind),
+            reason=rejection.reason,
+            payload_excerpt=raw.excerpt(),
+        )
+        try:
+            await self.store.save(record)
+        except ConcurrencyConflict:
+            pass  # already recorded by an earlier delivery of the same message
+        log.warning(
+            "task rejected",
+            key=rejection.key,
+            task_id=rejection.task_id,
+            error_kind=str(rejection.kind),
+            reason=rejection.reason,
+        )
+        return RunOutcome(
+            task_id=rejection.task_id,
+            run_id=str(record.id),
+            agent=rejection.agent,
+            status="rejected",
+            error=RunError(kind=str(rejection.kind), message=rejection.reason, retryable=False),
+        )
+
+    async def publish(
+        self, outcome: RunOutcome, reply_to: str | None, *, store: bool = True
+    ) -> None:
+        """Publish the outcome on `<prefix>.results.<task_id>` (kept, last one per task)
+        unless `store` is false, and to the reply subject if there is one.
+
+        The results stream drops a republished identical outcome (a redelivery of a
+        finished task) by its `Nats-Msg-Id`, which names the run and its ending: a
+        different outcome for the same task (a retried dead letter that completes) is
+        never dropped as a duplicate of the earlier one.
+        """
+        payload = outcome.model_dump_json().encode()
+        nc = self.broker.connection
+        if store and outcome.task_id is not None:
+            js = nc.jetstream()
+            kind = outcome.error.kind if outcome.error else ""
+            await js.publish(
+                results_subject(self.prefix, outcome.task_id),
+                payload,
+                headers={"Nats-Msg-Id": f"outcome:{outcome.run_id}:{outcome.status}:{kind}"},
+            )
+        if reply_to:
+            await nc.publish(reply_to, payload)

@@ -1,0 +1,47 @@
+"""A run is driven by one worker at a time: with two workers, an AckWait shorter than
+the runs and more tasks than free slots, no task is redelivered while a worker holds it,
+so no model call is repeated and no tool runs twice.
+
+(Before: the subscriber fetched a batch and parked what did not fit behind its
+semaphore without heartbeats; a parked task passed AckWait, went to the other worker,
+and both drove the same run.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import MakeSettings
+
+from agentledger.domain.tasks import RunAgent
+from agentledger.handlers.client import submit
+from support.agents import JOURNAL_ENV, MODEL_PAUSE_ENV, read_journal, write_catalog
+from support.harness import nats_client, run_events, running_worker
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+
+async def test_two_workers_with_a_short_ack_wait_repeat_no_model_call_or_tool_run(
+    make_settings: MakeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = tmp_path / "journal.log"
+    monkeypatch.setenv(JOURNAL_ENV, str(journal))
+    monkeypatch.setenv(MODEL_PAUSE_ENV, "3")  # each run outlives AckWait (1 s) threefold
+    settings = make_settings(
+        "sqlite", catalog=str(write_catalog(tmp_path)), ack_wait_s=1, worker_concurrency=2
+    )
+    tasks = [RunAgent(task_id=f"slow-{i}", agent="effect", prompt=f"job-{i}") for i in range(20)]
+    async with running_worker(settings), running_worker(settings), nats_client(settings) as nc:
+        outcomes = await asyncio.gather(
+            *(submit(nc, settings.subject_prefix, t, timeout=120) for t in tasks)
+        )
+    assert [o.status if o else None for o in outcomes] == ["completed"] * len(tasks)
+    lines = read_journal(journal)
+    model_calls = Counter(line for line in lines if line.startswith("model-call"))
+    effects = Counter(line for line in lines if line.startswith("tool-effect"))
+    assert set(model_calls.values()) == {1}, model_calls
+    assert effects == Counter({f"tool-effect job-{i}": 1 for i in range(len(tasks))})
+    for task in tasks:
+        assert run_events(settings, task.task_id).count("RunRequested") == 1
