@@ -29,6 +29,12 @@ bench: ## end-to-end benchmark (prints figures; see BENCHMARKS.md)
 bench-replay: ## replay, export and import speed on SQLite and PostgreSQL
 	$(PY) bench/replay.py
 
+bench-fuzz: ## 10,000 hostile task messages through a real worker (each: one clear outcome)
+	$(PY) bench/fuzz.py
+
+bench-chaos: ## 1,000 tasks on PostgreSQL through worker kills and NATS/PostgreSQL restarts
+	$(PY) bench/chaos.py
+
 demo: ## the one-command demo on the embedded defaults
 	agentledger demo
 
@@ -38,4 +44,4 @@ schema: ## regenerate the committed contract (JSON schemas + AsyncAPI)
 ci: ## what CI runs, from a fresh venv
 	bash .ci/run
 
-.PHONY: help install constraints lint fmt test bench bench-replay demo schema ci
+.PHONY: help install constraints lint fmt test bench bench-replay bench-fuzz bench-chaos demo schema ci

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -440,12 +441,6 @@ def nats(
         auth=auth,
         sync_always=sync_always,
     )
-    server.start()
-    console.print(
-        f"nats-server running at {server.url} (listening on {host}:{server.port},"
-        f" monitoring http://{host}:{server.monitor_port}, JetStream in {server.store_dir});"
-        " Ctrl-C stops it"
-    )
 
     async def serve() -> None:
         stopping = asyncio.create_task(until_signal())
@@ -457,7 +452,15 @@ def nats(
                 )
             await asyncio.wait({stopping}, timeout=0.5)
 
+    # Started inside the try: a SIGTERM at any moment (main() turns an early one into
+    # KeyboardInterrupt) still stops the server this process started.
     try:
+        server.start()
+        console.print(
+            f"nats-server running at {server.url} (listening on {host}:{server.port},"
+            f" monitoring http://{host}:{server.monitor_port}, JetStream in"
+            f" {server.store_dir}); Ctrl-C stops it"
+        )
         run(serve())
     finally:
         server.stop()
@@ -480,5 +483,13 @@ register_history_commands(app)
 register_dead_commands(app)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    # A SIGTERM before a command installs its own handling (or between two steps of a
+    # start-up) unwinds like Ctrl-C, so `finally` blocks stop what was started (an
+    # embedded nats-server, a demo's worker) instead of leaving orphans.
+    signal.signal(signal.SIGTERM, _interrupt)
     app()

@@ -144,3 +144,24 @@ def test_nats_prints_its_monitoring_port_and_honours_host(tmp_path: Path) -> Non
     finally:
         command.process.terminate()
         command.process.wait(30)
+
+
+def test_sigterm_right_after_start_leaves_no_server_behind(tmp_path: Path) -> None:
+    # Before: a SIGTERM in the moment between "running" and the signal handlers killed
+    # the command and orphaned its server (own session, still holding the port).
+    for attempt in range(3):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        command = NatsCommand(folder, free_port())
+        server_pid = _server_pid(folder)
+        command.process.terminate()
+        command.process.wait(30)
+
+        def gone(pid: int = server_pid) -> bool:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            except OSError:
+                return True
+            return state == "Z"
+
+        wait_for(gone, 15, "the server to stop")
