@@ -32,6 +32,10 @@ COMMANDS = [
     "import",
     "archive",
     "store-size",
+    "dead",
+    "dead list",
+    "dead show",
+    "dead retry",
 ]
 
 
@@ -57,7 +61,7 @@ def _cli(
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str) -> None:
-    result = CliRunner().invoke(app, [command, "--help"])
+    result = CliRunner().invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output and "--help" in result.output
 
