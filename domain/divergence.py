@@ -22,8 +22,10 @@ from agentledger.domain.timeline import EventRecord
 
 __all__ = ["Divergence", "comparable", "first_divergence"]
 
-VOLATILE_MESSAGE_KEYS = frozenset({"timestamp", "run_id", "conversation_id"})
-"""Keys of pydantic-ai message JSON that differ between two executions of one run."""
+VOLATILE_MESSAGE_KEYS = frozenset({"timestamp", "run_id", "conversation_id", "model_id"})
+"""Keys of pydantic-ai message JSON that differ between two executions of one run
+(`model_id`, pydantic-ai 2.68+, names the model object: the replay serves responses
+through a model of its own)."""
 
 IGNORED_FIELDS: dict[str, frozenset[str]] = {
     "RunCompleted": frozenset({"duration_ms", "cost_usd"}),
@@ -56,7 +58,8 @@ class Divergence:
             return ()
         if self.expected.name != self.actual.name:
             return ()
-        return tuple(_differing_paths(comparable(self.expected), comparable(self.actual), ""))
+        want, got = _shared(comparable(self.expected), comparable(self.actual))
+        return tuple(_differing_paths(want, got, ""))
 
     def summary(self) -> str:
         expected = self.expected.name if self.expected else "end of recording"
@@ -158,6 +161,27 @@ def _diff(expected: EventRecord | None, actual: EventRecord | None) -> tuple[str
     )
 
 
+def _shared(want: Any, got: Any) -> tuple[Any, Any]:
+    """Both values with dict keys that only one side has left out, recursively.
+
+    A pydantic-ai release adds fields to its message JSON (2.68: `canonical_system`,
+    `model_id`); a recording made before it lacks them. A key present on one side only
+    is version skew, not behaviour: the keys both sides have must agree."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        keys = want.keys() & got.keys()
+        pairs = {k: _shared(want[k], got[k]) for k in keys}
+        return {k: a for k, (a, _) in pairs.items()}, {k: b for k, (_, b) in pairs.items()}
+    if isinstance(want, list) and isinstance(got, list) and len(want) == len(got):
+        pairs_list = [_shared(a, b) for a, b in zip(want, got, strict=True)]
+        return [a for a, _ in pairs_list], [b for _, b in pairs_list]
+    return want, got
+
+
+def _agree(want: EventRecord, got: EventRecord) -> bool:
+    a, b = _shared(comparable(want), comparable(got))
+    return bool(a == b)
+
+
 def first_divergence(
     expected: Sequence[EventRecord], actual: Sequence[EventRecord]
 ) -> Divergence | None:
@@ -167,7 +191,7 @@ def first_divergence(
     for i in range(max(len(recorded), len(replayed))):
         want = recorded[i] if i < len(recorded) else None
         got = replayed[i] if i < len(replayed) else None
-        if want is not None and got is not None and comparable(want) == comparable(got):
+        if want is not None and got is not None and _agree(want, got):
             continue
         if want is not None:
             index = want.version

@@ -134,3 +134,20 @@ def test_a_divergence_between_different_event_types_names_both() -> None:
     assert divergence.summary() == (
         "diverged at event 1: expected ToolCallFinished, got ToolCallStarted"
     )
+
+
+def test_fields_a_newer_pydantic_ai_adds_to_messages_are_not_a_divergence() -> None:
+    # Recorded by pydantic-ai 2.62; replayed by 2.68, whose ModelResponse JSON has
+    # `canonical_system` and `model_id` too (found running the suite on 2.68).
+    old = rec(3, "ModelResponseReceived", step=1, message={"parts": [], "model_name": "m"})
+    new = rec(
+        3,
+        "ModelResponseReceived",
+        step=1,
+        message={"parts": [], "model_name": "m", "canonical_system": None, "model_id": "x:m"},
+    )
+    assert first_divergence([old], [new]) is None
+    changed = rec(3, "ModelResponseReceived", step=1, message={"parts": [], "model_name": "n"})
+    divergence = first_divergence([old], [changed])
+    assert divergence is not None
+    assert divergence.differing_fields() == ("message.model_name",)
