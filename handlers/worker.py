@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 from faststream.nats import NatsBroker
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
@@ -207,7 +208,11 @@ class TaskWorker:
             bound.error("run cannot be loaded; giving up", error=str(e))
             await self._give_up(msg, task_raw, task, ErrorKind.INTERNAL_ERROR, str(e), reply_to)
         except Exception as e:
-            transient = isinstance(e, TransientRunError | StoreUnavailable | RunSuperseded)
+            # A NATS error (an outcome publish timing out while the server restarts) is
+            # transient too: the outcome is published again on redelivery.
+            transient = isinstance(
+                e, TransientRunError | StoreUnavailable | RunSuperseded | NatsError
+            )
             if not final:
                 delay = backoff_s(delivered)
                 if transient:

@@ -305,3 +305,14 @@ def _rejection_id(key: str) -> Any:
 
 
 pytestmark = pytest.mark.asyncio
+
+
+async def test_a_nats_error_is_transient_not_unexpected() -> None:
+    from nats.errors import TimeoutError as NatsTimeoutError
+
+    runner = ScriptedRunner(error=NatsTimeoutError())
+    worker = make_worker(runner)
+    message = delivery(MAX_DELIVERIES)
+    await handle(worker, message)
+    assert message.actions == [("term", None)]
+    assert runner.gave_up[0][1] == ErrorKind.TRANSIENT_EXHAUSTED
