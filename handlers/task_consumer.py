@@ -30,6 +30,8 @@ from nats.js.api import ConsumerConfig
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
+    from agentledger.handlers.heartbeats import Heartbeats
+
 __all__ = ["Delivery", "TaskConsumer"]
 
 log = structlog.get_logger("agentledger.worker")
@@ -89,7 +91,11 @@ class TaskConsumer:
         capacity: int,
         handle: Handler,
         tracer: Tracer | None = None,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
+        """With `heartbeats`, each message is kept alive from the heartbeat thread from
+        the moment its fetch returns, before its handler first runs (a saturated event
+        loop may start it late)."""
         self._js = js
         self._subject = subject
         self._stream = stream
@@ -98,6 +104,7 @@ class TaskConsumer:
         self._capacity = capacity
         self._handle = handle
         self._tracer = tracer
+        self._heartbeats = heartbeats
         self._running: set[asyncio.Task[None]] = set()
         self._freed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -149,9 +156,14 @@ class TaskConsumer:
                 self._spawn(Delivery(msg))
 
     def _spawn(self, delivery: Delivery) -> None:
+        heartbeats, reply = self._heartbeats, delivery.raw_message.reply
+        token = heartbeats.add(reply) if heartbeats is not None and reply else None
         task = asyncio.create_task(self._traced(delivery))
         self._running.add(task)
         task.add_done_callback(self._finished)
+        if token is not None:
+            assert heartbeats is not None
+            task.add_done_callback(lambda _: heartbeats.remove(token))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -31,6 +32,7 @@ from agentledger.domain.tasks import OutcomeStatus, RunAgent, RunError, RunOutco
 from agentledger.handlers.answers import TaskAnswers
 from agentledger.handlers.catalog import Catalog, UnknownAgent
 from agentledger.handlers.dead_letters import dead_letter
+from agentledger.handlers.heartbeats import Heartbeats
 from agentledger.handlers.intake import RawTask, Rejection, parse_task
 from agentledger.handlers.operations.metrics import WorkerMetrics
 from agentledger.handlers.runner import AgentRunner, RunSuperseded, TransientRunError
@@ -53,6 +55,10 @@ request with its publish ack, so the reply subject travels in a header)."""
 
 DRAIN_REDELIVERY_DELAY_S = 1.0
 RELEASE_DELAY_S = 3.0
+
+
+def _nothing() -> None:
+    return None
 
 
 def backoff_s(delivered: int) -> float:
@@ -107,11 +113,16 @@ class TaskWorker:
         self.durable = workers_consumer(prefix)
         """The durable consumer all workers of this prefix share."""
         self.consumer: TaskConsumer | None = None
+        self.heartbeats: Heartbeats | None = None
         self.answers = TaskAnswers(broker=broker, store=store, prefix=prefix)
 
     async def start(self, tracer_provider: Any = None) -> None:
-        """Start pulling tasks (the broker is connected)."""
+        """Start the heartbeat thread, then pull tasks (the broker is connected)."""
         settings = self.settings
+        self.heartbeats = Heartbeats(
+            settings, "agentledger-worker", interval=max(0.5, settings.ack_wait_s / 3)
+        )
+        await asyncio.to_thread(self.heartbeats.start)
         tracer = tracer_provider.get_tracer("agentledger.worker") if tracer_provider else None
         self.consumer = TaskConsumer(
             js=self.broker.connection.jetstream(),
@@ -129,6 +140,7 @@ class TaskWorker:
             capacity=settings.worker_concurrency,
             handle=self.handle,
             tracer=tracer,
+            heartbeats=self.heartbeats,
         )
         await self.consumer.start()
 
@@ -136,6 +148,8 @@ class TaskWorker:
         """Stop pulling and drop the subscription (call after `drain`)."""
         if self.consumer is not None:
             await self.consumer.close()
+        if self.heartbeats is not None:
+            await asyncio.to_thread(self.heartbeats.stop)
 
     async def handle(self, body: bytes, msg: Delivery) -> None:
         if self.draining:
@@ -147,11 +161,16 @@ class TaskWorker:
         assert current is not None
         self.in_flight[current] = msg
         self.metrics.in_flight.inc()
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        stop_beating: Callable[[], object]
+        if self.heartbeats is not None:
+            stop_beating = _nothing  # the consumer registered it with the thread at receipt
+        else:  # no heartbeat thread (unit tests): beat from the event loop
+            heartbeat = asyncio.create_task(self._heartbeat(msg))
+            stop_beating = heartbeat.cancel
         try:
             await self._process(body, msg)
         finally:
-            heartbeat.cancel()
+            stop_beating()
             self.in_flight.pop(current, None)
             self.metrics.in_flight.dec()
 
