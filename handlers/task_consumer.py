@@ -69,10 +69,6 @@ class Delivery:
             self.settled = True
             await self.raw_message.term()
 
-    async def in_progress(self) -> None:
-        if not self.settled:
-            await self.raw_message.in_progress()
-
 
 Handler = Callable[[bytes, Delivery], Awaitable[None]]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -26,6 +25,7 @@ from agentledger.domain.errors import ErrorKind
 from agentledger.domain.ids import run_id_for
 from agentledger.domain.subjects import (
     reply_subject_problem,
+    task_subject,
     workers_consumer,
 )
 from agentledger.domain.tasks import OutcomeStatus, RunAgent, RunError, RunOutcome
@@ -55,10 +55,6 @@ request with its publish ack, so the reply subject travels in a header)."""
 
 DRAIN_REDELIVERY_DELAY_S = 1.0
 RELEASE_DELAY_S = 3.0
-
-
-def _nothing() -> None:
-    return None
 
 
 def backoff_s(delivered: int) -> float:
@@ -126,7 +122,7 @@ class TaskWorker:
         tracer = tracer_provider.get_tracer("agentledger.worker") if tracer_provider else None
         self.consumer = TaskConsumer(
             js=self.broker.connection.jetstream(),
-            subject=f"{settings.subject_prefix}.tasks.run.*",
+            subject=task_subject(settings.subject_prefix, "*"),
             stream=settings.tasks_stream,
             durable=self.durable,
             config=ConsumerConfig(
@@ -161,27 +157,13 @@ class TaskWorker:
         assert current is not None
         self.in_flight[current] = msg
         self.metrics.in_flight.inc()
-        stop_beating: Callable[[], object]
-        if self.heartbeats is not None:
-            stop_beating = _nothing  # the consumer registered it with the thread at receipt
-        else:  # no heartbeat thread (unit tests): beat from the event loop
-            heartbeat = asyncio.create_task(self._heartbeat(msg))
-            stop_beating = heartbeat.cancel
+        # Its heartbeats come from the heartbeat thread (registered by the consumer when
+        # the fetch returned), not from this event loop.
         try:
             await self._process(body, msg)
         finally:
-            stop_beating()
             self.in_flight.pop(current, None)
             self.metrics.in_flight.dec()
-
-    async def _heartbeat(self, msg: Delivery) -> None:
-        interval = max(0.5, self.settings.ack_wait_s / 3)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await msg.in_progress()
-            except Exception as e:  # not fatal: the next beat may get through
-                log.warning("heartbeat failed; AckWait may expire", error=str(e))
 
     async def _process(self, body: bytes, msg: Delivery) -> None:
         raw = msg.raw_message

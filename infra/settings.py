@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentledger.domain.subjects import tasks_stream
+
 __all__ = ["Settings"]
 
 DEFAULT_CATALOG = str(Path(__file__).resolve().parent.parent / "catalog" / "example.toml")
@@ -150,7 +152,7 @@ class Settings(BaseSettings):
 
     @property
     def tasks_stream(self) -> str:
-        return f"{self.subject_prefix.upper()}_TASKS"
+        return tasks_stream(self.subject_prefix)
 
     @property
     def events_stream(self) -> str:
