@@ -76,6 +76,24 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler], force=True)
     logging.getLogger("agentledger").setLevel(numeric)
     logging.captureWarnings(True)
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _PeerClosedFilter) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_PeerClosedFilter())
+
+
+class _PeerClosedFilter(logging.Filter):
+    """asyncio logs a peer closing a socket (a server refusing our credentials, a
+    restart) with a full traceback; the cause is already reported by whoever owns the
+    connection, so keep the line and drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ConnectionResetError | BrokenPipeError):
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 def _rendering(fmt: str) -> list[Processor]:

@@ -84,3 +84,22 @@ def test_a_logged_exception_never_shows_local_variables(fmt: str) -> None:
     )
     assert stderr.count("RuntimeError: card declined") == 2, stderr
     assert SECRET not in stderr, stderr
+
+
+def test_a_peer_closing_a_socket_is_one_line_without_a_traceback() -> None:
+    # Seen in CI: a worker with wrong NATS credentials printed asyncio's traceback of the
+    # server resetting the connection after its one clear error line.
+    code = (
+        "import logging\n"
+        "from agentledger.infra.logging import configure_logging\n"
+        "configure_logging('console', 'INFO')\n"
+        "try:\n"
+        "    raise ConnectionResetError(104, 'Connection reset by peer')\n"
+        "except ConnectionResetError:\n"
+        "    logging.getLogger('asyncio').error('Fatal read error on socket transport',"
+        " exc_info=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "Fatal read error on socket transport" in result.stderr
+    assert "Connection reset by peer" in result.stderr
+    assert "Traceback" not in result.stderr
