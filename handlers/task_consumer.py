@@ -1,13 +1,24 @@
-"""The worker's JetStream pull loop: it fetches only as many tasks as it has free slots,
-and each task's handler (which heartbeats) starts the moment the task arrives.
+"""The worker's JetStream pull loop. It runs on a thread of its own, with its own NATS
+connection, so that a saturated event loop cannot let a task's AckWait expire.
+
+Why a thread. JetStream starts a message's AckWait the moment it delivers the message.
+The worker keeps it alive by saying it is in progress (`+WPI`) more often than that. Two
+things used to happen on the worker's event loop, and both came late when hundreds of
+runs kept the loop busy on two cores:
+- the fetch reply sat in the connection's buffer until the loop read it;
+- the heartbeats went out late.
+A task could then be redelivered to another worker while this one still held it (the
+chaos bench, 2,000 tasks at once with a 2 s AckWait, showed 229 repeated model calls).
+Here the feed thread fetches, starts beating for each message the moment its fetch
+returns, and only then hands it to the event loop. The message stays alive however long
+the loop takes to start its run. Acks, naks and terms go back through the same thread
+and connection, after the message's beats stop, so no beat follows a settlement.
 
 Why not FastStream's concurrent pull subscriber: it fetches a batch and parks what does
-not fit behind its semaphore, without heartbeats. A parked task can pass AckWait and be
-redelivered to another worker while this one still holds it; both then drive the same
-run, and model calls and unrecorded tools run twice. Here a message is never held
-without a slot, so it is never redelivered while a worker has it (unless the worker
-loses NATS for longer than AckWait; then the second driver's first save conflicts with
-the first's recorded steps, and it stops: `RunSuperseded`).
+not fit behind its semaphore, without heartbeats. The feed fetches only as many messages
+as there are free slots. Redelivery to a second worker remains possible if this worker
+loses NATS for longer than AckWait. Then the second driver's first save conflicts with
+the first driver's recorded steps, and it stops (`RunSuperseded`).
 
 With a tracer, each delivery is a `<subject> process` consumer span (continuing a
 `traceparent` header), under which the handler's own spans hang.
@@ -17,20 +28,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import itertools
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import nats
 import structlog
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
+
+from agentledger.infra.nats import nats_connect_kwargs
+from agentledger.infra.settings import Settings
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
-
-    from agentledger.handlers.heartbeats import Heartbeats
 
 __all__ = ["Delivery", "TaskConsumer"]
 
@@ -40,132 +54,169 @@ MAX_BATCH = 64
 """At most this many tasks per fetch (and never more than the free slots)."""
 FETCH_WAIT_S = 1.0
 """How long one pull request waits on an empty stream."""
+_IN_PROGRESS = b"+WPI"
+_STOP_POLL_S = 0.05
+
+
+Settle = Callable[[Coroutine[Any, Any, None]], Awaitable[None]]
 
 
 class Delivery:
     """A fetched task message. It is settled once (ack, nak or term); later calls, such
-    as a drain releasing a run that just finished, do nothing."""
+    as a drain releasing a run that just finished, do nothing.
 
-    def __init__(self, msg: Msg) -> None:
+    `settle` runs the settling coroutine where the message's connection lives (the feed
+    thread); without it, on the current loop."""
+
+    def __init__(self, msg: Msg, settle: Settle | None = None, stop_beating: Any = None) -> None:
         self.raw_message = msg
         self.settled = False
+        self._settle = settle
+        self._stop_beating: Callable[[], None] | None = stop_beating
 
     @property
     def body(self) -> bytes:
         return self.raw_message.data
 
+    async def _send(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        stop_beating = self._stop_beating
+
+        async def settle() -> None:
+            if stop_beating is not None:
+                stop_beating()
+            await make()
+
+        if self._settle is None:
+            await settle()
+        else:
+            await self._settle(settle())
+
     async def ack(self) -> None:
         if not self.settled:
             self.settled = True
-            await self.raw_message.ack()
+            await self._send(self.raw_message.ack)
 
     async def nack(self, delay: float | None = None) -> None:
         if not self.settled:
             self.settled = True
-            await self.raw_message.nak(delay=delay)
+            await self._send(lambda: self.raw_message.nak(delay=delay))
 
     async def reject(self) -> None:
         if not self.settled:
             self.settled = True
-            await self.raw_message.term()
+            await self._send(self.raw_message.term)
 
 
 Handler = Callable[[bytes, Delivery], Awaitable[None]]
 
 
 class TaskConsumer:
-    """Pulls from the shared durable consumer into at most `capacity` running handlers."""
+    """Pulls from the shared durable consumer into at most `capacity` running handlers.
+
+    The pulling, the heartbeats and the settlements happen on the feed thread; the
+    handlers run on the event loop that called `start`.
+    """
 
     def __init__(
         self,
         *,
-        js: JetStreamContext,
+        settings: Settings,
+        name: str,
         subject: str,
         stream: str,
         durable: str,
         config: ConsumerConfig,
         capacity: int,
         handle: Handler,
+        heartbeat_s: float,
         tracer: Tracer | None = None,
-        heartbeats: Heartbeats | None = None,
     ) -> None:
-        """With `heartbeats`, each message is kept alive from the heartbeat thread from
-        the moment its fetch returns, before its handler first runs (a saturated event
-        loop may start it late)."""
-        self._js = js
+        self._settings = settings
+        self._name = name
         self._subject = subject
         self._stream = stream
         self._durable = durable
         self._config = config
         self._capacity = capacity
         self._handle = handle
+        self._heartbeat_s = heartbeat_s
         self._tracer = tracer
-        self._heartbeats = heartbeats
         self._running: set[asyncio.Task[None]] = set()
-        self._freed = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
-        self._subscription: JetStreamContext.PullSubscription | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Shared with the feed thread (under _lock).
+        self._lock = threading.Lock()
+        self._in_hand = 0
+        self._beating: dict[int, str] = {}
+        self._tokens = itertools.count()
+        self._fetching = threading.Event()
+        self._closing = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._feed_loop: asyncio.AbstractEventLoop | None = None
+        self._freed: asyncio.Event | None = None  # the feed loop's
 
-    async def start(self) -> None:
-        self._subscription = await self._js.pull_subscribe(
-            self._subject, durable=self._durable, stream=self._stream, config=self._config
-        )
-        self._loop_task = asyncio.create_task(self._pull(), name="agentledger-task-pull")
+    # -- the event loop's side ------------------------------------------------------
+
+    async def start(self, timeout: float = 15.0) -> None:
+        """Connect the feed thread, bind the consumer, and start fetching; raises if the
+        connection or the subscription fails."""
+        self._loop = asyncio.get_running_loop()
+        self._fetching.set()
+        self._thread = threading.Thread(target=self._run, name="agentledger-task-feed", daemon=True)
+        self._thread.start()
+        ready = await asyncio.to_thread(self._ready.wait, timeout)
+        if self._error is not None:
+            raise self._error
+        if not ready:
+            raise TimeoutError("the task feed's NATS connection did not come up")
 
     async def stop_fetching(self) -> None:
-        """No more fetches; handlers already running carry on."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        """No more fetches (a fetch under way ends within FETCH_WAIT_S); handlers already
+        running carry on, and their settlements still go through."""
+        self._fetching.clear()
+        self._wake_feed()
 
     async def close(self) -> None:
-        await self.stop_fetching()
-        if self._subscription is not None:
-            with contextlib.suppress(Exception):
-                await self._subscription.unsubscribe()
-            self._subscription = None
+        """Stop the feed thread and its connection (after the handlers are done)."""
+        self._fetching.clear()
+        self._closing.set()
+        self._wake_feed()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+            self._thread = None
 
-    async def _pull(self) -> None:
-        assert self._subscription is not None
-        while True:
-            free = self._capacity - len(self._running)
-            if free <= 0:
-                self._freed.clear()
-                await self._freed.wait()
-                continue
-            try:
-                messages = await self._subscription.fetch(
-                    batch=min(free, MAX_BATCH), timeout=FETCH_WAIT_S
-                )
-            except (NatsTimeoutError, TimeoutError):
-                continue  # an empty stream
-            except (ConnectionClosedError, NoServersError):
-                await asyncio.sleep(0.5)  # reconnecting
-                continue
-            except Exception as e:  # never let one failed fetch end the worker
-                log.warning("task fetch failed; retrying", error=str(e))
-                await asyncio.sleep(1.0)
-                continue
-            for msg in messages:
-                self._spawn(Delivery(msg))
-
-    def _spawn(self, delivery: Delivery) -> None:
-        heartbeats, reply = self._heartbeats, delivery.raw_message.reply
-        token = heartbeats.add(reply) if heartbeats is not None and reply else None
+    def _spawn(self, msg: Msg, token: int) -> None:
+        delivery = Delivery(msg, self._settle, lambda: self._stop_beating(token))
         task = asyncio.create_task(self._traced(delivery))
         self._running.add(task)
-        task.add_done_callback(self._finished)
-        if token is not None:
-            assert heartbeats is not None
-            task.add_done_callback(lambda _: heartbeats.remove(token))
+        task.add_done_callback(lambda t: self._finished(t, token))
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _finished(self, task: asyncio.Task[None], token: int) -> None:
         self._running.discard(task)
-        self._freed.set()
+        self._stop_beating(token)
+        with self._lock:
+            self._in_hand -= 1
+        self._wake_feed()
         if not task.cancelled() and task.exception() is not None:
             log.error("task handler raised", error=repr(task.exception()))
+
+    async def _settle(self, coro: Coroutine[Any, Any, None]) -> None:
+        feed_loop = self._feed_loop
+        if feed_loop is None or feed_loop.is_closed():
+            coro.close()
+            raise ConnectionClosedError
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, feed_loop))
+
+    def _stop_beating(self, token: int) -> None:
+        with self._lock:
+            self._beating.pop(token, None)
+
+    def _wake_feed(self) -> None:
+        feed_loop, freed = self._feed_loop, self._freed
+        if feed_loop is not None and freed is not None:
+            with contextlib.suppress(RuntimeError):  # the feed loop has closed
+                feed_loop.call_soon_threadsafe(freed.set)
 
     async def _traced(self, delivery: Delivery) -> None:
         if self._tracer is None:
@@ -189,3 +240,87 @@ class TaskConsumer:
             attributes=attributes,
         ):
             await self._handle(delivery.body, delivery)
+
+    # -- the feed thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._feed())
+        except BaseException as e:  # reported to start(), or logged once running
+            self._error = e
+            if self._ready.is_set():
+                log.error("task feed stopped; this worker takes no more tasks", error=str(e))
+            self._ready.set()
+
+    async def _feed(self) -> None:
+        nc = await nats.connect(**nats_connect_kwargs(self._settings, f"{self._name}-feed"))
+        try:
+            subscription = await nc.jetstream().pull_subscribe(
+                self._subject, durable=self._durable, stream=self._stream, config=self._config
+            )
+            self._feed_loop = asyncio.get_running_loop()
+            self._freed = asyncio.Event()
+            self._ready.set()
+            beats = asyncio.create_task(self._beat(nc), name="agentledger-heartbeats")
+            try:
+                await self._pull(subscription)
+                # Fetching has stopped; settlements still arrive until close().
+                while not self._closing.is_set():
+                    await asyncio.sleep(_STOP_POLL_S)
+            finally:
+                beats.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beats
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+        finally:
+            self._feed_loop = None
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    async def _pull(self, subscription: Any) -> None:
+        assert self._freed is not None and self._loop is not None
+        while self._fetching.is_set():
+            with self._lock:
+                free = self._capacity - self._in_hand
+            if free <= 0:
+                self._freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._freed.wait(), FETCH_WAIT_S)
+                continue
+            try:
+                messages = await subscription.fetch(
+                    batch=min(free, MAX_BATCH), timeout=FETCH_WAIT_S
+                )
+            except (NatsTimeoutError, TimeoutError):
+                continue  # an empty stream
+            except (ConnectionClosedError, NoServersError):
+                await asyncio.sleep(0.5)  # reconnecting
+                continue
+            except Exception as e:  # never let one failed fetch end the worker
+                log.warning("task fetch failed; retrying", error=str(e))
+                await asyncio.sleep(1.0)
+                continue
+            for msg in messages:
+                token = next(self._tokens)
+                with self._lock:
+                    self._in_hand += 1
+                    if msg.reply:
+                        self._beating[token] = msg.reply
+                try:
+                    self._loop.call_soon_threadsafe(self._spawn, msg, token)
+                except RuntimeError:  # the worker's loop has closed: redelivered later
+                    return
+
+    async def _beat(self, nc: Any) -> None:
+        """`+WPI` every heartbeat interval for each message in hand."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            with self._lock:
+                subjects = list(self._beating.values())
+            for subject in subjects:
+                try:
+                    await nc.publish(subject, _IN_PROGRESS)
+                except Exception as e:  # the next beat may get through
+                    log.warning("heartbeat failed; AckWait may expire", error=str(e))
+                    break

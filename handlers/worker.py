@@ -32,7 +32,6 @@ from agentledger.domain.tasks import OutcomeStatus, RunAgent, RunError, RunOutco
 from agentledger.handlers.answers import TaskAnswers
 from agentledger.handlers.catalog import Catalog, UnknownAgent
 from agentledger.handlers.dead_letters import dead_letter
-from agentledger.handlers.heartbeats import Heartbeats
 from agentledger.handlers.intake import RawTask, Rejection, parse_task
 from agentledger.handlers.operations.metrics import WorkerMetrics
 from agentledger.handlers.runner import AgentRunner, RunSuperseded, TransientRunError
@@ -109,19 +108,15 @@ class TaskWorker:
         self.durable = workers_consumer(prefix)
         """The durable consumer all workers of this prefix share."""
         self.consumer: TaskConsumer | None = None
-        self.heartbeats: Heartbeats | None = None
         self.answers = TaskAnswers(broker=broker, store=store, prefix=prefix)
 
     async def start(self, tracer_provider: Any = None) -> None:
-        """Start the heartbeat thread, then pull tasks (the broker is connected)."""
+        """Start pulling tasks on the feed thread (the broker is connected)."""
         settings = self.settings
-        self.heartbeats = Heartbeats(
-            settings, "agentledger-worker", interval=max(0.5, settings.ack_wait_s / 3)
-        )
-        await asyncio.to_thread(self.heartbeats.start)
         tracer = tracer_provider.get_tracer("agentledger.worker") if tracer_provider else None
         self.consumer = TaskConsumer(
-            js=self.broker.connection.jetstream(),
+            settings=settings,
+            name="agentledger-worker",
             subject=task_subject(settings.subject_prefix, "*"),
             stream=settings.tasks_stream,
             durable=self.durable,
@@ -135,8 +130,8 @@ class TaskWorker:
             ),
             capacity=settings.worker_concurrency,
             handle=self.handle,
+            heartbeat_s=max(0.5, settings.ack_wait_s / 3),
             tracer=tracer,
-            heartbeats=self.heartbeats,
         )
         await self.consumer.start()
 
@@ -144,8 +139,6 @@ class TaskWorker:
         """Stop pulling and drop the subscription (call after `drain`)."""
         if self.consumer is not None:
             await self.consumer.close()
-        if self.heartbeats is not None:
-            await asyncio.to_thread(self.heartbeats.stop)
 
     async def handle(self, body: bytes, msg: Delivery) -> None:
         if self.draining:
@@ -157,8 +150,8 @@ class TaskWorker:
         assert current is not None
         self.in_flight[current] = msg
         self.metrics.in_flight.inc()
-        # Its heartbeats come from the heartbeat thread (registered by the consumer when
-        # the fetch returned), not from this event loop.
+        # Its heartbeats come from the consumer's feed thread (from the moment the fetch
+        # returned), not from this event loop.
         try:
             await self._process(body, msg)
         finally:

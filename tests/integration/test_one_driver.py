@@ -9,6 +9,7 @@ and both drove the same run.)"""
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -17,8 +18,21 @@ from conftest import MakeSettings
 
 from agentledger.domain.tasks import RunAgent
 from agentledger.handlers.client import submit
-from support.agents import JOURNAL_ENV, MODEL_PAUSE_ENV, read_journal, write_catalog
-from support.harness import nats_client, run_events, running_worker
+from support.agents import (
+    JOURNAL_ENV,
+    MODEL_BLOCK_ENV,
+    MODEL_PAUSE_ENV,
+    read_journal,
+    write_catalog,
+)
+from support.harness import (
+    nats_client,
+    run_events,
+    running_worker,
+    settings_env,
+    start_worker_process,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -45,3 +59,50 @@ async def test_two_workers_with_a_short_ack_wait_repeat_no_model_call_or_tool_ru
     assert effects == Counter({f"tool-effect job-{i}": 1 for i in range(len(tasks))})
     for task in tasks:
         assert run_events(settings, task.task_id).count("RunRequested") == 1
+
+
+async def test_a_task_fetched_while_the_event_loop_is_blocked_is_not_redelivered(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    """A worker process whose event loop is blocked for 3 s (a saturated loop) by one
+    run, with AckWait 1 s: a task it fetches meanwhile stays alive and runs once.
+
+    (Before: the fetch ran on the worker's event loop, so the second task sat unread in
+    the connection while the loop was blocked, passed AckWait, and JetStream redelivered
+    it while the worker went on to run the first copy: two model calls for one task.)"""
+    journal = tmp_path / "journal.log"
+    settings = make_settings(
+        "sqlite", catalog=str(write_catalog(tmp_path)), ack_wait_s=1, worker_concurrency=2
+    )
+    env = settings_env(settings) | {
+        JOURNAL_ENV: str(journal),
+        MODEL_BLOCK_ENV: "3",  # the `block-...` run blocks the loop
+        MODEL_PAUSE_ENV: "2",  # every run's first model call then takes 2 s more
+    }
+    worker = start_worker_process(env, tmp_path / "worker.log")
+    try:
+        async with nats_client(settings) as nc:
+            blocker = RunAgent(task_id="blocker", agent="effect", prompt="block-0")
+            first = asyncio.create_task(submit(nc, settings.subject_prefix, blocker, timeout=60))
+            await asyncio.to_thread(
+                wait_for,
+                lambda: "model-call-1 block-0" in read_journal(journal),
+                30,
+                "the blocking run's model call",
+            )
+            waiting = RunAgent(task_id="waiting", agent="effect", prompt="job-1")
+            second = await submit(nc, settings.subject_prefix, waiting, timeout=60)
+            outcomes = [await first, second]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    assert [o.status if o else None for o in outcomes] == ["completed", "completed"]
+    model_calls = Counter(line for line in read_journal(journal) if line.startswith("model"))
+    assert model_calls == Counter(
+        {
+            "model-call-1 block-0": 1,
+            "model-call-2 block-0": 1,
+            "model-call-1 job-1": 1,
+            "model-call-2 job-1": 1,
+        }
+    ), (tmp_path / "worker.log").read_text()[-3000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 from pydantic_ai import Agent
@@ -29,6 +30,9 @@ JOURNAL_ENV = "AGENTLEDGER_TEST_JOURNAL"
 TOOL_PAUSE_ENV = "AGENTLEDGER_TEST_TOOL_PAUSE_S"
 SECOND_CALL_PAUSE_ENV = "AGENTLEDGER_TEST_SECOND_CALL_PAUSE_S"
 MODEL_PAUSE_ENV = "AGENTLEDGER_TEST_MODEL_PAUSE_S"
+MODEL_BLOCK_ENV = "AGENTLEDGER_TEST_MODEL_BLOCK_S"
+"""Seconds the first model call of a prompt starting with `block` blocks the whole event
+loop (a saturated worker)."""
 
 
 def journal(line: str) -> None:
@@ -67,6 +71,8 @@ async def effect_model(messages: list[ModelMessage], info: AgentInfo) -> ModelRe
         await asyncio.sleep(float(os.environ.get(SECOND_CALL_PAUSE_ENV, "0")))
         return ModelResponse(parts=[TextPart(f"effect done: {returned[0].content}")])
     journal(f"model-call-1 {prompt}")
+    if prompt.startswith("block"):
+        time.sleep(float(os.environ.get(MODEL_BLOCK_ENV, "0")))  # noqa: ASYNC251 (on purpose)
     await asyncio.sleep(float(os.environ.get(MODEL_PAUSE_ENV, "0")))
     return ModelResponse(parts=[ToolCallPart("apply_effect", {"label": prompt})])
 
