@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from agentledger.domain.conversation import Conversation
+from agentledger.domain.graphs.run import GraphRun
 from agentledger.domain.rejection import TaskRejection
 from agentledger.domain.run import AgentRun
 
 __all__ = ["EVENT_CLASSES", "event_shape", "event_shapes"]
 
-_AGGREGATES: tuple[type[Any], ...] = (AgentRun, Conversation, TaskRejection)
+_AGGREGATES: tuple[type[Any], ...] = (AgentRun, Conversation, TaskRejection, GraphRun)
 
 
 def _events_of(aggregate: type[Any]) -> list[type[Any]]:

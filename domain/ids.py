@@ -13,6 +13,7 @@ __all__ = [
     "RunId",
     "SessionId",
     "TaskId",
+    "graph_run_id_for",
     "rejection_id_for",
     "run_id_for",
     "session_aggregate_id_for",
@@ -28,6 +29,7 @@ RunId = NewType("RunId", UUID)
 _RUN_NAMESPACE = UUID("6f1c3a52-5b0e-4a43-9d55-0a6f7d0c2a11")
 _SESSION_NAMESPACE = UUID("0b8f2e0c-92a4-4c6e-8d7d-3c5f0e9e6b21")
 _REJECTION_NAMESPACE = UUID("d9a4e7b1-3f62-4c8a-9e55-7b1c2d3e4f50")
+_GRAPH_RUN_NAMESPACE = UUID("3c2b9f4e-7a1d-4e8b-b6c0-5d9e2f1a7c34")
 
 
 def run_id_for(task_id: str) -> RunId:
@@ -43,3 +45,8 @@ def session_aggregate_id_for(session_id: str) -> UUID:
 def rejection_id_for(key: str) -> UUID:
     """The rejection aggregate id for a rejected message (task id, or message id)."""
     return uuid5(_REJECTION_NAMESPACE, key)
+
+
+def graph_run_id_for(task_id: str) -> UUID:
+    """The graph-run aggregate id for a graph task id."""
+    return uuid5(_GRAPH_RUN_NAMESPACE, task_id)

@@ -1,0 +1,307 @@
+"""The graph-run aggregate: one durable run of a pydantic-graph workflow.
+
+Every step that finishes is a checkpoint: `StepFinished` holds the step's output and the
+graph state after it. A re-execution serves recorded steps instead of running them, so
+only unrecorded steps run live. Steps are identified by a *task key*: a digest of the
+step's causal path through the graph (parent step, node id, fork branch index), which
+is the same on every re-execution, whatever order parallel branches finish in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from agentledger.domain.errors import InvalidTransition
+from agentledger.domain.ids import graph_run_id_for
+
+__all__ = ["GraphHistory", "GraphRun", "GraphRunStatus", "RecordedStep"]
+
+GraphRunStatus = Literal["running", "paused", "completed", "failed"]
+
+JSON = Any
+"""A JSON-compatible value."""
+
+
+class GraphRun(Aggregate):
+    """One run of a named graph for one task."""
+
+    TOPIC = "agentledger.GraphRun"
+
+    class Event(Aggregate.Event):
+        TOPIC = "agentledger.GraphRun.Event"
+
+    class Created(Event, Aggregate.Created):
+        TOPIC = "agentledger.GraphRun.Created"
+
+    class GraphStarted(Created):
+        """A graph task was accepted (or a run was forked from another's checkpoint)."""
+
+        TOPIC = "agentledger.GraphRun.GraphStarted"
+        class_version = 1
+        task_id: str
+        graph: str
+        inputs: JSON
+        state: JSON
+        """The initial state (None: the graph's state type's default)."""
+        metadata: dict[str, str]
+        max_steps: int
+        deadline: str | None
+        parent_run_id: str | None
+        """For a fork: the run it branched from."""
+        fork_at: int | None
+        """For a fork: the parent's version after which it branched; its own recorded
+        steps are copies of the parent's up to there."""
+
+    class StepStarted(Event):
+        """A step began to run live (not served from the record)."""
+
+        TOPIC = "agentledger.GraphRun.StepStarted"
+        class_version = 1
+        key: str
+        node_id: str
+
+    class StepFinished(Event):
+        """A step returned: its output, and the graph state after it (a checkpoint)."""
+
+        TOPIC = "agentledger.GraphRun.StepFinished"
+        class_version = 1
+        key: str
+        node_id: str
+        output: JSON
+        state: JSON
+        duration_ms: float
+
+    class StepFailed(Event):
+        """A step raised."""
+
+        TOPIC = "agentledger.GraphRun.StepFailed"
+        class_version = 1
+        key: str
+        node_id: str
+        error: str
+
+    class BranchTaken(Event):
+        """A decision chose a branch (its index among the decision's branches)."""
+
+        TOPIC = "agentledger.GraphRun.BranchTaken"
+        class_version = 1
+        key: str
+        node_id: str
+        branch: int
+        destination: str
+
+    class JoinCompleted(Event):
+        """A join reduced its branches' results (recorded: arrival order varies)."""
+
+        TOPIC = "agentledger.GraphRun.JoinCompleted"
+        class_version = 1
+        key: str
+        node_id: str
+        value: JSON
+
+    class GraphPaused(Event):
+        """A step waits for human input; the run resumes on a `ResumeGraph` message."""
+
+        TOPIC = "agentledger.GraphRun.GraphPaused"
+        class_version = 1
+        key: str
+        node_id: str
+        prompt: JSON
+
+    class GraphResumed(Event):
+        """Human input arrived for the paused step (`resume_id` dedups resumes)."""
+
+        TOPIC = "agentledger.GraphRun.GraphResumed"
+        class_version = 1
+        key: str
+        input: JSON
+        resume_id: str
+
+    class GraphCompleted(Event):
+        TOPIC = "agentledger.GraphRun.GraphCompleted"
+        class_version = 1
+        output: JSON
+        duration_ms: float
+
+    class GraphFailed(Event):
+        TOPIC = "agentledger.GraphRun.GraphFailed"
+        class_version = 1
+        error_kind: str
+        message: str
+        duration_ms: float
+
+    @staticmethod
+    def create_id(task_id: str) -> UUID:
+        return graph_run_id_for(task_id)
+
+    @event(GraphStarted)
+    def __init__(
+        self,
+        task_id: str,
+        graph: str,
+        inputs: JSON,
+        state: JSON,
+        metadata: dict[str, str],
+        max_steps: int,
+        deadline: str | None,
+        parent_run_id: str | None = None,
+        fork_at: int | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.graph = graph
+        self.max_steps = max_steps
+        self.deadline = deadline
+        self.parent_run_id = parent_run_id
+        self.status: GraphRunStatus = "running"
+        self.steps = 0
+        self.paused_key: str | None = None
+        self.resume_ids: set[str] = set()
+        self.output: JSON = None
+        self.error_kind: str | None = None
+        self.error_message: str | None = None
+
+    def _require(self, what: str, *statuses: GraphRunStatus) -> None:
+        if self.status not in statuses:
+            raise InvalidTransition(what, self.status)
+
+    def start_step(self, key: str, node_id: str) -> None:
+        self._require("start a step", "running")
+        self._trigger_step_started(key=key, node_id=node_id)
+
+    @event(StepStarted)
+    def _trigger_step_started(self, key: str, node_id: str) -> None:
+        self.steps += 1
+
+    def finish_step(
+        self, key: str, node_id: str, output: JSON, state: JSON, duration_ms: float
+    ) -> None:
+        self._require("finish a step", "running")
+        self._trigger_step_finished(
+            key=key, node_id=node_id, output=output, state=state, duration_ms=duration_ms
+        )
+
+    @event(StepFinished)
+    def _trigger_step_finished(
+        self, key: str, node_id: str, output: JSON, state: JSON, duration_ms: float
+    ) -> None:
+        pass
+
+    def fail_step(self, key: str, node_id: str, error: str) -> None:
+        self._require("fail a step", "running")
+        self._trigger_step_failed(key=key, node_id=node_id, error=error)
+
+    @event(StepFailed)
+    def _trigger_step_failed(self, key: str, node_id: str, error: str) -> None:
+        pass
+
+    def take_branch(self, key: str, node_id: str, branch: int, destination: str) -> None:
+        self._require("take a branch", "running")
+        self._trigger_branch(key=key, node_id=node_id, branch=branch, destination=destination)
+
+    @event(BranchTaken)
+    def _trigger_branch(self, key: str, node_id: str, branch: int, destination: str) -> None:
+        pass
+
+    def complete_join(self, key: str, node_id: str, value: JSON) -> None:
+        self._require("complete a join", "running")
+        self._trigger_join(key=key, node_id=node_id, value=value)
+
+    @event(JoinCompleted)
+    def _trigger_join(self, key: str, node_id: str, value: JSON) -> None:
+        pass
+
+    def pause(self, key: str, node_id: str, prompt: JSON) -> None:
+        self._require("pause", "running")
+        self._trigger_paused(key=key, node_id=node_id, prompt=prompt)
+
+    @event(GraphPaused)
+    def _trigger_paused(self, key: str, node_id: str, prompt: JSON) -> None:
+        self.status = "paused"
+        self.paused_key = key
+
+    def resume(self, input: JSON, resume_id: str) -> bool:
+        """Record the input for the paused step; False if this resume was applied before."""
+        if resume_id in self.resume_ids:
+            return False
+        self._require("resume", "paused")
+        assert self.paused_key is not None
+        self._trigger_resumed(key=self.paused_key, input=input, resume_id=resume_id)
+        return True
+
+    @event(GraphResumed)
+    def _trigger_resumed(self, key: str, input: JSON, resume_id: str) -> None:
+        self.status = "running"
+        self.paused_key = None
+        self.resume_ids.add(resume_id)
+
+    def complete(self, output: JSON, duration_ms: float) -> None:
+        self._require("complete the run", "running")
+        self._trigger_completed(output=output, duration_ms=duration_ms)
+
+    @event(GraphCompleted)
+    def _trigger_completed(self, output: JSON, duration_ms: float) -> None:
+        self.status = "completed"
+        self.output = output
+
+    def fail(self, error_kind: str, message: str, duration_ms: float) -> None:
+        """End the run as failed (also from `paused`: a cancellation or a deadline)."""
+        self._require("fail the run", "running", "paused")
+        self._trigger_failed(error_kind=error_kind, message=message, duration_ms=duration_ms)
+
+    @event(GraphFailed)
+    def _trigger_failed(self, error_kind: str, message: str, duration_ms: float) -> None:
+        self.status = "failed"
+        self.error_kind = error_kind
+        self.error_message = message
+
+
+@dataclass(frozen=True)
+class RecordedStep:
+    key: str
+    node_id: str
+    output: JSON
+    state: JSON
+    version: int
+
+
+@dataclass(kw_only=True)
+class GraphHistory:
+    """What a graph run has recorded, folded from its events (for re-execution and replay)."""
+
+    steps: dict[str, RecordedStep] = field(default_factory=dict)
+    """Finished steps by task key: served, never run again."""
+    branches: dict[str, int] = field(default_factory=dict)
+    joins: dict[str, JSON] = field(default_factory=dict)
+    inputs: dict[str, JSON] = field(default_factory=dict)
+    """Human input by the key of the step that waited for it."""
+    state: JSON = None
+    """The state after the last finished step (the initial state if none)."""
+    path: list[str] = field(default_factory=list)
+    """Node ids of finished steps, in the order they finished."""
+    started: GraphRun.GraphStarted | None = None
+
+    @classmethod
+    def fold(cls, events: Iterable[object]) -> GraphHistory:
+        history = cls()
+        for e in events:
+            if isinstance(e, GraphRun.GraphStarted):
+                history.started = e
+                history.state = e.state
+            elif isinstance(e, GraphRun.StepFinished):
+                history.steps[e.key] = RecordedStep(
+                    e.key, e.node_id, e.output, e.state, e.originator_version
+                )
+                history.state = e.state
+                history.path.append(e.node_id)
+            elif isinstance(e, GraphRun.BranchTaken):
+                history.branches[e.key] = e.branch
+            elif isinstance(e, GraphRun.JoinCompleted):
+                history.joins[e.key] = e.value
+            elif isinstance(e, GraphRun.GraphResumed):
+                history.inputs[e.key] = e.input
+        return history

@@ -1,0 +1,403 @@
+"""Durable execution of pydantic-graph (2.x `GraphBuilder`) graphs: record and serve.
+
+The executor drives `Graph.iter` on a copy of the user's graph whose step functions are
+wrapped. A step whose completion is recorded (`StepFinished` under its task key) returns
+its recorded output without running; any other step runs live, and its output and the
+graph state after it are recorded and saved before the graph moves on (a checkpoint per
+step). A re-execution after a crash therefore runs only the steps that had not finished.
+
+Task keys. A step gets no identity from pydantic-graph that survives a re-execution
+(its task ids are counters handed out in completion order). The executor gives every
+task a *causal* key instead: its parent task's key, plus `[i]` for the i-th branch of a
+fork (the element index of a map, the branch index of a broadcast), plus its node id. A
+join's continuation is keyed by the fork run it closes. The same graph on the same
+recorded outputs yields the same keys, whatever order parallel branches finish in.
+Recorded join values (`JoinCompleted`) are served too, since a reducer's result can
+depend on arrival order.
+
+This needs two private hooks of pydantic-graph 2.62 (`_GraphIterator._run_task` and
+`_handle_non_fork_edges`), installed per run on the run's own iterator object; the
+pinned version is tested (tests/unit/test_graph_executor.py resumes at every checkpoint
+of a graph with a decision, a broadcast fork, a map fork and joins).
+
+Determinism rules for graph authors (as for Temporal workflows):
+- Put every side effect, clock read, random number and I/O inside a step. Steps run at
+  least once: a step that was running when the worker died runs again.
+- Decision predicates, edge transforms and join reducers run again on every
+  re-execution: keep them pure functions of their inputs.
+- A step should change the graph state only after its last `await` (parallel steps
+  share one state object; a checkpoint holds the state when a step finished).
+- Give steps concrete return annotations: outputs are stored as JSON and validated back
+  with the annotation (`Any` comes back as plain JSON).
+- Changing a graph's structure (node ids, branches) under runs in flight makes them
+  diverge; replay reports the first divergence.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, get_type_hints
+
+from pydantic import TypeAdapter
+from pydantic_graph import Decision, EndMarker, Graph, Join, Step
+from pydantic_graph.basenode import End
+from pydantic_graph.graph_builder import (  # private: pinned and tested
+    GraphTask,
+    JoinItem,
+    _GraphIterator,
+    _GraphTaskAsyncIterable,
+)
+from pydantic_graph.node import Fork
+from pydantic_graph.paths import DestinationMarker
+from pydantic_graph.step import NodeStep
+
+from agentledger.domain.graphs.run import GraphHistory, GraphRun
+from agentledger.infra.event_store import StoreUnavailable
+
+__all__ = [
+    "GraphDiverged",
+    "GraphExecutor",
+    "GraphPausedForInput",
+    "StepLimitExceeded",
+    "agent_step",
+    "wait_for_input",
+]
+
+ROOT_KEY = "__start__"
+MAX_KEY_CHARS = 200
+
+
+class GraphPausedForInput(Exception):
+    """Raised inside a step by `wait_for_input` when no input is recorded for it."""
+
+    def __init__(self, key: str, node_id: str, prompt: Any) -> None:
+        super().__init__(f"step {node_id} waits for input")
+        self.key, self.node_id, self.prompt = key, node_id, prompt
+
+
+class StepLimitExceeded(Exception):
+    """The run reached its step bound (a cycle that does not end)."""
+
+
+class GraphDiverged(Exception):
+    """A re-execution left the recorded path (replay, or a graph changed under a run)."""
+
+    def __init__(self, key: str, node_id: str, message: str) -> None:
+        super().__init__(f"{node_id}: {message}")
+        self.key, self.node_id = key, node_id
+
+
+@dataclass
+class _Current:
+    executor: GraphExecutor
+    key: str
+    node_id: str
+
+
+_CURRENT: ContextVar[_Current | None] = ContextVar("agentledger_graph_step", default=None)
+
+AgentStepRunner = Callable[[str, str, str], Awaitable[Any]]
+"""(agent name, prompt, task id) -> the agent run's output."""
+
+
+def _current(helper: str) -> _Current:
+    current = _CURRENT.get()
+    if current is None:
+        raise RuntimeError(f"{helper}() can only be called inside a step of a durable graph")
+    return current
+
+
+async def wait_for_input(prompt: Any, input_type: Any = Any) -> Any:
+    """Inside a step: the human input recorded for this step, or pause the run.
+
+    Pausing ends the delivery with the run `paused`; a `ResumeGraph` message records the
+    input, and the step runs again from its start and gets it. Code before this call
+    runs again on resume: call it first, or keep that code idempotent."""
+    current = _current("wait_for_input")
+    recorded = current.executor.history.inputs
+    if current.key not in recorded:
+        raise GraphPausedForInput(current.key, current.node_id, prompt)
+    return TypeAdapter(input_type).validate_python(recorded[current.key])
+
+
+async def agent_step(agent: str, prompt: str) -> Any:
+    """Inside a step: run catalog agent `agent` as a recorded agent run, linked to this
+    graph run (its task id is `<graph task id>/<step key>`), and return its output.
+
+    A worker killed inside it resumes that agent run where it stopped: recorded model
+    responses and tool results are served, not requested again."""
+    current = _current("agent_step")
+    executor = current.executor
+    if executor.agent_runner is None:
+        raise RuntimeError("this graph executor has no agent runner")
+    task_id = f"{executor.task_id}/{current.key}"
+    return await executor.agent_runner(agent, prompt, task_id)
+
+
+def _step_key(path: str, node_id: str) -> str:
+    """The stored key: the causal path itself, or for long paths (cycles) the node id and
+    a digest of the path."""
+    if len(path) <= MAX_KEY_CHARS:
+        return path
+    return f"{node_id}~{hashlib.sha256(path.encode()).hexdigest()[:32]}"
+
+
+def _return_adapter(fn: Any) -> TypeAdapter[Any]:
+    try:
+        hint = get_type_hints(fn).get("return", Any)
+        return TypeAdapter(hint)
+    except Exception:
+        return TypeAdapter(Any)
+
+
+class _NodeOutput:
+    """A `BaseNode` step's output is the next node (or `End`): stored as class + data."""
+
+    def __init__(self, graph: Graph) -> None:
+        self._classes = {
+            n.node_type.__name__: n.node_type
+            for n in graph.nodes.values()
+            if isinstance(n, NodeStep)
+        }
+
+    def dump_python(self, out: Any, mode: str = "json") -> Any:
+        if isinstance(out, End):
+            return {"node": "__end__", "data": TypeAdapter(Any).dump_python(out.data, mode="json")}
+        data = TypeAdapter(type(out)).dump_python(out, mode="json")
+        return {"node": type(out).__name__, "data": data}
+
+    def validate_python(self, value: Any) -> Any:
+        if value["node"] == "__end__":
+            return End(value["data"])
+        return TypeAdapter(self._classes[value["node"]]).validate_python(value["data"])
+
+
+class _DurableIterator(_GraphIterator):
+    """Gives every task its causal key (installed on one run's iterator object)."""
+
+    _executor: GraphExecutor
+    _paths: dict[str, str]
+    _fork_paths: dict[str, str]
+
+    def _register(self, parent: str, node: Any, tasks: Any) -> None:
+        for i, task in enumerate(tasks):
+            if isinstance(node, Fork):
+                item = task.fork_stack[-1]
+                self._fork_paths.setdefault(item.node_run_id, parent)
+                self._paths[task.task_id] = f"{parent}[{item.thread_index}]/{task.node_id}"
+            else:
+                suffix = f"#{i}" if len(tasks) > 1 else ""
+                self._paths[task.task_id] = f"{parent}/{task.node_id}{suffix}"
+
+    async def _run_task(self, task: GraphTask) -> Any:
+        path = self._paths.get(task.task_id)
+        if path is None:
+            path = ROOT_KEY if task.node_id == ROOT_KEY else f"injected/{task.node_id}"
+            if task.node_id == ROOT_KEY:
+                self._fork_paths[task.fork_stack[0].node_run_id] = ROOT_KEY
+        node = self.graph.nodes[task.node_id]
+        token = _CURRENT.set(_Current(self._executor, path, task.node_id))
+        try:
+            result = await super()._run_task(task)
+        finally:
+            _CURRENT.reset(token)
+        if isinstance(result, _GraphTaskAsyncIterable):
+            inner = result.iterable
+
+            async def keyed() -> AsyncIterator[Any]:
+                async for batch in inner:
+                    self._register(path, node, batch)
+                    yield batch
+
+            result.iterable = keyed()
+        elif not isinstance(result, JoinItem | EndMarker):
+            self._register(path, node, result)
+            if isinstance(node, Decision):
+                self._executor._branch_taken(path, node, result)
+        return result
+
+    def _handle_non_fork_edges(self, node: Any, inputs: Any, fork_stack: Any) -> Any:
+        if isinstance(node, Join):  # a join's fork run has completed
+            parent_fork = self.graph.get_parent_fork(node.id).fork_id
+            run_id = next(x.node_run_id for x in reversed(fork_stack) if x.fork_id == parent_fork)
+            path = f"{self._fork_paths[run_id]}/{node.id}"
+            inputs = self._executor._join_completed(path, node, inputs)
+            tasks = super()._handle_non_fork_edges(node, inputs, fork_stack)
+            self._register(path, node, tasks)
+            return tasks
+        return super()._handle_non_fork_edges(node, inputs, fork_stack)
+
+
+Save = Callable[[], Awaitable[Any]]
+
+
+class GraphExecutor:
+    """Runs one graph run to its end, a pause, or an error, recording on `run`.
+
+    `save` persists the run's pending events (the worker's store save). With
+    `replay=True` nothing may run live: a step without a record raises `GraphDiverged`,
+    as does a branch other than the recorded one."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        run: GraphRun,
+        history: GraphHistory,
+        *,
+        save: Save,
+        agent_runner: AgentStepRunner | None = None,
+        replay: bool = False,
+        deadline: datetime | None = None,
+    ) -> None:
+        self.graph = graph
+        self.run = run
+        self.history = history
+        self.task_id = run.task_id
+        self.agent_runner = agent_runner
+        self.replay = replay
+        self.deadline = deadline
+        self._save = save
+        self._state_adapter: TypeAdapter[Any] = TypeAdapter(graph.state_type)
+        self._durable = self._wrap(graph)
+        self._keys_seen: set[str] = set()
+        self.live: list[str] = []
+        """Node ids of the steps this execution ran live, in start order."""
+        self.served: list[str] = []
+
+    # -- public --------------------------------------------------------------------
+
+    def initial_state(self) -> Any:
+        recorded = self.history.state
+        if recorded is not None:
+            return self._state_adapter.validate_python(recorded)
+        state_type = self.graph.state_type
+        if state_type is None or state_type is type(None):
+            return None
+        factory: Any = state_type
+        return factory()
+
+    async def execute(self, inputs: Any, deps: Any = None) -> Any:
+        """Drive the graph to its end and return its output (a pause raises
+        `GraphPausedForInput`; the caller records it)."""
+        state = self.initial_state()
+        async with self._durable.iter(state=state, deps=deps, inputs=inputs) as graph_run:
+            iterator: Any = graph_run._iterator_instance
+            iterator.__class__ = _DurableIterator  # this run only, before its first step
+            iterator._executor, iterator._paths, iterator._fork_paths = self, {}, {}
+            async for _ in graph_run:
+                pass
+            return graph_run.output
+
+    def dump_output(self, output: Any) -> Any:
+        return TypeAdapter(self.graph.output_type).dump_python(output, mode="json")
+
+    # -- hooks ---------------------------------------------------------------------
+
+    def _wrap(self, graph: Graph) -> Graph:
+        nodes: dict[Any, Any] = {}
+        for node_id, node in graph.nodes.items():
+            if not isinstance(node, Step):
+                nodes[node_id] = node
+                continue
+            original = node.call
+            adapter: Any = _NodeOutput(graph) if isinstance(node, NodeStep) else None
+            if adapter is None:
+                adapter = _return_adapter(original)
+
+            async def call(
+                ctx: Any, _call: Any = original, _node: Any = node, _ad: Any = adapter
+            ) -> Any:
+                current = _CURRENT.get()
+                if current is None or current.executor is not self:
+                    return await _call(ctx)
+                return await self._step(current.key, _node, _call, _ad, ctx)
+
+            wrapped = copy.copy(node)
+            wrapped._call = call
+            nodes[node_id] = wrapped
+        return dataclasses.replace(graph, nodes=nodes)
+
+    async def _step(self, path: str, node: Any, call: Any, adapter: Any, ctx: Any) -> Any:
+        key = _step_key(path, node.id)
+        if key not in self._keys_seen:
+            self._keys_seen.add(key)
+            if len(self._keys_seen) > self.run.max_steps:
+                raise StepLimitExceeded(
+                    f"the run reached its bound of {self.run.max_steps} steps at {node.id}"
+                )
+        recorded = self.history.steps.get(key)
+        if recorded is not None:
+            self.served.append(node.id)
+            return adapter.validate_python(recorded.output)
+        if self.replay:
+            raise GraphDiverged(key, node.id, "the step has no recorded result (a new path)")
+        if self.deadline is not None and datetime.now(UTC) >= self.deadline:
+            raise TimeoutError(f"the run's deadline passed before step {node.id}")
+        self.live.append(node.id)
+        self.run.start_step(key, node.id)
+        await self._save()
+        started = time.perf_counter()
+        token = _CURRENT.set(_Current(self, key, node.id))
+        try:
+            output = await call(ctx)
+        except (GraphPausedForInput, StoreUnavailable):
+            raise
+        except Exception as e:
+            self.run.fail_step(key, node.id, f"{type(e).__name__}: {e}")
+            await self._save()
+            raise
+        finally:
+            _CURRENT.reset(token)
+        # The checkpoint is taken at once (no await between the step's return and it).
+        self.run.finish_step(
+            key,
+            node.id,
+            output=adapter.dump_python(output, mode="json"),
+            state=self._state_adapter.dump_python(ctx.state, mode="json"),
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+        await self._save()
+        return output
+
+    def _branch_taken(self, path: str, decision: Any, tasks: Any) -> None:
+        destination = tasks[0].node_id if tasks else ""
+        branch = next(
+            (
+                i
+                for i, b in enumerate(decision.branches)
+                if [m for m in b.path.items if isinstance(m, DestinationMarker)][-1].destination_id
+                == destination
+            ),
+            -1,
+        )
+        key = _step_key(path, decision.id)
+        recorded = self.history.branches.get(key)
+        if recorded is not None:
+            if recorded != branch:
+                raise GraphDiverged(
+                    key, decision.id, f"took branch {branch}, recorded branch {recorded}"
+                )
+            return
+        if self.replay:
+            raise GraphDiverged(key, decision.id, "the decision has no recorded branch")
+        self.run.take_branch(key, decision.id, branch, str(destination))
+        self.history.branches[key] = branch
+
+    def _join_completed(self, path: str, join: Any, value: Any) -> Any:
+        key = _step_key(path, join.id)
+        adapter = _return_adapter(join.reducer)
+        if key in self.history.joins:
+            return adapter.validate_python(self.history.joins[key])
+        if self.replay:
+            raise GraphDiverged(key, join.id, "the join has no recorded value")
+        dumped = adapter.dump_python(value, mode="json")
+        self.run.complete_join(key, join.id, dumped)
+        self.history.joins[key] = dumped
+        return value
