@@ -25,7 +25,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-__all__ = ["calculator", "calculator_reply", "divider", "greeter", "notes"]
+__all__ = ["calculator", "calculator_reply", "divider", "greeter", "notes", "risk_analyst"]
 
 _NUMBERS = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -152,3 +152,19 @@ divider = Agent(
 async def divide(a: float, b: float) -> float:
     """Divide a by b."""
     return a / b
+
+
+async def risk_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Scores a prepared transaction summary ("customer ... total 12000.0 over 3
+    payments"): large totals and many payments are risky."""
+    prompt = _last_user_prompt(messages)
+    numbers = [float(n) for n in _NUMBERS.findall(prompt)]
+    total = numbers[0] if numbers else 0.0
+    count = numbers[1] if len(numbers) > 1 else 0.0
+    score = min(1.0, round(total / 20_000 + count / 50, 2))
+    reason = "large total" if total >= 10_000 else "usual amounts"
+    return ModelResponse(parts=[TextPart(f"risk {score}: {reason}")])
+
+
+risk_analyst = Agent(FunctionModel(risk_model, model_name="risk-fn"), name="risk_analyst")
+"""The example graph's analysis agent: answers `risk <score 0..1>: <reason>`."""

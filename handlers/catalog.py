@@ -10,24 +10,25 @@ the list of what is wrong, instead of failing each task.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from pydantic_ai import Agent
 from pydantic_ai.models import Model
 
 from agentledger.domain.pricing import ModelPrice
+from agentledger.handlers.graphs.catalog import GraphEntry, check_graphs, graph_entries
+from agentledger.handlers.refs import CatalogError, load_ref
 
 __all__ = [
     "Catalog",
     "CatalogEntry",
     "CatalogError",
+    "GraphEntry",
     "ModelFactory",
     "UnknownAgent",
     "put_on_import_path",
@@ -35,10 +36,6 @@ __all__ = [
 
 ModelFactory = Callable[[str, str | None], Model]
 """Builds a model from a catalog entry's `model` string and optional `base_url`."""
-
-
-class CatalogError(Exception):
-    """The catalog file or one of its references is wrong."""
 
 
 class UnknownAgent(CatalogError):
@@ -71,22 +68,6 @@ class CatalogEntry:
         return self._agent
 
 
-_RENAMED_TOP_LEVEL = frozenset({"catalog", "domain", "handlers", "infra", "projections"})
-"""Packages that agentledger 0.1 installed at the top level; since 0.2 they are
-`agentledger.<name>`. References written before (history files, exported catalogs) still
-resolve: when such a top-level module does not exist, the `agentledger.` one is used."""
-
-
-def _import_ref_module(module_name: str) -> ModuleType:
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        top = module_name.partition(".")[0]
-        if top in _RENAMED_TOP_LEVEL and e.name == top:
-            return importlib.import_module(f"agentledger.{module_name}")
-        raise
-
-
 def put_on_import_path(folders: list[Path]) -> None:
     """Put `folders` first on `sys.path` (each once), where catalog references are looked
     up: a user's `mycompany/agents.py` beside the catalog must import without PYTHONPATH."""
@@ -98,17 +79,7 @@ def put_on_import_path(folders: list[Path]) -> None:
 
 
 def _load_agent(ref: str) -> Agent[Any, Any]:
-    module_name, _, attribute = ref.partition(":")
-    if not module_name or not attribute:
-        raise CatalogError(f"catalog reference {ref!r} must look like 'package.module:attribute'")
-    try:
-        module = _import_ref_module(module_name)
-    except ImportError as e:
-        raise CatalogError(f"cannot import {module_name!r} for {ref!r}: {e}") from None
-    try:
-        obj = getattr(module, attribute)
-    except AttributeError:
-        raise CatalogError(f"{module_name!r} has no attribute {attribute!r}") from None
+    obj = load_ref(ref)
     if not isinstance(obj, Agent):
         raise CatalogError(f"{ref!r} is a {type(obj).__name__}, not a pydantic_ai.Agent")
     return obj
@@ -120,6 +91,7 @@ class Catalog:
 
     path: Path
     entries: dict[str, CatalogEntry]
+    graphs: dict[str, GraphEntry] = field(default_factory=dict)
     demo_tasks: list[tuple[str, str, str | None]] = field(default_factory=list)
 
     @classmethod
@@ -159,10 +131,10 @@ class Catalog:
             (agent, prompt, session or None)
             for agent, prompt, session in data.get("demo", {}).get("tasks", [])
         ]
-        return cls(path=path, entries=entries, demo_tasks=demo)
+        return cls(path=path, entries=entries, graphs=graph_entries(path, data), demo_tasks=demo)
 
     def check(self) -> None:
-        """Import every entry's agent now; raise one `CatalogError` naming each bad one.
+        """Import every agent and graph now; raise one `CatalogError` naming each bad one.
 
         A worker calls this when it starts, so a typo in a reference is a start-up error
         with the catalog's path, not a traceback per task later.
@@ -173,6 +145,7 @@ class Catalog:
                 self.entries[name].agent  # noqa: B018 (imports and caches the agent)
             except CatalogError as e:
                 problems.append(f"agent {name!r}: {e}")
+        problems += check_graphs(self.graphs)
         if problems:
             raise CatalogError(f"catalog {self.path}: " + "; ".join(problems))
 

@@ -35,6 +35,7 @@ from agentledger.handlers.cli_support import (
     settings_from_env,
     until_signal,
 )
+from agentledger.handlers.graphs.cli import register as register_graph_commands
 from agentledger.infra.settings import Settings
 
 __all__ = ["app", "main"]
@@ -481,6 +482,7 @@ def schema(
 
 register_history_commands(app)
 register_dead_commands(app)
+register_graph_commands(app)
 
 
 def _interrupt(signum: int, frame: object) -> None:

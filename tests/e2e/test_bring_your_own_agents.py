@@ -139,3 +139,39 @@ def test_a_bad_reference_stops_the_worker_at_start_with_one_clear_error(
     assert "agent 'missing': 'mycompany.agents' has no attribute 'no_such_agent'" in errors[0]
     assert "agent 'typo': cannot import 'mycompany.agentz'" in errors[0]
     assert "worker started" not in result.stderr + result.stdout
+
+
+def test_an_invalid_graph_stops_the_worker_at_start_naming_the_graph(
+    user_folder: tuple[Path, dict[str, str]],
+) -> None:
+    folder, env = user_folder
+    (folder / "mycompany" / "flows.py").write_text(
+        "from pydantic_graph import GraphBuilder, StepContext\n"
+        "unbuilt = GraphBuilder(input_type=int, output_type=int)\n"
+        "g = GraphBuilder(input_type=int, output_type=int)\n"
+        "@g.step\n"
+        "def double(ctx: StepContext[None, None, int]) -> int:\n"
+        "    return ctx.inputs * 2\n"
+        "g.add(g.edge_from(g.start_node).to(double), g.edge_from(double).to(g.end_node))\n"
+        "sync_steps = g.build()\n"
+    )
+    catalog = folder / "catalog.toml"
+    catalog.write_text(
+        catalog.read_text()
+        + '\n[graphs.unbuilt]\nref = "mycompany.flows:unbuilt"\n'
+        + '\n[graphs.sync]\nref = "mycompany.flows:sync_steps"\n'
+    )
+    result = subprocess.run(
+        [AGENTLEDGER, "worker"],
+        cwd=folder,
+        env={**env, "AGENTLEDGER_CATALOG": "catalog.toml"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert "graph 'sync': 'mycompany.flows:sync_steps': step 'double' is not an async" in errors[0]
+    assert "graph 'unbuilt': 'mycompany.flows:unbuilt' is a GraphBuilder" in errors[0]
+    assert "worker started" not in result.stderr + result.stdout
