@@ -12,6 +12,7 @@ from agentledger.projections.conversations import (
     ConversationView,
     TurnView,
 )
+from agentledger.projections.graphs.runs import GraphRunsProjection, GraphRunView
 from agentledger.projections.metrics import AgentMetrics, MetricsProjection
 from agentledger.projections.runs import RunsProjection, RunView
 from agentledger.projections.snapshots import PendingToolCall, SnapshotsProjection, SnapshotView
@@ -21,6 +22,7 @@ __all__ = [
     "ALL_PROJECTIONS",
     "AgentMetrics",
     "ConversationView",
+    "GraphRunView",
     "PendingToolCall",
     "RunView",
     "SnapshotView",
@@ -35,6 +37,7 @@ ALL_PROJECTIONS: tuple[type[Projection], ...] = (
     ConversationsProjection,
     MetricsProjection,
     SnapshotsProjection,
+    GraphRunsProjection,
 )
 
 

@@ -19,9 +19,8 @@ from agentledger.handlers.graphs.executor import (
     GraphPausedForInput,
     StepLimitExceeded,
 )
-
-from . import sample_graphs
-from .sample_graphs import CALLS, approval_graph, cycle_graph, fan_graph
+from support import sample_graphs
+from support.sample_graphs import CALLS, approval_graph, cycle_graph, fan_graph
 
 pytestmark = pytest.mark.asyncio
 

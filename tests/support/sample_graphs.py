@@ -10,7 +10,12 @@ from typing import Any, Literal
 
 from pydantic_graph import GraphBuilder, StepContext, reduce_dict_update, reduce_list_append
 
-from agentledger.handlers.graphs.executor import wait_for_input
+from agentledger.domain.graphs.run import GraphHistory, GraphRun
+from agentledger.handlers.graphs.executor import (
+    GraphExecutor,
+    GraphPausedForInput,
+    wait_for_input,
+)
 
 CALLS: list[str] = []
 
@@ -166,3 +171,31 @@ h.add(
     h.edge_from(publish).to(h.end_node),
 )
 approval_graph = h.build()
+
+
+async def recorded(graph: Any, name: str, inputs: Any) -> tuple[GraphRun, list[Any], Any]:
+    """Run `graph` to its end or pause on an in-memory record: (run, its events, output)."""
+    run = GraphRun(
+        task_id=f"task-{name}",
+        graph=name,
+        inputs=inputs,
+        state=None,
+        metadata={},
+        max_steps=100,
+        deadline=None,
+    )
+    stored = list(run.collect_events())
+
+    async def save() -> None:
+        stored.extend(run.collect_events())
+
+    executor = GraphExecutor(graph, run, GraphHistory.fold(stored), save=save)
+    try:
+        output = await executor.execute(inputs)
+    except GraphPausedForInput as paused:
+        run.pause(paused.key, paused.node_id, paused.prompt)
+        output = None
+    else:
+        run.complete(executor.dump_output(output), duration_ms=12.5)
+    stored.extend(run.collect_events())
+    return run, stored, output
