@@ -160,6 +160,9 @@ class GraphRun(Aggregate):
         self.status: GraphRunStatus = "running"
         self.steps = 0
         self.paused_key: str | None = None
+        self.paused_node: str | None = None
+        self.paused_prompt: JSON = None
+        self.duration_ms: float | None = None
         self.resume_ids: set[str] = set()
         self.output: JSON = None
         self.error_kind: str | None = None
@@ -223,6 +226,8 @@ class GraphRun(Aggregate):
     def _trigger_paused(self, key: str, node_id: str, prompt: JSON) -> None:
         self.status = "paused"
         self.paused_key = key
+        self.paused_node = node_id
+        self.paused_prompt = prompt
 
     def resume(self, input: JSON, resume_id: str) -> bool:
         """Record the input for the paused step; False if this resume was applied before."""
@@ -237,6 +242,8 @@ class GraphRun(Aggregate):
     def _trigger_resumed(self, key: str, input: JSON, resume_id: str) -> None:
         self.status = "running"
         self.paused_key = None
+        self.paused_node = None
+        self.paused_prompt = None
         self.resume_ids.add(resume_id)
 
     def complete(self, output: JSON, duration_ms: float) -> None:
@@ -247,6 +254,7 @@ class GraphRun(Aggregate):
     def _trigger_completed(self, output: JSON, duration_ms: float) -> None:
         self.status = "completed"
         self.output = output
+        self.duration_ms = duration_ms
 
     def fail(self, error_kind: str, message: str, duration_ms: float) -> None:
         """End the run as failed (also from `paused`: a cancellation or a deadline)."""
@@ -258,6 +266,8 @@ class GraphRun(Aggregate):
         self.status = "failed"
         self.error_kind = error_kind
         self.error_message = message
+        self.duration_ms = duration_ms
+        self.paused_key = self.paused_node = self.paused_prompt = None
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, get_type_hints
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from pydantic_graph import Decision, EndMarker, Graph, Join, Step
 from pydantic_graph.basenode import End
 from pydantic_graph.graph_builder import (  # private: pinned and tested
@@ -103,8 +103,8 @@ class _Current:
 
 _CURRENT: ContextVar[_Current | None] = ContextVar("agentledger_graph_step", default=None)
 
-AgentStepRunner = Callable[[str, str, str], Awaitable[Any]]
-"""(agent name, prompt, task id) -> the agent run's output."""
+AgentStepRunner = Callable[[str, str, str, str], Awaitable[Any]]
+"""(agent name, prompt, graph task id, step key) -> the agent run's output."""
 
 
 def _current(helper: str) -> _Current:
@@ -117,6 +117,9 @@ def _current(helper: str) -> _Current:
 async def wait_for_input(prompt: Any, input_type: Any = Any) -> Any:
     """Inside a step: the human input recorded for this step, or pause the run.
 
+    An input that does not validate as `input_type` pauses the run again, with the
+    prompt and what was wrong (`{"prompt": ..., "invalid_input": ...}`).
+
     Pausing ends the delivery with the run `paused`; a `ResumeGraph` message records the
     input, and the step runs again from its start and gets it. Code before this call
     runs again on resume: call it first, or keep that code idempotent."""
@@ -124,12 +127,22 @@ async def wait_for_input(prompt: Any, input_type: Any = Any) -> Any:
     recorded = current.executor.history.inputs
     if current.key not in recorded:
         raise GraphPausedForInput(current.key, current.node_id, prompt)
-    return TypeAdapter(input_type).validate_python(recorded[current.key])
+    try:
+        return TypeAdapter(input_type).validate_python(recorded[current.key])
+    except ValidationError as e:  # wait again, saying what was wrong with the last input
+        problem = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in problem["loc"]) or "input"
+        raise GraphPausedForInput(
+            current.key,
+            current.node_id,
+            {"prompt": prompt, "invalid_input": f"{where}: {problem['msg']}"},
+        ) from None
 
 
 async def agent_step(agent: str, prompt: str) -> Any:
     """Inside a step: run catalog agent `agent` as a recorded agent run, linked to this
-    graph run (its task id is `<graph task id>/<step key>`), and return its output.
+    graph run (its task id is derived from the graph's task id and the step's key), and
+    return its output.
 
     A worker killed inside it resumes that agent run where it stopped: recorded model
     responses and tool results are served, not requested again."""
@@ -137,8 +150,7 @@ async def agent_step(agent: str, prompt: str) -> Any:
     executor = current.executor
     if executor.agent_runner is None:
         raise RuntimeError("this graph executor has no agent runner")
-    task_id = f"{executor.task_id}/{current.key}"
-    return await executor.agent_runner(agent, prompt, task_id)
+    return await executor.agent_runner(agent, prompt, executor.task_id, current.key)
 
 
 def _step_key(path: str, node_id: str) -> str:

@@ -32,9 +32,9 @@ async def run_review(amounts: list[float]) -> tuple[Any, list[Any], list[str]]:
     async def save() -> None:
         stored.extend(run.collect_events())
 
-    async def agent_runner(agent: str, prompt: str, task_id: str) -> Any:
+    async def agent_runner(agent: str, prompt: str, graph_task_id: str, key: str) -> Any:
         assert agent == "risk_analyst"
-        agent_tasks.append(task_id)
+        agent_tasks.append(f"{graph_task_id} {key}")
         return (await risk_analyst.run(prompt)).output
 
     executor = GraphExecutor(
@@ -51,7 +51,7 @@ async def test_a_large_total_is_escalated() -> None:
     assert branches == ["escalate"]
     assert GraphHistory.fold(events).path == ["prepare", "analyse", "escalate"]
     assert GraphHistory.fold(events).state["dropped"] == 1
-    assert agent_tasks == ["review-1/__start__/prepare/analyse"]
+    assert agent_tasks == ["review-1 __start__/prepare/analyse"]
 
 
 async def test_usual_amounts_are_approved() -> None:

@@ -1,0 +1,252 @@
+"""Runs graph tasks on the event store: start, resume after a pause, cancel.
+
+The transport-free half of graph tasks (the NATS consumer calls it, as the agent worker
+calls `AgentRunner`). A graph run is created from the task (its id derived from the task
+id, so a duplicate lands on the same run), then driven by `GraphExecutor`: recorded steps
+are served, the others run and are checkpointed. A redelivered task resumes the run; a
+finished one returns its stored outcome.
+
+Agent steps (`agent_step(...)` inside a step) run as recorded agent runs through
+`AgentRunner`, with a task id derived from the graph's task id and the step's key, so a
+re-executed agent step resumes its own agent run instead of starting over. The agent
+run's metadata links it to the graph run (`graph_task_id`, `graph_step`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import to_jsonable_python
+
+from agentledger.domain.errors import ErrorKind
+from agentledger.domain.graphs.run import GraphHistory, GraphRun
+from agentledger.domain.graphs.tasks import (
+    CancelGraph,
+    GraphOutcome,
+    ResumeGraph,
+    RunGraph,
+    WaitingFor,
+)
+from agentledger.domain.ids import graph_run_id_for
+from agentledger.domain.tasks import RunAgent, RunError
+from agentledger.handlers.graphs.catalog import GraphEntry
+from agentledger.handlers.graphs.executor import (
+    GraphDiverged,
+    GraphExecutor,
+    GraphPausedForInput,
+    StepLimitExceeded,
+)
+from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+
+if TYPE_CHECKING:
+    from agentledger.handlers.catalog import Catalog
+    from agentledger.handlers.runner import AgentRunner
+
+__all__ = ["AgentStepFailed", "GraphRejected", "GraphRunner", "graph_outcome_of"]
+
+log = structlog.get_logger("agentledger.graphs")
+
+
+class GraphRejected(Exception):
+    """The graph task cannot be taken (recorded as a rejection by the caller)."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class AgentStepFailed(Exception):
+    """An agent step's run ended as failed."""
+
+
+def graph_outcome_of(run: GraphRun) -> GraphOutcome:
+    """A run's outcome as it stands (completed, failed, paused, or running)."""
+    status = run.status
+    error = None
+    if status == "failed":
+        error = RunError(kind=run.error_kind or "internal_error", message=run.error_message or "")
+    waiting = None
+    if status == "paused" and run.paused_key is not None:
+        waiting = WaitingFor(node=run.paused_node or "", prompt=run.paused_prompt)
+    return GraphOutcome(
+        task_id=run.task_id,
+        run_id=str(run.id),
+        graph=run.graph,
+        status=status if status != "running" else "failed",
+        output=run.output,
+        waiting_for=waiting,
+        steps=run.steps,
+        duration_ms=run.duration_ms,
+        error=error,
+    )
+
+
+def agent_step_task_id(graph_task_id: str, key: str) -> str:
+    """The agent run's task id of an agent step: stable for the graph task and step."""
+    digest = hashlib.sha256(f"{graph_task_id}\x00{key}".encode()).hexdigest()[:40]
+    return f"graph-step:{digest}"
+
+
+class GraphRunner:
+    def __init__(
+        self, *, store: AsyncEventStore, catalog: Catalog, agents: AgentRunner | None = None
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._agents = agents
+
+    def entry(self, name: str) -> GraphEntry:
+        try:
+            return self._catalog.graphs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._catalog.graphs)) or "none"
+            raise GraphRejected(
+                ErrorKind.UNKNOWN_GRAPH, f"unknown graph {name!r}; the catalog has: {known}"
+            ) from None
+
+    async def run(self, task: RunGraph) -> GraphOutcome:
+        """Start (or resume, or look up) the graph task's run; its outcome once recorded.
+
+        Raises `GraphRejected` before anything is recorded for an unknown graph or inputs
+        that do not validate as the graph's input type; store errors propagate
+        (`StoreUnavailable`, `ConcurrencyConflict`: retry later)."""
+        entry = self.entry(task.graph)
+        graph = entry.graph
+        try:
+            TypeAdapter(graph.input_type).validate_python(task.inputs)
+        except ValidationError as e:
+            problem = e.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in problem["loc"]) or "inputs"
+            raise GraphRejected(
+                ErrorKind.INVALID_PAYLOAD,
+                f"inputs do not fit graph {task.graph!r}: {where}: {problem['msg']}",
+            ) from None
+        run = await self._store.get(graph_run_id_for(task.task_id), GraphRun)
+        if run is None:
+            run = GraphRun(
+                task_id=task.task_id,
+                graph=task.graph,
+                inputs=task.inputs,
+                state=None,
+                metadata=dict(task.metadata),
+                max_steps=task.max_steps or entry.max_steps,
+                deadline=None if task.deadline is None else task.deadline.isoformat(),
+            )
+            try:
+                await self._store.save(run)
+            except ConcurrencyConflict:  # another delivery created it first
+                run = await self._store.get(graph_run_id_for(task.task_id), GraphRun)
+                assert run is not None
+        if run.status != "running":
+            return graph_outcome_of(run)
+        return await self._drive(run, entry)
+
+    async def resume(self, resume: ResumeGraph) -> GraphOutcome:
+        """Record the input of a paused run (once per `resume_id`) and drive it on."""
+        run = await self._existing(resume.task_id, "resume")
+        if resume.resume_id in run.resume_ids:  # applied before (a redelivery)
+            if run.status != "running":
+                return graph_outcome_of(run)
+            return await self._drive(run, self.entry(run.graph))
+        if run.status != "paused":
+            raise GraphRejected(
+                ErrorKind.RUN_FINISHED,
+                f"graph run of task {resume.task_id!r} is {run.status}, not paused",
+            )
+        run.resume(to_jsonable_python(resume.input), resume.resume_id)
+        await self._store.save(run)
+        return await self._drive(run, self.entry(run.graph))
+
+    async def cancel(self, cancel: CancelGraph) -> GraphOutcome:
+        """End a running or paused run as failed (`cancelled`). A worker driving it stops
+        at its next save, which conflicts."""
+        for _ in range(5):
+            run = await self._existing(cancel.task_id, "cancel")
+            if run.status in ("completed", "failed"):
+                raise GraphRejected(
+                    ErrorKind.RUN_FINISHED,
+                    f"graph run of task {cancel.task_id!r} is already {run.status}",
+                )
+            run.fail(str(ErrorKind.CANCELLED), cancel.reason, _elapsed_ms(run))
+            try:
+                await self._store.save(run)
+            except ConcurrencyConflict:
+                continue  # a step was recorded meanwhile: load again and retry
+            return graph_outcome_of(run)
+        raise ConcurrencyConflict(f"graph run of task {cancel.task_id!r} kept changing")
+
+    async def _existing(self, task_id: str, what: str) -> GraphRun:
+        run = await self._store.get(graph_run_id_for(task_id), GraphRun)
+        if run is None:
+            raise GraphRejected(
+                ErrorKind.UNKNOWN_RUN, f"cannot {what}: no graph run for task {task_id!r}"
+            )
+        return run
+
+    async def _drive(self, run: GraphRun, entry: GraphEntry) -> GraphOutcome:
+        history = GraphHistory.fold(await self._store.events(run.id))
+        assert history.started is not None
+        bound = log.bind(task_id=run.task_id, graph=run.graph, run_id=str(run.id))
+        executor = GraphExecutor(
+            entry.graph,
+            run,
+            history,
+            save=lambda: self._store.save(run),
+            agent_runner=self._agent_step,
+            deadline=None if run.deadline is None else datetime.fromisoformat(run.deadline),
+        )
+        inputs = TypeAdapter(entry.graph.input_type).validate_python(history.started.inputs)
+        try:
+            output = await executor.execute(inputs)
+        except GraphPausedForInput as paused:
+            run.pause(paused.key, paused.node_id, to_jsonable_python(paused.prompt))
+            await self._store.save(run)
+            bound.info("graph run paused", node=paused.node_id)
+            return graph_outcome_of(run)
+        except (StoreUnavailable, ConcurrencyConflict):
+            raise
+        except StepLimitExceeded as e:
+            return await self._fail(run, ErrorKind.STEP_LIMIT_EXCEEDED, str(e))
+        except GraphDiverged as e:
+            return await self._fail(run, ErrorKind.GRAPH_DIVERGED, str(e))
+        except TimeoutError as e:
+            return await self._fail(run, ErrorKind.DEADLINE_EXCEEDED, str(e))
+        except Exception as e:
+            return await self._fail(run, ErrorKind.STEP_ERROR, f"{type(e).__name__}: {e}")
+        run.complete(executor.dump_output(output), _elapsed_ms(run))
+        await self._store.save(run)
+        bound.info("graph run completed", live_steps=len(executor.live))
+        return graph_outcome_of(run)
+
+    async def _fail(self, run: GraphRun, kind: ErrorKind, message: str) -> GraphOutcome:
+        run.fail(str(kind), message, _elapsed_ms(run))
+        await self._store.save(run)
+        log.info("graph run failed", task_id=run.task_id, error_kind=str(kind), error=message)
+        return graph_outcome_of(run)
+
+    async def _agent_step(self, agent: str, prompt: str, graph_task_id: str, key: str) -> Any:
+        if self._agents is None:
+            raise RuntimeError("agent steps need an agent runner")
+        task = RunAgent(
+            task_id=agent_step_task_id(graph_task_id, key),
+            agent=agent,
+            prompt=prompt,
+            metadata={"graph_task_id": graph_task_id, "graph_step": key[:4096]},
+        )
+        outcome = await self._agents.run(task)
+        if outcome.status != "completed":
+            error = outcome.error
+            raise AgentStepFailed(
+                f"agent {agent!r} failed: {error.kind}: {error.message}"
+                if error
+                else f"agent {agent!r} failed"
+            )
+        return outcome.output
+
+
+def _elapsed_ms(run: GraphRun) -> float:
+    return (datetime.now(UTC) - run.created_on).total_seconds() * 1000
