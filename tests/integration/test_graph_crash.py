@@ -1,0 +1,120 @@
+"""A graph run whose process is SIGKILLed mid-step resumes where it stopped: the steps
+that had finished do not run again (counted in a journal file across processes), on
+PostgreSQL and on SQLite.
+
+(The run is driven by `GraphRunner` in a process of its own; the NATS worker drives the
+same runner.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import Backend, MakeSettings
+
+from support.agents import JOURNAL_ENV, read_journal
+from support.crash_graphs import PAUSE_STEP_ENV
+from support.harness import settings_env, wait_for
+
+pytestmark = pytest.mark.slow
+
+CATALOG = """
+[graphs.five]
+ref = "support.crash_graphs:five_steps"
+
+[graphs.forked]
+ref = "support.crash_graphs:forked"
+"""
+
+
+def start(env: dict[str, str], graph: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "support.graph_process", f"{graph}-task", graph, '"in"'],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def crash_then_finish(
+    make_settings: MakeSettings,
+    backend: Backend,
+    tmp_path: Path,
+    graph: str,
+    pause_at: str,
+    finished_first: tuple[str, ...] = (),
+) -> tuple[dict[str, object], Counter[str]]:
+    """Kill the first process while it is inside `pause_at` (and, for parallel steps,
+    once `finished_first` have finished and had a moment to be checkpointed)."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(CATALOG)
+    journal = tmp_path / "journal.log"
+    env = settings_env(make_settings(backend, catalog=str(catalog))) | {JOURNAL_ENV: str(journal)}
+    log = tmp_path / "graph.log"
+    first = start(env | {PAUSE_STEP_ENV: pause_at}, graph, log)
+    try:
+        wait_for(
+            lambda: (
+                {f"step-start {pause_at}", *(f"step-done {s}" for s in finished_first)}
+                <= set(read_journal(journal))
+            ),
+            60,
+            f"the first process inside {pause_at}",
+        )
+        if finished_first:
+            time.sleep(1.0)  # their checkpoints are saved right after the journal line
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
+    second = start(env, graph, log)
+    assert second.wait(120) == 0, log.read_text()
+    outcome = json.loads(log.read_text().strip().splitlines()[-1])
+    return outcome, Counter(read_journal(journal))
+
+
+def test_a_run_killed_in_step_3_of_5_resumes_at_step_3(
+    make_settings: MakeSettings, backend: Backend, tmp_path: Path
+) -> None:
+    outcome, journal = crash_then_finish(make_settings, backend, tmp_path, "five", "step3")
+    assert (outcome["status"], outcome["output"]) == (
+        "completed",
+        "in>step1>step2>step3>step4>step5",
+    )
+    assert journal == Counter(
+        {
+            "step-start step1": 1,
+            "step-done step1": 1,
+            "step-start step2": 1,
+            "step-done step2": 1,
+            "step-start step3": 2,  # killed inside it, then run again
+            "step-done step3": 1,
+            "step-start step4": 1,
+            "step-done step4": 1,
+            "step-start step5": 1,
+            "step-done step5": 1,
+        }
+    )
+
+
+def test_a_run_killed_inside_a_fork_reruns_only_the_unfinished_branch(
+    make_settings: MakeSettings, backend: Backend, tmp_path: Path
+) -> None:
+    outcome, journal = crash_then_finish(
+        make_settings, backend, tmp_path, "forked", "slow", finished_first=("fast1", "fast2")
+    )
+    assert outcome["status"] == "completed"
+    # The join got every branch's result exactly once.
+    assert outcome["output"] == ["in>split>fast1", "in>split>fast2", "in>split>slow"]
+    assert journal["step-start split"] == 1
+    assert journal["step-start fast1"] == journal["step-start fast2"] == 1
+    assert journal["step-start slow"] == 2 and journal["step-done slow"] == 1
+    assert journal["step-start after"] == 1
