@@ -32,6 +32,9 @@ bench-replay: ## replay, export and import speed on SQLite and PostgreSQL
 bench-fuzz: ## 10,000 hostile task messages through a real worker (each: one clear outcome)
 	$(PY) bench/fuzz.py
 
+bench-graph: ## durable graph step overhead and an 8-way agent fan-out, against plain pydantic-graph
+	$(PY) bench/graph.py
+
 bench-chaos: ## 1,000 tasks on PostgreSQL through worker kills and NATS/PostgreSQL restarts
 	$(PY) bench/chaos.py
 
@@ -44,4 +47,4 @@ schema: ## regenerate the committed contract (JSON schemas + AsyncAPI)
 ci: ## what CI runs, from a fresh venv
 	bash .ci/run
 
-.PHONY: help install constraints lint fmt test bench bench-replay bench-fuzz bench-chaos demo schema ci
+.PHONY: help install constraints lint fmt test bench bench-replay bench-fuzz bench-graph bench-chaos demo schema ci
