@@ -114,16 +114,10 @@ def test_the_readme_example_runs_from_a_folder_holding_only_a_module_and_a_catal
     assert "We are on it." in result.stdout
 
 
-def test_a_bad_reference_stops_the_worker_at_start_with_one_clear_error(
-    user_folder: tuple[Path, dict[str, str]],
-) -> None:
-    folder, env = user_folder
-    catalog = folder / "catalog.toml"
-    catalog.write_text(
-        catalog.read_text()
-        + '\n[agents.typo]\nref = "mycompany.agentz:support_agent"\n'
-        + '\n[agents.missing]\nref = "mycompany.agents:no_such_agent"\n'
-    )
+def start_worker_expecting_one_error(
+    folder: Path, env: dict[str, str]
+) -> tuple[list[str], subprocess.CompletedProcess[str]]:
+    """`agentledger worker` on the folder's catalog: it must exit 1 with one error line."""
     result = subprocess.run(
         [AGENTLEDGER, "worker"],
         cwd=folder,
@@ -135,6 +129,20 @@ def test_a_bad_reference_stops_the_worker_at_start_with_one_clear_error(
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
+    return errors, result
+
+
+def test_a_bad_reference_stops_the_worker_at_start_with_one_clear_error(
+    user_folder: tuple[Path, dict[str, str]],
+) -> None:
+    folder, env = user_folder
+    catalog = folder / "catalog.toml"
+    catalog.write_text(
+        catalog.read_text()
+        + '\n[agents.typo]\nref = "mycompany.agentz:support_agent"\n'
+        + '\n[agents.missing]\nref = "mycompany.agents:no_such_agent"\n'
+    )
+    errors, result = start_worker_expecting_one_error(folder, env)
     assert "catalog catalog.toml" in errors[0]
     assert "agent 'missing': 'mycompany.agents' has no attribute 'no_such_agent'" in errors[0]
     assert "agent 'typo': cannot import 'mycompany.agentz'" in errors[0]
@@ -161,17 +169,7 @@ def test_an_invalid_graph_stops_the_worker_at_start_naming_the_graph(
         + '\n[graphs.unbuilt]\nref = "mycompany.flows:unbuilt"\n'
         + '\n[graphs.sync]\nref = "mycompany.flows:sync_steps"\n'
     )
-    result = subprocess.run(
-        [AGENTLEDGER, "worker"],
-        cwd=folder,
-        env={**env, "AGENTLEDGER_CATALOG": "catalog.toml"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
+    errors, result = start_worker_expecting_one_error(folder, env)
     assert "graph 'sync': 'mycompany.flows:sync_steps': step 'double' is not an async" in errors[0]
     assert "graph 'unbuilt': 'mycompany.flows:unbuilt' is a GraphBuilder" in errors[0]
     assert "worker started" not in result.stderr + result.stdout
