@@ -10,6 +10,10 @@ __all__ = [
     "REPLY_SUBJECT_MAX_CHARS",
     "dead_stream",
     "dead_subject",
+    "graph_cancel_subject",
+    "graph_resume_subject",
+    "graph_task_subject",
+    "graph_workers_consumer",
     "query_subject",
     "reply_subject_problem",
     "results_stream",
@@ -30,6 +34,21 @@ def task_subject(prefix: str, agent: str) -> str:
     return f"{prefix}.tasks.run.{agent}"
 
 
+def graph_task_subject(prefix: str, graph: str) -> str:
+    """Where a `RunGraph` for `graph` is published."""
+    return f"{prefix}.tasks.graph.{graph}"
+
+
+def graph_resume_subject(prefix: str) -> str:
+    """Where a `ResumeGraph` is published."""
+    return f"{prefix}.tasks.graph.resume"
+
+
+def graph_cancel_subject(prefix: str) -> str:
+    """Where a `CancelGraph` is published."""
+    return f"{prefix}.tasks.graph.cancel"
+
+
 def results_subject(prefix: str, task_id: str) -> str:
     """Where a task's outcome is published (and kept, the last one per task)."""
     return f"{prefix}.results.{task_id}"
@@ -45,10 +64,9 @@ def task_stream_subjects(prefix: str) -> list[str]:
 
     A publish to any other `<prefix>.tasks...` subject (`ledger.tasks.run`,
     `ledger.tasks.run.a.b`) finds no stream and fails at once, instead of being stored
-    where nothing ever answers it. New kinds of task (`<prefix>.tasks.graph.*`) are
-    added here.
+    where nothing ever answers it.
     """
-    return [f"{prefix}.tasks.run.*"]
+    return [f"{prefix}.tasks.run.*", f"{prefix}.tasks.graph.*"]
 
 
 def tasks_stream(prefix: str) -> str:
@@ -64,6 +82,11 @@ def results_stream(prefix: str) -> str:
 def workers_consumer(prefix: str) -> str:
     """The durable pull consumer every worker of `prefix` shares."""
     return f"{prefix}-workers"
+
+
+def graph_workers_consumer(prefix: str) -> str:
+    """The durable pull consumer of graph tasks every worker of `prefix` shares."""
+    return f"{prefix}-graph-workers"
 
 
 def dead_stream(prefix: str) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "RunOutcome",
     "Usage",
     "UsageLimitsSpec",
+    "rfc3339_deadline",
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9_\-:]{1,200}$"
@@ -41,6 +42,21 @@ METADATA_VALUE_MAX_CHARS = 4096
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 _Limit = Annotated[int, Field(strict=True)]
+
+
+def rfc3339_deadline(value: object) -> object:
+    """A deadline as given, if it is None, a datetime or an RFC 3339 string with a
+    timezone; else a ValueError. Strict by hand: pydantic's strict mode still reads
+    "1700000000" as a Unix timestamp, and strict checks after a before-validator see
+    Python, not JSON."""
+    if value is None or isinstance(value, datetime):
+        return value
+    if not (isinstance(value, str) and _RFC3339.match(value)):
+        raise ValueError(
+            "deadline must be an RFC 3339 date-time string with a timezone,"
+            " e.g. 2030-01-01T12:00:00Z"
+        )
+    return value
 
 
 class UsageLimitsSpec(BaseModel):
@@ -92,16 +108,7 @@ class RunAgent(BaseModel):
     @field_validator("deadline", mode="before")
     @classmethod
     def _rfc3339(cls, value: object) -> object:
-        # Strict by hand: pydantic's strict mode still reads "1700000000" as a Unix
-        # timestamp, and strict checks after a before-validator see Python, not JSON.
-        if value is None or isinstance(value, datetime):
-            return value
-        if not (isinstance(value, str) and _RFC3339.match(value)):
-            raise ValueError(
-                "deadline must be an RFC 3339 date-time string with a timezone,"
-                " e.g. 2030-01-01T12:00:00Z"
-            )
-        return value
+        return rfc3339_deadline(value)
 
 
 class Usage(BaseModel):

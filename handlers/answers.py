@@ -6,6 +6,7 @@ from __future__ import annotations
 import structlog
 from faststream.nats import NatsBroker
 
+from agentledger.domain.graphs.tasks import GraphOutcome
 from agentledger.domain.ids import run_id_for
 from agentledger.domain.rejection import TaskRejection
 from agentledger.domain.subjects import results_subject
@@ -68,7 +69,7 @@ class TaskAnswers:
         )
 
     async def publish(
-        self, outcome: RunOutcome, reply_to: str | None, *, store: bool = True
+        self, outcome: RunOutcome | GraphOutcome, reply_to: str | None, *, store: bool = True
     ) -> None:
         """Publish the outcome on `<prefix>.results.<task_id>` (kept, last one per task)
         unless `store` is false, and to the reply subject if there is one.

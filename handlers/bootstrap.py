@@ -23,6 +23,8 @@ from nats.errors import Error as NatsError
 from opentelemetry import trace
 
 from agentledger.handlers.catalog import Catalog, put_on_import_path
+from agentledger.handlers.graphs.runner import GraphRunner
+from agentledger.handlers.graphs.worker import GraphWorker
 from agentledger.handlers.operations.endpoints import (
     OperationsPortUnavailable,
     routes,
@@ -192,6 +194,7 @@ class WorkerService:
     from settings when AGENTLEDGER_OTEL_ENABLED is set, else none: no tracing."""
     store: AsyncEventStore | None = field(default=None, init=False)
     worker: TaskWorker | None = field(default=None, init=False)
+    graph_worker: GraphWorker | None = field(default=None, init=False)
     _own_tracer_provider: SdkTracerProvider | None = field(default=None, init=False)
     metrics: WorkerMetrics | None = field(default=None, init=False)
     operations: OperationsServer | None = field(default=None, init=False)
@@ -229,9 +232,17 @@ class WorkerService:
         await ensure_streams(broker.connection.jetstream(), settings)
         await broker.start()
         await self.worker.start(tracer_provider)
+        self.graph_worker = GraphWorker(
+            settings=settings,
+            broker=broker,
+            store=self.store,
+            runner=GraphRunner(store=self.store, catalog=catalog, agents=runner),
+        )
+        await self.graph_worker.start()
         log.info(
             "worker started",
             agents=catalog.names(),
+            graphs=sorted(catalog.graphs),
             concurrency=settings.worker_concurrency,
             backend=settings.backend,
             prefix=settings.subject_prefix,
@@ -276,8 +287,18 @@ class WorkerService:
             self._store_check = None
 
     async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self.graph_worker is not None:
+            # Both drain at once, within the one grace period.
+            drains = [self.graph_worker.drain(grace)]
+            if self.worker is not None:
+                drains.append(self.worker.drain(grace))
+            await asyncio.gather(*drains)
+            with contextlib.suppress(Exception):
+                await self.graph_worker.stop()
+            self.graph_worker = None
         if self.worker is not None:
-            await self.worker.drain(self.settings.shutdown_grace_s if grace_s is None else grace_s)
+            await self.worker.drain(grace)
             with contextlib.suppress(Exception):  # its subscription goes with the connection
                 await self.worker.stop()
             try:

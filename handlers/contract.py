@@ -15,6 +15,7 @@ from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 
 from agentledger.domain.event_registry import event_shapes
+from agentledger.domain.graphs.tasks import CancelGraph, GraphOutcome, ResumeGraph, RunGraph
 from agentledger.domain.tasks import RunAgent, RunOutcome
 from agentledger.handlers.queries import VIEWS
 
@@ -25,6 +26,10 @@ def json_schemas() -> dict[str, Any]:
     return {
         "RunAgent": RunAgent.model_json_schema(),
         "RunOutcome": RunOutcome.model_json_schema(),
+        "RunGraph": RunGraph.model_json_schema(),
+        "ResumeGraph": ResumeGraph.model_json_schema(),
+        "CancelGraph": CancelGraph.model_json_schema(),
+        "GraphOutcome": GraphOutcome.model_json_schema(),
     }
 
 
@@ -46,6 +51,38 @@ def asyncapi_document(prefix: str = "ledger") -> dict[str, Any]:
         description="The outcome of a task, published once its events are committed.",
     )
     async def run_agent(task: RunAgent) -> RunOutcome:  # pragma: no cover - spec only
+        raise RuntimeError("specification only")
+
+    graph_reply = (
+        " Optional header Agentledger-Reply-To as for RunAgent; the outcome (a"
+        " GraphOutcome) also goes to <prefix>.results.<task_id>."
+    )
+
+    @broker.subscriber(
+        f"{prefix}.tasks.graph.{{graph}}",
+        title="RunGraph",
+        description="Run a catalog graph. Header Nats-Msg-Id must be the task_id. The"
+        " names resume and cancel are the two subjects below, not graphs." + graph_reply,
+    )
+    async def run_graph(task: RunGraph) -> GraphOutcome:  # pragma: no cover - spec only
+        raise RuntimeError("specification only")
+
+    @broker.subscriber(
+        f"{prefix}.tasks.graph.resume",
+        title="ResumeGraph",
+        description="Give a paused graph run its input; applied once per resume_id (which"
+        " defaults to the Nats-Msg-Id). A rejected resume is answered on the reply subject"
+        " only, never over the run's own outcome.",
+    )
+    async def resume_graph(task: ResumeGraph) -> GraphOutcome:  # pragma: no cover
+        raise RuntimeError("specification only")
+
+    @broker.subscriber(
+        f"{prefix}.tasks.graph.cancel",
+        title="CancelGraph",
+        description="End a running or paused graph run as failed (cancelled).",
+    )
+    async def cancel_graph(task: CancelGraph) -> GraphOutcome:  # pragma: no cover
         raise RuntimeError("specification only")
 
     for view, query in VIEWS.items():

@@ -40,7 +40,16 @@ from agentledger.domain.tasks import (
 )
 from agentledger.handlers.catalog import Catalog, UnknownAgent
 
-__all__ = ["MAX_NESTING", "Clock", "RawTask", "Rejection", "parse_task"]
+__all__ = [
+    "MAX_NESTING",
+    "Clock",
+    "RawTask",
+    "Rejection",
+    "content_problem",
+    "describe_errors",
+    "load_json",
+    "parse_task",
+]
 
 EXCERPT_CHARS = REJECTION_TEXT_MAX_CHARS
 MAX_NESTING = 2
@@ -126,18 +135,23 @@ def _text_problem(text: str) -> str | None:
     return f"contains a lone surrogate (\\u{ord(found):04x}), which is not Unicode text"
 
 
-def _content_problem(data: dict[str, Any]) -> str | None:
-    """Nesting deeper than `MAX_NESTING`, or a string (key or value) with a NUL or a
+def content_problem(
+    data: dict[str, Any],
+    *,
+    max_nesting: int = MAX_NESTING,
+    what: str = "RunAgent",
+    why: str = " (metadata and usage_limits are flat objects)",
+) -> str | None:
+    """Nesting deeper than `max_nesting`, or a string (key or value) with a NUL or a
     surrogate. Iterative, and never deeper than the limit, so hostile input cannot make
     it recurse."""
     stack: list[tuple[str, Any, int]] = [("", data, 1)]
     while stack:
         where, value, depth = stack.pop()
-        if isinstance(value, dict | list) and depth > MAX_NESTING:
+        if isinstance(value, dict | list) and depth > max_nesting:
             return (
                 f"{where} is an object or array at nesting level {depth};"
-                f" a RunAgent nests at most {MAX_NESTING} levels deep"
-                " (metadata and usage_limits are flat objects)"
+                f" a {what} nests at most {max_nesting} levels deep{why}"
             )
         if isinstance(value, dict):
             for key, item in value.items():
@@ -184,7 +198,9 @@ def _no_constant(name: str) -> Any:
     raise _NotJson(f"{name} is not a JSON value")
 
 
-def _load(body: bytes, key: str) -> tuple[str, Any]:
+def load_json(
+    body: bytes, key: str, *, what: str = "RunAgent", max_nesting: int = MAX_NESTING
+) -> tuple[str, Any]:
     """The body as text and as parsed JSON, or a rejection saying why it is neither."""
     try:
         text = body.decode("utf-8")
@@ -204,13 +220,13 @@ def _load(body: bytes, key: str) -> tuple[str, Any]:
         kind = ErrorKind.INVALID_PAYLOAD
         reason = (
             "payload nests arrays or objects hundreds of levels deep;"
-            f" a RunAgent nests at most {MAX_NESTING} levels deep"
+            f" a {what} nests at most {max_nesting} levels deep"
         )
     except ValueError:
         # The one other ValueError of json.loads on text: int() refusing a literal of
         # more than sys.get_int_max_str_digits() (4,300) digits.
         kind = ErrorKind.INVALID_PAYLOAD
-        reason = "payload has an integer literal too long to read; no RunAgent field takes one"
+        reason = f"payload has an integer literal too long to read; no {what} field takes one"
     raise Rejection(kind, reason, key=key)
 
 
@@ -221,7 +237,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return where or "payload"
 
 
-def _describe(error: ValidationError) -> str:
+def describe_errors(error: ValidationError) -> str:
     problems = []
     for item in error.errors(include_url=False)[:5]:
         message = item["msg"].removeprefix("Value error, ")
@@ -241,7 +257,7 @@ def parse_task(
     returns its stored outcome) instead.
     """
     key = valid_id_or_none(raw.msg_id) or raw.fallback_key
-    text, data = _load(raw.body, key)
+    text, data = load_json(raw.body, key)
     if not isinstance(data, dict):
         raise Rejection(
             ErrorKind.INVALID_PAYLOAD,
@@ -252,7 +268,7 @@ def parse_task(
     agent = valid_id_or_none(data.get("agent"))
     if task_id is not None:
         key = task_id
-    problem = _content_problem(data) or _metadata_problem(data.get("metadata"))
+    problem = content_problem(data) or _metadata_problem(data.get("metadata"))
     if problem:
         raise Rejection(ErrorKind.INVALID_PAYLOAD, problem, key=key, task_id=task_id, agent=agent)
     try:
@@ -262,7 +278,7 @@ def parse_task(
     except ValidationError as e:
         raise Rejection(
             ErrorKind.INVALID_PAYLOAD,
-            f"invalid RunAgent: {_describe(e)}",
+            f"invalid RunAgent: {describe_errors(e)}",
             key=key,
             task_id=task_id,
             agent=agent,

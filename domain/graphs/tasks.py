@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from agentledger.domain.tasks import (
     ID_PATTERN,
@@ -20,6 +27,7 @@ from agentledger.domain.tasks import (
     METADATA_MAX_KEYS,
     METADATA_VALUE_MAX_CHARS,
     RunError,
+    rfc3339_deadline,
 )
 
 __all__ = [
@@ -59,6 +67,11 @@ class RunGraph(BaseModel):
         default=None,
         description="RFC 3339 date-time with a timezone; no step starts after it.",
     )
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        return rfc3339_deadline(value)
 
 
 class ResumeGraph(BaseModel):

@@ -9,6 +9,7 @@ cannot be stored as JSON is a start-up error naming the graph.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic_graph import Graph, GraphBuilder, Step
 
+from agentledger.domain.graphs.tasks import RESERVED_GRAPH_NAMES
+from agentledger.domain.tasks import ID_PATTERN
 from agentledger.handlers.refs import CatalogError, load_ref
 
 __all__ = ["DEFAULT_MAX_STEPS", "GraphEntry", "check_graphs", "graph_entries"]
@@ -66,6 +69,11 @@ def graph_entries(path: Path, data: dict[str, Any]) -> dict[str, GraphEntry]:
     """The `[graphs.*]` tables of a parsed catalog file."""
     entries = {}
     for name, spec in data.get("graphs", {}).items():
+        if name in RESERVED_GRAPH_NAMES or not re.match(ID_PATTERN, name):
+            raise CatalogError(
+                f"catalog {path}: graph {name!r} cannot be a graph's name (one subject token"
+                " of letters, digits, _ - :, and not resume or cancel)"
+            )
         if not isinstance(spec, dict) or "ref" not in spec:
             raise CatalogError(f"catalog {path}: graph {name!r} has no 'ref'")
         max_steps = spec.get("max_steps", DEFAULT_MAX_STEPS)

@@ -1,0 +1,324 @@
+"""The graph worker: takes `<prefix>.tasks.graph.*` messages from its own durable consumer
+(`<prefix>-graph-workers`, fetched by a `TaskConsumer` feed thread like agent tasks) and
+hands them to `GraphRunner`.
+
+The rules are the agent worker's:
+- ack only after the outcome is recorded and published on `<prefix>.results.<task_id>`
+  (a paused run's outcome has status `paused`);
+- poison input is recorded as a rejection (`TaskRejected`) and terminated;
+- store and NATS errors nak with backoff;
+- on the last delivery, a graph run that cannot finish ends as `failed`
+  (`transient_exhausted` / `internal_error`), and what cannot be recorded at all goes to
+  the dead-letter stream.
+
+A rejected *resume* or *cancel* is answered on its reply subject only, never on the
+results subject of the task it names: that subject holds the run's own outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from faststream.nats import NatsBroker
+from nats.errors import Error as NatsError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from agentledger.domain.errors import ErrorKind
+from agentledger.domain.graphs.run import GraphRun
+from agentledger.domain.graphs.tasks import (
+    CancelGraph,
+    GraphOutcome,
+    ResumeGraph,
+    RunGraph,
+)
+from agentledger.domain.ids import graph_run_id_for
+from agentledger.domain.subjects import graph_workers_consumer, reply_subject_problem
+from agentledger.domain.tasks import RunError
+from agentledger.handlers.answers import TaskAnswers
+from agentledger.handlers.dead_letters import dead_letter
+from agentledger.handlers.graphs.intake import parse_graph_message
+from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner
+from agentledger.handlers.intake import RawTask, Rejection
+from agentledger.handlers.runner import RunSuperseded, TransientRunError
+from agentledger.handlers.task_consumer import Delivery, TaskConsumer
+from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+from agentledger.infra.settings import Settings
+
+__all__ = ["GraphWorker"]
+
+log = structlog.get_logger("agentledger.graphs")
+
+REPLY_HEADER = "Agentledger-Reply-To"
+DRAIN_REDELIVERY_DELAY_S = 1.0
+RELEASE_DELAY_S = 3.0
+_TRANSIENT = (
+    StoreUnavailable,
+    ConcurrencyConflict,
+    TransientRunError,
+    RunSuperseded,
+    NatsError,
+)
+
+
+def _backoff_s(delivered: int) -> float:
+    return float(min(30.0, 0.5 * 2 ** max(0, delivered - 1)))
+
+
+class GraphWorker:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        broker: NatsBroker,
+        store: AsyncEventStore,
+        runner: GraphRunner,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.store = store
+        self.runner = runner
+        self.prefix = settings.subject_prefix
+        self.durable = graph_workers_consumer(self.prefix)
+        self.answers = TaskAnswers(broker=broker, store=store, prefix=self.prefix)
+        self.consumer: TaskConsumer | None = None
+        self.in_flight: dict[asyncio.Task[Any], Delivery] = {}
+        self.draining = False
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.consumer = TaskConsumer(
+            settings=settings,
+            name="agentledger-graph-worker",
+            subject=f"{self.prefix}.tasks.graph.*",
+            stream=settings.tasks_stream,
+            durable=self.durable,
+            config=ConsumerConfig(
+                durable_name=self.durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=settings.ack_wait_s,
+                max_deliver=settings.max_deliveries,
+                max_ack_pending=max(1000, settings.worker_concurrency * 4),
+                deliver_policy=DeliverPolicy.ALL,
+            ),
+            capacity=settings.worker_concurrency,
+            handle=self.handle,
+            heartbeat_s=max(0.5, settings.ack_wait_s / 3),
+        )
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.close()
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking tasks; wait up to `grace_s` for those in hand; release the rest."""
+        self.draining = True
+        if self.consumer is not None:
+            await self.consumer.stop_fetching()
+        pending = set(self.in_flight)
+        if not pending:
+            return
+        _, still = await asyncio.wait(pending, timeout=grace_s)
+        for task in still:
+            msg = self.in_flight.get(task)
+            if msg is not None:
+                with contextlib.suppress(Exception):
+                    await msg.nack(delay=RELEASE_DELAY_S)
+            task.cancel()
+        if still:
+            await asyncio.wait(still, timeout=RELEASE_DELAY_S / 2)
+
+    async def handle(self, body: bytes, msg: Delivery) -> None:
+        if self.draining:
+            await msg.nack(delay=DRAIN_REDELIVERY_DELAY_S)
+            return
+        current = asyncio.current_task()
+        assert current is not None
+        self.in_flight[current] = msg
+        try:
+            await self._process(body, msg)
+        finally:
+            self.in_flight.pop(current, None)
+
+    async def _process(self, body: bytes, msg: Delivery) -> None:
+        raw_msg = msg.raw_message
+        metadata = raw_msg.metadata
+        headers = raw_msg.headers or {}
+        delivered = metadata.num_delivered or 1
+        raw = RawTask(
+            body=body,
+            subject=raw_msg.subject,
+            msg_id=headers.get("Nats-Msg-Id"),
+            fallback_key=f"{metadata.stream}:{metadata.sequence.stream}",
+            delivered=delivered,
+        )
+        bound = log.bind(subject=raw.subject, delivered=delivered)
+        reply_to = self._reply_subject(headers.get(REPLY_HEADER), bound)
+        final = delivered >= self.settings.max_deliveries
+        message: RunGraph | ResumeGraph | CancelGraph | None = None
+        try:
+            message = parse_graph_message(raw)
+            if isinstance(message, RunGraph):
+                outcome = await self.runner.run(message)
+            elif isinstance(message, ResumeGraph):
+                outcome = await self.runner.resume(message)
+            else:
+                outcome = await self.runner.cancel(message)
+            await self.answers.publish(outcome, reply_to)
+            await msg.ack()
+        except Rejection as rejection:
+            await self._reject(msg, rejection, raw, reply_to, delivered, bound, message)
+        except GraphRejected as e:
+            assert message is not None
+            refused = Rejection(
+                e.kind, str(e), key=raw.msg_id or message.task_id, task_id=message.task_id
+            )
+            await self._reject(msg, refused, raw, reply_to, delivered, bound, message)
+        except Exception as e:
+            transient = isinstance(e, _TRANSIENT)
+            if not final:
+                delay = _backoff_s(delivered)
+                if transient:
+                    bound.warning("transient failure; will redeliver", error=str(e), delay_s=delay)
+                else:
+                    bound.exception("unexpected error; will redeliver", delay_s=delay)
+                await msg.nack(delay=delay)
+                return
+            kind = ErrorKind.TRANSIENT_EXHAUSTED if transient else ErrorKind.INTERNAL_ERROR
+            reason = f"gave up after {delivered} deliveries: {type(e).__name__}: {e}"
+            bound.error("last delivery failed; giving up", error=reason)
+            await self._give_up(msg, raw, message, kind, reason, reply_to)
+
+    def _reply_subject(self, requested: str | None, bound: Any) -> str | None:
+        if requested is None:
+            return None
+        problem = reply_subject_problem(self.prefix, requested)
+        if problem is None:
+            return requested
+        bound.warning("ignoring the reply subject", reason=problem, reply_to=requested[:80])
+        return None
+
+    async def _reject(
+        self,
+        msg: Delivery,
+        rejection: Rejection,
+        raw: RawTask,
+        reply_to: str | None,
+        delivered: int,
+        bound: Any,
+        message: RunGraph | ResumeGraph | CancelGraph | None,
+    ) -> None:
+        """Record the rejection and answer it; on the results subject only when it is
+        the outcome of a new graph task (never over a run's own outcome)."""
+        try:
+            recorded = await self.answers.record_rejection(rejection, raw)
+        except StoreUnavailable as e:
+            if delivered < self.settings.max_deliveries:
+                bound.warning("cannot record rejection yet; will retry", error=str(e))
+                await msg.nack(delay=_backoff_s(delivered))
+                return
+            await self._dead_letter(msg, raw, None, str(rejection.kind), str(e), reply_to)
+            return
+        outcome = GraphOutcome(
+            task_id=rejection.task_id,
+            run_id=recorded.run_id,
+            graph=message.graph if isinstance(message, RunGraph) else None,
+            status="rejected",
+            error=recorded.error,
+        )
+        store = await self._speaks_for(rejection, raw, message)
+        await self.answers.publish(outcome, reply_to, store=store)
+        await msg.reject()
+
+    async def _speaks_for(
+        self,
+        rejection: Rejection,
+        raw: RawTask,
+        message: RunGraph | ResumeGraph | CancelGraph | None,
+    ) -> bool:
+        task_id = rejection.task_id
+        if task_id is None or raw.msg_id not in (None, task_id):
+            return False
+        if message is not None and not isinstance(message, RunGraph):
+            return False  # a resume or cancel never speaks for the task it names
+        if raw.subject.rsplit(".", 1)[-1] in ("resume", "cancel"):
+            return False
+        try:
+            return not await self.store.events(graph_run_id_for(task_id), lte=1)
+        except StoreUnavailable:
+            return False
+
+    async def _give_up(
+        self,
+        msg: Delivery,
+        raw: RawTask,
+        message: RunGraph | ResumeGraph | CancelGraph | None,
+        kind: ErrorKind,
+        reason: str,
+        reply_to: str | None,
+    ) -> None:
+        """A graph run that exists ends as failed; otherwise the message is dead-lettered."""
+        task_id = message.task_id if message is not None else None
+        if task_id is not None:
+            try:
+                run = await self.store.get(graph_run_id_for(task_id), GraphRun)
+                if run is not None and run.status in ("running", "paused"):
+                    run.fail(str(kind), reason, 0.0)
+                    await self.store.save(run)
+                if run is not None:
+                    from agentledger.handlers.graphs.runner import graph_outcome_of
+
+                    await self.answers.publish(graph_outcome_of(run), reply_to)
+                    await msg.reject()
+                    return
+            except Exception as e:
+                log.warning("cannot record the failure; dead-lettering", error=str(e))
+        await self._dead_letter(msg, raw, message, str(kind), reason, reply_to)
+
+    async def _dead_letter(
+        self,
+        msg: Delivery,
+        raw: RawTask,
+        message: RunGraph | ResumeGraph | CancelGraph | None,
+        kind: str,
+        reason: str,
+        reply_to: str | None,
+    ) -> None:
+        metadata = msg.raw_message.metadata
+        try:
+            sequence = await dead_letter(
+                self.broker.connection.jetstream(),
+                self.prefix,
+                subject=raw.subject,
+                body=raw.body,
+                headers=dict(msg.raw_message.headers or {}),
+                task_id=message.task_id if message is not None else None,
+                kind=kind,
+                reason=reason,
+                delivered=metadata.num_delivered or 1,
+                tasks_sequence=metadata.sequence.stream,
+            )
+        except Exception as e:
+            log.error("cannot dead-letter the message", error=str(e), reason=reason)
+            await msg.nack(delay=_backoff_s(metadata.num_delivered or 1))
+            return
+        log.error("graph task dead-lettered", dead_letter=sequence, kind=kind, reason=reason)
+        if isinstance(message, RunGraph):
+            outcome = GraphOutcome(
+                task_id=message.task_id,
+                run_id=str(graph_run_id_for(message.task_id)),
+                graph=message.graph,
+                status="failed",
+                error=RunError(
+                    kind=str(ErrorKind.DEAD_LETTERED),
+                    message=f"{reason} (dead letter {sequence}:"
+                    f" `agentledger dead retry {sequence}` requeues it)",
+                    retryable=True,
+                ),
+            )
+            with contextlib.suppress(Exception):
+                await self.answers.publish(outcome, reply_to)
+        await msg.reject()
