@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -10,8 +12,10 @@ from rich.table import Table
 from agentledger.handlers.cli_support import (
     CliError,
     console,
+    notify,
     one_line_errors,
     print_json,
+    run,
     settings_from_env,
 )
 
@@ -21,7 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 graph_app = typer.Typer(
-    help="Durable graph workflows: the catalog's graphs (list, show as Mermaid).",
+    help="Durable graph workflows: list and show the catalog's graphs; publish, resume"
+    " and cancel graph tasks.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -81,5 +86,115 @@ def show(
     print(catalog.graphs[name].graph.render(title=name, direction=direction))  # type: ignore[arg-type]
 
 
+async def _send(subject: str, payload: dict[str, Any], msg_id: str, timeout: float) -> Any:
+    """Publish a graph message as any NATS client does and wait for its answer (the
+    stored outcome when JetStream drops it as a duplicate)."""
+    from nats.js.errors import NotFoundError
+
+    from agentledger.domain.subjects import results_stream, results_subject
+    from agentledger.handlers.bootstrap import connect_nats
+    from agentledger.infra.nats import ensure_streams
+
+    settings = settings_from_env()
+    prefix = settings.subject_prefix
+    nc = await connect_nats(settings, "agentledger-cli")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, settings)
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, max_msgs=1)
+        ack = await js.publish(
+            f"{prefix}.tasks.graph.{subject}",
+            json.dumps(payload).encode(),
+            headers={"Nats-Msg-Id": msg_id, "Agentledger-Reply-To": inbox},
+        )
+        if ack.duplicate:
+            notify(f"notice: message id {msg_id} was already published; showing the stored outcome")
+            try:
+                stored = await js.get_last_msg(
+                    results_stream(prefix), results_subject(prefix, payload["task_id"])
+                )
+            except NotFoundError:
+                raise CliError(f"no stored outcome for task {payload['task_id']} yet") from None
+            return json.loads(stored.data or b"{}")
+        try:
+            msg = await sub.next_msg(timeout=timeout)
+        except TimeoutError:
+            raise CliError(
+                f"no answer within {timeout:g}s; is `agentledger worker` running?"
+            ) from None
+        return json.loads(msg.data)
+    finally:
+        await nc.drain()
+
+
+def _show(outcome: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(outcome)
+    else:
+        table = Table(title=f"Graph task {outcome.get('task_id')}", show_header=False)
+        table.add_column("field")
+        table.add_column("value", overflow="fold")
+        for key in ("graph", "status", "output", "waiting_for", "steps", "error", "run_id"):
+            if outcome.get(key) not in (None, 0):
+                value = outcome[key]
+                table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        console.print(table)
+    if outcome.get("status") not in ("completed", "paused"):
+        raise typer.Exit(2)
+
+
+def _json_argument(text: str, name: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CliError(f"invalid {name}: not JSON ({e}); quote strings, e.g. '\"yes\"'") from None
+
+
+@graph_app.command()
+@one_line_errors
+def publish(
+    name: str = typer.Argument(..., help="The graph's catalog name."),
+    inputs: str = typer.Argument("null", help="The graph's input, as JSON."),
+    task_id: str = typer.Option(None, help="Task id (idempotency key); default: random."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for the outcome."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Publish a RunGraph task and wait for its outcome (completed, failed or paused)."""
+    task = task_id or uuid.uuid4().hex
+    payload = {"task_id": task, "graph": name, "inputs": _json_argument(inputs, "INPUTS")}
+    _show(run(_send(name, payload, task, timeout)), as_json)
+
+
+@graph_app.command()
+@one_line_errors
+def resume(
+    task_id: str = typer.Argument(..., help="The paused graph task's id."),
+    value: str = typer.Argument(..., help="The input it waits for, as JSON."),
+    resume_id: str = typer.Option(None, help="Id of this resume (applied once); default: random."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for the outcome."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Give a paused graph run its input, and wait for what it does next."""
+    rid = resume_id or uuid.uuid4().hex
+    payload = {"task_id": task_id, "resume_id": rid, "input": _json_argument(value, "VALUE")}
+    _show(run(_send("resume", payload, rid, timeout)), as_json)
+
+
+@graph_app.command()
+@one_line_errors
+def cancel(
+    task_id: str = typer.Argument(..., help="The graph task's id."),
+    reason: str = typer.Option("cancelled by request", help="Recorded as the failure message."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for the answer."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+) -> None:
+    """Cancel a running or paused graph run (it ends failed, kind cancelled)."""
+    payload = {"task_id": task_id, "reason": reason}
+    _show(run(_send("cancel", payload, uuid.uuid4().hex, timeout)), as_json)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(graph_app, name="graph")
+    # The issue's spelling: `agentledger publish-graph NAME INPUTS`.
+    app.command("publish-graph", help="Same as `agentledger graph publish`.")(publish)

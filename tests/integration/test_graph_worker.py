@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,11 @@ from conftest import Backend, MakeSettings
 from nats.aio.client import Client
 
 from agentledger.infra.settings import Settings
-from support.harness import nats_client, running_worker
+from support.harness import nats_client, running_worker, settings_env
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+AGENTLEDGER = str(Path(sys.executable).with_name("agentledger"))
 
 CATALOG = """
 [agents.risk_analyst]
@@ -191,3 +195,39 @@ async def test_hostile_graph_messages_are_rejected_and_the_worker_goes_on(
             "canary",
         )
         assert canary["status"] == "completed"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_the_cli_publishes_resumes_and_cancels_graph_tasks(settings: Settings) -> None:
+    env = settings_env(settings)
+
+    async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run,
+            [AGENTLEDGER, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    async with running_worker(settings):
+        review = await cli(
+            "publish-graph",
+            "review",
+            '{"customer": "acme", "amounts": [9000, 6000]}',
+            "--task-id",
+            "cli-1",
+            "--json",
+        )
+        assert review.returncode == 0, review.stderr
+        assert json.loads(review.stdout)["output"]["decision"] == "escalated"
+        paused = await cli("graph", "publish", "approval", '"memo"', "--task-id", "cli-2")
+        assert paused.returncode == 0 and "paused" in paused.stdout, paused.stderr
+        resumed = await cli("graph", "resume", "cli-2", '"fine"', "--json")
+        assert json.loads(resumed.stdout)["output"] == "published (draft of memo: fine)"
+        gone = await cli("graph", "cancel", "cli-2", "--json")
+        assert gone.returncode == 2
+        assert json.loads(gone.stdout)["error"]["kind"] == "run_finished"
+        bad = await cli("publish-graph", "review", "{not json")
+        assert bad.returncode == 1 and bad.stderr.startswith("error: invalid INPUTS: not JSON")
