@@ -7,7 +7,7 @@ import structlog
 from faststream.nats import NatsBroker
 
 from agentledger.domain.graphs.tasks import GraphOutcome
-from agentledger.domain.ids import run_id_for
+from agentledger.domain.ids import graph_run_id_for, run_id_for
 from agentledger.domain.rejection import TaskRejection
 from agentledger.domain.subjects import results_subject
 from agentledger.domain.tasks import RunError, RunOutcome
@@ -30,14 +30,20 @@ class TaskAnswers:
     async def speaks_for(self, rejection: Rejection, raw: RawTask) -> bool:
         """May this rejection be stored as task T's outcome? Not when the message's
         `Nats-Msg-Id` names another message, nor when T has a run: a malformed message
-        merely claiming T's id must never replace the outcome of the real T."""
+        merely claiming T's id must never replace the outcome of the real T (an agent
+        run or a graph run)."""
         task_id = rejection.task_id
         if task_id is None or raw.msg_id not in (None, task_id):
             return False
         try:
-            return not await self.store.events(run_id_for(task_id), lte=1)
+            # Agent and graph tasks share task ids and results subjects: a run of either
+            # kind owns the subject.
+            for run_id in (run_id_for(task_id), graph_run_id_for(task_id)):
+                if await self.store.events(run_id, lte=1):
+                    return False
         except StoreUnavailable:
             return False
+        return True
 
     async def record_rejection(self, rejection: Rejection, raw: RawTask) -> RunOutcome:
         record = TaskRejection(

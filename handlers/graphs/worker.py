@@ -239,17 +239,13 @@ class GraphWorker:
         raw: RawTask,
         message: RunGraph | ResumeGraph | CancelGraph | None,
     ) -> bool:
-        task_id = rejection.task_id
-        if task_id is None or raw.msg_id not in (None, task_id):
-            return False
+        """A resume or cancel never speaks for the task it names; a start does when no
+        run (agent or graph) has that task id."""
         if message is not None and not isinstance(message, RunGraph):
-            return False  # a resume or cancel never speaks for the task it names
+            return False
         if raw.subject.rsplit(".", 1)[-1] in ("resume", "cancel"):
             return False
-        try:
-            return not await self.store.events(graph_run_id_for(task_id), lte=1)
-        except StoreUnavailable:
-            return False
+        return await self.answers.speaks_for(rejection, raw)
 
     async def _give_up(
         self,
