@@ -29,6 +29,7 @@ from pydantic_core import to_jsonable_python
 from agentledger.infra.event_store import StoreUnavailable
 from agentledger.infra.view_store import ViewStore
 from agentledger.projections.conversations import get_conversation
+from agentledger.projections.graphs.runs import get_graph_run, list_graph_runs
 from agentledger.projections.metrics import agent_metrics
 from agentledger.projections.runs import get_run, list_runs
 from agentledger.projections.snapshots import list_snapshots
@@ -78,12 +79,26 @@ class SnapshotsQuery(_Query):
     offset: int = Field(default=0, ge=0)
 
 
+class GraphRunQuery(_Query):
+    run_id: str | None = None
+    task_id: str | None = None
+
+
+class GraphRunsQuery(_Query):
+    graph: str | None = None
+    status: Literal["running", "paused", "completed", "failed"] | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
 VIEWS: dict[str, type[_Query]] = {
     "conversation": ConversationQuery,
     "run": RunQuery,
     "runs": RunsQuery,
     "metrics": MetricsQuery,
     "snapshots": SnapshotsQuery,
+    "graph_run": GraphRunQuery,
+    "graph_runs": GraphRunsQuery,
 }
 
 
@@ -126,6 +141,23 @@ def answer(views: ViewStore, view: str, arguments: dict[str, Any]) -> Any:
         elif isinstance(query, MetricsQuery):
             result = agent_metrics(
                 cursor, agent=query.agent, limit=query.limit, offset=query.offset
+            )
+        elif isinstance(query, GraphRunQuery):
+            if not (query.run_id or query.task_id):
+                raise QueryError("graph_run needs run_id or task_id")
+            result = get_graph_run(
+                cursor, run_id=query.run_id, task_id=query.task_id, sealer=views.sealer
+            )
+            if result is None:
+                raise QueryError(f"no graph run {query.run_id or query.task_id!r}")
+        elif isinstance(query, GraphRunsQuery):
+            result = list_graph_runs(
+                cursor,
+                graph=query.graph,
+                status=query.status,
+                limit=query.limit,
+                offset=query.offset,
+                sealer=views.sealer,
             )
         else:
             assert isinstance(query, SnapshotsQuery)

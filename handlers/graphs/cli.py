@@ -194,6 +194,127 @@ def cancel(
     _show(run(_send("cancel", payload, uuid.uuid4().hex, timeout)), as_json)
 
 
+def _graph_query(view: str, arguments: dict[str, Any]) -> Any:
+    from agentledger.handlers.queries import QueryError, answer
+    from agentledger.infra.view_store import view_store_for
+    from agentledger.projections.views import ALL_PROJECTIONS
+
+    views = view_store_for(settings_from_env(announce_store=True))
+    try:
+        for projection in ALL_PROJECTIONS:
+            views.ensure(projection)
+        try:
+            return answer(views, view, {k: v for k, v in arguments.items() if v is not None})
+        except QueryError as e:
+            raise CliError(str(e)) from None
+    finally:
+        views.close()
+
+
+@graph_app.command()
+@one_line_errors
+def runs(
+    graph: str = typer.Option(None, help="Only runs of this graph."),
+    status: str = typer.Option(None, help="running | paused | completed | failed"),
+    limit: int = typer.Option(50, min=1, max=1000, help="At most this many."),
+    offset: int = typer.Option(0, min=0, help="Rows to skip first."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List graph runs from the graph_runs view, newest first."""
+    rows = _graph_query(
+        "graph_runs", {"graph": graph, "status": status, "limit": limit, "offset": offset}
+    )
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(title=f"Graph runs ({len(rows)})")
+    for column in ("task", "graph", "status", "at", "steps", "path", "started (UTC)", "ms"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        duration = row["duration_ms"]
+        table.add_row(
+            row["task_id"],
+            row["graph"],
+            row["status"] + (f" ({row['error_kind']})" if row["error_kind"] else ""),
+            row["current_node"] or "-",
+            str(row["steps"]),
+            " > ".join(row["path"]),
+            row["started_at"][:19],
+            "-" if duration is None else f"{duration:.0f}",
+        )
+    console.print(table)
+
+
+@graph_app.command("run")
+@one_line_errors
+def run_(
+    task_id: str = typer.Argument(..., help="The graph task's id (or --run-id)."),
+    run_id: bool = typer.Option(False, "--run-id", help="TASK_ID is a run id."),
+    mermaid: bool = typer.Option(False, help="Print the graph as Mermaid, visited nodes marked."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """One graph run: its status, the path it took and each step's timing; with
+    --mermaid, the graph drawn with the nodes it visited highlighted."""
+    key = "run_id" if run_id else "task_id"
+    view = _graph_query("graph_run", {key: task_id})
+    if as_json:
+        print_json(view)
+        return
+    if mermaid:
+        catalog = _catalog()
+        entry = catalog.graphs.get(view["graph"])
+        if entry is None:
+            raise CliError(f"graph {view['graph']!r} is not in the catalog {catalog.path}")
+        print(visited_mermaid(entry.graph.render(title=view["graph"]), view["path"]))
+        return
+    table = Table(title=f"Graph run {view['task_id']} ({view['graph']})", show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for field in (
+        "run_id",
+        "status",
+        "current_node",
+        "branches",
+        "paused_for",
+        "output",
+        "error_kind",
+        "error_message",
+        "started_at",
+        "finished_at",
+        "duration_ms",
+    ):
+        value = view[field]
+        if value not in (None, {}, ""):
+            table.add_row(field, value if isinstance(value, str) else json.dumps(value))
+    table.add_row("path", " > ".join(view["path"]) or "-")
+    console.print(table)
+    steps = Table(title="Step executions")
+    for column in ("#", "node", "status", "started (UTC)", "ms", "error"):
+        steps.add_column(column, overflow="fold")
+    for step in view["step_runs"]:
+        ms = step["duration_ms"]
+        steps.add_row(
+            str(step["seq"]),
+            step["node_id"],
+            step["status"],
+            step["started_at"][11:23],
+            "-" if ms is None else f"{ms:.1f}",
+            step["error"] or "",
+        )
+    console.print(steps)
+
+
+def visited_mermaid(diagram: str, path: list[str]) -> str:
+    """pydantic-graph's Mermaid state diagram with the visited nodes in a `visited` class
+    (a state diagram has no per-edge styles, so the path shows through its nodes)."""
+    visited = list(dict.fromkeys(path))
+    if not visited:
+        return diagram
+    lines = [diagram.rstrip("\n"), "  classDef visited fill:#fdff32,stroke:#333"]
+    lines += [f"  class {node} visited" for node in visited]
+    return "\n".join(lines) + "\n"
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(graph_app, name="graph")
     # The issue's spelling: `agentledger publish-graph NAME INPUTS`.

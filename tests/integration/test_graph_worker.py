@@ -17,7 +17,7 @@ from conftest import Backend, MakeSettings
 from nats.aio.client import Client
 
 from agentledger.infra.settings import Settings
-from support.harness import nats_client, running_worker, settings_env
+from support.harness import nats_client, running_projector, running_worker, settings_env
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -211,7 +211,7 @@ async def test_the_cli_publishes_resumes_and_cancels_graph_tasks(settings: Setti
             timeout=120,
         )
 
-    async with running_worker(settings):
+    async with running_worker(settings), running_projector(settings):
         review = await cli(
             "publish-graph",
             "review",
@@ -231,3 +231,22 @@ async def test_the_cli_publishes_resumes_and_cancels_graph_tasks(settings: Setti
         assert json.loads(gone.stdout)["error"]["kind"] == "run_finished"
         bad = await cli("publish-graph", "review", "{not json")
         assert bad.returncode == 1 and bad.stderr.startswith("error: invalid INPUTS: not JSON")
+
+        # The read side: the graph_runs view, once the projector has folded the runs.
+        for _ in range(100):
+            shown = await cli("graph", "run", "cli-1", "--json")
+            if shown.returncode == 0 and json.loads(shown.stdout)["status"] == "completed":
+                break
+            await asyncio.sleep(0.1)
+        view = json.loads(shown.stdout)
+        assert view["path"] == ["prepare", "analyse", "escalate"]
+        assert view["branches"] == {"risk_decision": "escalate"}
+        assert [s["node_id"] for s in view["step_runs"]] == ["prepare", "analyse", "escalate"]
+        listed = await cli("graph", "runs", "--graph", "review", "--json")
+        assert [r["task_id"] for r in json.loads(listed.stdout)] == ["cli-1"]
+        drawn = await cli("graph", "run", "cli-1", "--mermaid")
+        assert drawn.returncode == 0, drawn.stderr
+        assert "class escalate visited" in drawn.stdout
+        assert "class approve visited" not in drawn.stdout
+        missing = await cli("graph", "run", "nobody")
+        assert missing.returncode == 1 and "no graph run 'nobody'" in missing.stderr
