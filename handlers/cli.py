@@ -245,7 +245,9 @@ def publish(
 @app.command()
 @one_line_errors
 def query(
-    view: str = typer.Argument(..., help="conversation | run | runs | metrics | snapshots"),
+    view: str = typer.Argument(
+        ..., help="conversation | run | runs | metrics | snapshots | graph_run | graph_runs"
+    ),
     session: str = typer.Option(None, "--session", "-s", help="Session id (conversation, runs)."),
     run_id: str = typer.Option(None, help="Run id (run)."),
     task_id: str = typer.Option(None, help="Task id (run)."),
@@ -269,6 +271,8 @@ def query(
         "runs": {"agent": agent, "status": status, "session_id": session, **page},
         "metrics": {"agent": agent, **page},
         "snapshots": page,
+        "graph_run": {"run_id": run_id, "task_id": task_id},
+        "graph_runs": {"status": status, **page},
     }
     arguments = {k: v for k, v in by_view.get(view, {}).items() if v is not None}
     data = _query(settings, view, arguments, via_nats)
