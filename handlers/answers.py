@@ -3,20 +3,37 @@ reply subject), and rejections recorded as `TaskRejected` events."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from faststream.nats import NatsBroker
 
 from agentledger.domain.graphs.tasks import GraphOutcome
 from agentledger.domain.ids import graph_run_id_for, run_id_for
 from agentledger.domain.rejection import TaskRejection
-from agentledger.domain.subjects import results_subject
+from agentledger.domain.subjects import reply_subject_problem, results_subject
 from agentledger.domain.tasks import RunError, RunOutcome
 from agentledger.handlers.intake import RawTask, Rejection
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
 
-__all__ = ["TaskAnswers"]
+__all__ = ["TaskAnswers", "checked_reply_subject"]
 
 log = structlog.get_logger("agentledger.worker")
+
+
+def checked_reply_subject(prefix: str, requested: str | None, bound: Any) -> str | None:
+    """The `Agentledger-Reply-To` header if it is a subject we may answer on; else None
+    (the task still runs and its outcome is still stored on its own results subject).
+    A reply subject is an address the sender picks: never one of ours (another task's
+    results, a task subject), never `$JS.`/`$SYS.`, never a string that would break the
+    connection (over-long, spaces, control characters)."""
+    if requested is None:
+        return None
+    problem = reply_subject_problem(prefix, requested)
+    if problem is None:
+        return requested
+    bound.warning("ignoring the reply subject", reason=problem, reply_to=requested[:80])
+    return None
 
 
 class TaskAnswers:

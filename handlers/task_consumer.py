@@ -46,7 +46,7 @@ from agentledger.infra.settings import Settings
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
-__all__ = ["Delivery", "TaskConsumer"]
+__all__ = ["RELEASE_DELAY_S", "Delivery", "TaskConsumer", "release_in_flight"]
 
 log = structlog.get_logger("agentledger.worker")
 
@@ -55,6 +55,8 @@ MAX_BATCH = 64
 FETCH_WAIT_S = 1.0
 """How long one pull request waits on an empty stream."""
 _IN_PROGRESS = b"+WPI"
+RELEASE_DELAY_S = 3.0
+"""Redelivery delay of a task released by a draining worker."""
 _STOP_POLL_S = 0.05
 
 
@@ -108,6 +110,30 @@ class Delivery:
 
 
 Handler = Callable[[bytes, Delivery], Awaitable[None]]
+
+
+async def release_in_flight(
+    in_flight: dict[asyncio.Task[Any], Delivery], grace_s: float, what: str = "runs"
+) -> None:
+    """Wait up to `grace_s` for the handlers in flight; release the rest.
+
+    A released message is nak'ed before its handler is cancelled, with a short delay so
+    that this worker's own open pull requests (alive until the connection closes) do
+    not take it back; another worker then resumes the run from what it recorded."""
+    pending = set(in_flight)
+    if not pending:
+        return
+    log.info(f"draining in-flight {what}", count=len(pending), grace_s=grace_s)
+    _, still = await asyncio.wait(pending, timeout=grace_s)
+    for task in still:
+        msg = in_flight.get(task)
+        if msg is not None:
+            with contextlib.suppress(Exception):
+                await msg.nack(delay=RELEASE_DELAY_S)
+        task.cancel()
+    if still:
+        log.info(f"released unfinished {what}", count=len(still))
+        await asyncio.wait(still, timeout=RELEASE_DELAY_S / 2)
 
 
 class TaskConsumer:

@@ -24,18 +24,17 @@ from opentelemetry import trace
 from agentledger.domain.errors import ErrorKind
 from agentledger.domain.ids import run_id_for
 from agentledger.domain.subjects import (
-    reply_subject_problem,
     task_subject,
     workers_consumer,
 )
 from agentledger.domain.tasks import OutcomeStatus, RunAgent, RunError, RunOutcome
-from agentledger.handlers.answers import TaskAnswers
+from agentledger.handlers.answers import TaskAnswers, checked_reply_subject
 from agentledger.handlers.catalog import Catalog, UnknownAgent
 from agentledger.handlers.dead_letters import dead_letter
 from agentledger.handlers.intake import RawTask, Rejection, parse_task
 from agentledger.handlers.operations.metrics import WorkerMetrics
 from agentledger.handlers.runner import AgentRunner, RunSuperseded, TransientRunError
-from agentledger.handlers.task_consumer import Delivery, TaskConsumer
+from agentledger.handlers.task_consumer import Delivery, TaskConsumer, release_in_flight
 from agentledger.infra.event_store import (
     AsyncEventStore,
     BrokenStream,
@@ -53,7 +52,6 @@ request with its publish ack, so the reply subject travels in a header)."""
 
 
 DRAIN_REDELIVERY_DELAY_S = 1.0
-RELEASE_DELAY_S = 3.0
 
 
 def backoff_s(delivered: int) -> float:
@@ -221,18 +219,7 @@ class TaskWorker:
             await self._give_up(msg, task_raw, task, kind, reason, reply_to)
 
     def _reply_subject(self, requested: str | None, bound: Any) -> str | None:
-        """The `Agentledger-Reply-To` header if it is a subject we may answer on; else
-        None (the task still runs and its outcome is still stored on its own results
-        subject). A reply subject is an address the sender picks: never one of ours
-        (another task's results, a task subject), never `$JS.`/`$SYS.`, never a string
-        that would break the connection (over-long, spaces, control characters)."""
-        if requested is None:
-            return None
-        problem = reply_subject_problem(self.settings.subject_prefix, requested)
-        if problem is None:
-            return requested
-        bound.warning("ignoring the reply subject", reason=problem, reply_to=requested[:80])
-        return None
+        return checked_reply_subject(self.settings.subject_prefix, requested, bound)
 
     async def _give_up(
         self,
@@ -350,25 +337,9 @@ class TaskWorker:
         )
 
     async def drain(self, grace_s: float) -> None:
-        """Stop taking runs; wait up to `grace_s` for in-flight ones; release the rest.
-
-        A released message is nak'ed before its run is cancelled, with a short delay so
-        that this worker's own open pull requests (alive until the connection closes) do
-        not take it back; another worker then resumes the run from what it recorded."""
+        """Stop taking runs; wait up to `grace_s` for in-flight ones; release the rest
+        (`release_in_flight`)."""
         self.draining = True
         if self.consumer is not None:
             await self.consumer.stop_fetching()
-        pending = set(self.in_flight)
-        if not pending:
-            return
-        log.info("draining in-flight runs", runs=len(pending), grace_s=grace_s)
-        _, still = await asyncio.wait(pending, timeout=grace_s)
-        for task in still:
-            msg = self.in_flight.get(task)
-            if msg is not None:
-                with contextlib.suppress(Exception):
-                    await msg.nack(delay=RELEASE_DELAY_S)
-            task.cancel()
-        if still:
-            log.info("released unfinished runs", runs=len(still))
-            await asyncio.wait(still, timeout=RELEASE_DELAY_S / 2)
+        await release_in_flight(self.in_flight, grace_s)

@@ -35,15 +35,16 @@ from agentledger.domain.graphs.tasks import (
     RunGraph,
 )
 from agentledger.domain.ids import graph_run_id_for
-from agentledger.domain.subjects import graph_workers_consumer, reply_subject_problem
+from agentledger.domain.subjects import graph_workers_consumer
 from agentledger.domain.tasks import RunError
-from agentledger.handlers.answers import TaskAnswers
+from agentledger.handlers.answers import TaskAnswers, checked_reply_subject
 from agentledger.handlers.dead_letters import dead_letter
 from agentledger.handlers.graphs.intake import parse_graph_message
 from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner
 from agentledger.handlers.intake import RawTask, Rejection
 from agentledger.handlers.runner import RunSuperseded, TransientRunError
-from agentledger.handlers.task_consumer import Delivery, TaskConsumer
+from agentledger.handlers.task_consumer import Delivery, TaskConsumer, release_in_flight
+from agentledger.handlers.worker import DRAIN_REDELIVERY_DELAY_S, REPLY_HEADER, backoff_s
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
 from agentledger.infra.settings import Settings
 
@@ -51,9 +52,6 @@ __all__ = ["GraphWorker"]
 
 log = structlog.get_logger("agentledger.graphs")
 
-REPLY_HEADER = "Agentledger-Reply-To"
-DRAIN_REDELIVERY_DELAY_S = 1.0
-RELEASE_DELAY_S = 3.0
 _TRANSIENT = (
     StoreUnavailable,
     ConcurrencyConflict,
@@ -61,10 +59,6 @@ _TRANSIENT = (
     RunSuperseded,
     NatsError,
 )
-
-
-def _backoff_s(delivered: int) -> float:
-    return float(min(30.0, 0.5 * 2 ** max(0, delivered - 1)))
 
 
 class GraphWorker:
@@ -118,18 +112,7 @@ class GraphWorker:
         self.draining = True
         if self.consumer is not None:
             await self.consumer.stop_fetching()
-        pending = set(self.in_flight)
-        if not pending:
-            return
-        _, still = await asyncio.wait(pending, timeout=grace_s)
-        for task in still:
-            msg = self.in_flight.get(task)
-            if msg is not None:
-                with contextlib.suppress(Exception):
-                    await msg.nack(delay=RELEASE_DELAY_S)
-            task.cancel()
-        if still:
-            await asyncio.wait(still, timeout=RELEASE_DELAY_S / 2)
+        await release_in_flight(self.in_flight, grace_s, what="graph tasks")
 
     async def handle(self, body: bytes, msg: Delivery) -> None:
         if self.draining:
@@ -156,7 +139,7 @@ class GraphWorker:
             delivered=delivered,
         )
         bound = log.bind(subject=raw.subject, delivered=delivered)
-        reply_to = self._reply_subject(headers.get(REPLY_HEADER), bound)
+        reply_to = checked_reply_subject(self.prefix, headers.get(REPLY_HEADER), bound)
         final = delivered >= self.settings.max_deliveries
         message: RunGraph | ResumeGraph | CancelGraph | None = None
         try:
@@ -180,7 +163,7 @@ class GraphWorker:
         except Exception as e:
             transient = isinstance(e, _TRANSIENT)
             if not final:
-                delay = _backoff_s(delivered)
+                delay = backoff_s(delivered)
                 if transient:
                     bound.warning("transient failure; will redeliver", error=str(e), delay_s=delay)
                 else:
@@ -191,15 +174,6 @@ class GraphWorker:
             reason = f"gave up after {delivered} deliveries: {type(e).__name__}: {e}"
             bound.error("last delivery failed; giving up", error=reason)
             await self._give_up(msg, raw, message, kind, reason, reply_to)
-
-    def _reply_subject(self, requested: str | None, bound: Any) -> str | None:
-        if requested is None:
-            return None
-        problem = reply_subject_problem(self.prefix, requested)
-        if problem is None:
-            return requested
-        bound.warning("ignoring the reply subject", reason=problem, reply_to=requested[:80])
-        return None
 
     async def _reject(
         self,
@@ -218,7 +192,7 @@ class GraphWorker:
         except StoreUnavailable as e:
             if delivered < self.settings.max_deliveries:
                 bound.warning("cannot record rejection yet; will retry", error=str(e))
-                await msg.nack(delay=_backoff_s(delivered))
+                await msg.nack(delay=backoff_s(delivered))
                 return
             await self._dead_letter(msg, raw, None, str(rejection.kind), str(e), reply_to)
             return
@@ -299,7 +273,7 @@ class GraphWorker:
             )
         except Exception as e:
             log.error("cannot dead-letter the message", error=str(e), reason=reason)
-            await msg.nack(delay=_backoff_s(metadata.num_delivered or 1))
+            await msg.nack(delay=backoff_s(metadata.num_delivered or 1))
             return
         log.error("graph task dead-lettered", dead_letter=sequence, kind=kind, reason=reason)
         if isinstance(message, RunGraph):
