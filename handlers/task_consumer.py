@@ -38,7 +38,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentledger.infra.nats import nats_connect_kwargs
 from agentledger.infra.settings import Settings
@@ -46,7 +46,13 @@ from agentledger.infra.settings import Settings
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
-__all__ = ["RELEASE_DELAY_S", "Delivery", "TaskConsumer", "release_in_flight"]
+__all__ = [
+    "RELEASE_DELAY_S",
+    "Delivery",
+    "TaskConsumer",
+    "release_in_flight",
+    "worker_consumer",
+]
 
 log = structlog.get_logger("agentledger.worker")
 
@@ -350,3 +356,36 @@ class TaskConsumer:
                 except Exception as e:  # the next beat may get through
                     log.warning("heartbeat failed; AckWait may expire", error=str(e))
                     break
+
+
+def worker_consumer(
+    settings: Settings,
+    *,
+    name: str,
+    subject: str,
+    durable: str,
+    handle: Handler,
+    tracer: Tracer | None = None,
+) -> TaskConsumer:
+    """A worker's consumer of `subject` on the tasks stream: the shared durable
+    `durable`, explicit acks, AckWait and max deliveries from settings, at most
+    `worker_concurrency` tasks in hand, heartbeats every AckWait / 3."""
+    return TaskConsumer(
+        settings=settings,
+        name=name,
+        subject=subject,
+        stream=settings.tasks_stream,
+        durable=durable,
+        config=ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait_s,
+            max_deliver=settings.max_deliveries,
+            max_ack_pending=max(1000, settings.worker_concurrency * 4),
+            deliver_policy=DeliverPolicy.ALL,
+        ),
+        capacity=settings.worker_concurrency,
+        handle=handle,
+        heartbeat_s=max(0.5, settings.ack_wait_s / 3),
+        tracer=tracer,
+    )

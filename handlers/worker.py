@@ -18,7 +18,6 @@ from typing import Any
 import structlog
 from faststream.nats import NatsBroker
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
 from agentledger.domain.errors import ErrorKind
@@ -34,7 +33,12 @@ from agentledger.handlers.dead_letters import dead_letter
 from agentledger.handlers.intake import RawTask, Rejection, parse_task
 from agentledger.handlers.operations.metrics import WorkerMetrics
 from agentledger.handlers.runner import AgentRunner, RunSuperseded, TransientRunError
-from agentledger.handlers.task_consumer import Delivery, TaskConsumer, release_in_flight
+from agentledger.handlers.task_consumer import (
+    Delivery,
+    TaskConsumer,
+    release_in_flight,
+    worker_consumer,
+)
 from agentledger.infra.event_store import (
     AsyncEventStore,
     BrokenStream,
@@ -112,23 +116,12 @@ class TaskWorker:
         """Start pulling tasks on the feed thread (the broker is connected)."""
         settings = self.settings
         tracer = tracer_provider.get_tracer("agentledger.worker") if tracer_provider else None
-        self.consumer = TaskConsumer(
-            settings=settings,
+        self.consumer = worker_consumer(
+            settings,
             name="agentledger-worker",
             subject=task_subject(settings.subject_prefix, "*"),
-            stream=settings.tasks_stream,
             durable=self.durable,
-            config=ConsumerConfig(
-                durable_name=self.durable,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=settings.ack_wait_s,
-                max_deliver=settings.max_deliveries,
-                max_ack_pending=max(1000, settings.worker_concurrency * 4),
-                deliver_policy=DeliverPolicy.ALL,
-            ),
-            capacity=settings.worker_concurrency,
             handle=self.handle,
-            heartbeat_s=max(0.5, settings.ack_wait_s / 3),
             tracer=tracer,
         )
         await self.consumer.start()

@@ -24,7 +24,6 @@ from typing import Any
 import structlog
 from faststream.nats import NatsBroker
 from nats.errors import Error as NatsError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from agentledger.domain.errors import ErrorKind
 from agentledger.domain.graphs.run import GraphRun
@@ -43,7 +42,12 @@ from agentledger.handlers.graphs.intake import parse_graph_message
 from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner
 from agentledger.handlers.intake import RawTask, Rejection
 from agentledger.handlers.runner import RunSuperseded, TransientRunError
-from agentledger.handlers.task_consumer import Delivery, TaskConsumer, release_in_flight
+from agentledger.handlers.task_consumer import (
+    Delivery,
+    TaskConsumer,
+    release_in_flight,
+    worker_consumer,
+)
 from agentledger.handlers.worker import DRAIN_REDELIVERY_DELAY_S, REPLY_HEADER, backoff_s
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
 from agentledger.infra.settings import Settings
@@ -82,24 +86,12 @@ class GraphWorker:
         self.draining = False
 
     async def start(self) -> None:
-        settings = self.settings
-        self.consumer = TaskConsumer(
-            settings=settings,
+        self.consumer = worker_consumer(
+            self.settings,
             name="agentledger-graph-worker",
             subject=f"{self.prefix}.tasks.graph.*",
-            stream=settings.tasks_stream,
             durable=self.durable,
-            config=ConsumerConfig(
-                durable_name=self.durable,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=settings.ack_wait_s,
-                max_deliver=settings.max_deliveries,
-                max_ack_pending=max(1000, settings.worker_concurrency * 4),
-                deliver_policy=DeliverPolicy.ALL,
-            ),
-            capacity=settings.worker_concurrency,
             handle=self.handle,
-            heartbeat_s=max(0.5, settings.ack_wait_s / 3),
         )
         await self.consumer.start()
 
