@@ -8,7 +8,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic_graph import GraphBuilder, StepContext, reduce_dict_update, reduce_list_append
+from pydantic_graph import (
+    BaseNode,
+    End,
+    GraphBuilder,
+    GraphRunContext,
+    StepContext,
+    reduce_dict_update,
+    reduce_list_append,
+)
 
 from agentledger.domain.graphs.run import GraphHistory, GraphRun
 from agentledger.handlers.graphs.executor import (
@@ -199,3 +207,33 @@ async def recorded(graph: Any, name: str, inputs: Any) -> tuple[GraphRun, list[A
         run.complete(executor.dump_output(output), duration_ms=12.5)
     stored.extend(run.collect_events())
     return run, stored, output
+
+
+# A BaseNode-style graph (pydantic-graph's older node API, on the same builder).
+@dataclass
+class CountState:
+    history: list[int] = field(default_factory=list)
+
+
+@dataclass
+class CountFrom(BaseNode[CountState, None, int]):
+    n: int
+
+    async def run(self, ctx: GraphRunContext[CountState, None]) -> CountDown:
+        CALLS.append(f"CountFrom({self.n})")
+        return CountDown(self.n)
+
+
+@dataclass
+class CountDown(BaseNode[CountState, None, int]):
+    n: int
+
+    async def run(self, ctx: GraphRunContext[CountState, None]) -> CountDown | End[int]:
+        CALLS.append(f"CountDown({self.n})")
+        ctx.state.history.append(self.n)
+        return End(sum(ctx.state.history)) if self.n <= 1 else CountDown(self.n - 1)
+
+
+n = GraphBuilder(state_type=CountState, input_type=CountFrom, output_type=int)
+n.add(n.edge_from(n.start_node).to(CountFrom), n.node(CountFrom), n.node(CountDown))
+countdown_graph = n.build()

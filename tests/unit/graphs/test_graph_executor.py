@@ -20,7 +20,14 @@ from agentledger.handlers.graphs.executor import (
     StepLimitExceeded,
 )
 from support import sample_graphs
-from support.sample_graphs import CALLS, approval_graph, cycle_graph, fan_graph
+from support.sample_graphs import (
+    CALLS,
+    CountFrom,
+    approval_graph,
+    countdown_graph,
+    cycle_graph,
+    fan_graph,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -179,3 +186,36 @@ async def test_a_pause_waits_for_input_and_a_resume_serves_it() -> None:
 async def test_the_sample_graph_renders_as_mermaid() -> None:
     mermaid = sample_graphs.fan_graph.render()
     assert "stateDiagram-v2" in mermaid and "route" in mermaid
+
+
+async def test_a_basenode_graph_reruns_from_every_checkpoint_too() -> None:
+    """BaseNode graphs run on the same builder machinery: each node's returned next node
+    (or End) is recorded and served like any step output."""
+    CALLS.clear()
+    run = start("countdown", {"n": 4})
+    events = list(run.collect_events())
+    executor = GraphExecutor(
+        countdown_graph, run, GraphHistory.fold(events), save=_saver(run, events)
+    )
+    output = await executor.execute(CountFrom(4))
+    assert output == 4 + 3 + 2 + 1
+    keys = finished_keys(events)
+    assert len(keys) == len(CALLS) == 5
+    for n in range(1, len(events) + 1):
+        CALLS.clear()
+        prefix = events[:n]
+        stored: list[Any] = []
+        replayed = rebuild(prefix)
+        again = GraphExecutor(
+            countdown_graph, replayed, GraphHistory.fold(prefix), save=_saver(replayed, stored)
+        )
+        assert await again.execute(CountFrom(4)) == output, n
+        done = set(finished_keys(prefix))
+        assert len(CALLS) == len([k for k in keys if k not in done]), n
+
+
+def _saver(run: GraphRun, into: list[Any]) -> Any:
+    async def save() -> None:
+        into.extend(run.collect_events())
+
+    return save
