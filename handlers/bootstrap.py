@@ -288,17 +288,14 @@ class WorkerService:
 
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        # Both workers drain at once, within the one grace period.
+        workers = [w for w in (self.graph_worker, self.worker) if w is not None]
+        await asyncio.gather(*(w.drain(grace) for w in workers))
         if self.graph_worker is not None:
-            # Both drain at once, within the one grace period.
-            drains = [self.graph_worker.drain(grace)]
-            if self.worker is not None:
-                drains.append(self.worker.drain(grace))
-            await asyncio.gather(*drains)
             with contextlib.suppress(Exception):
                 await self.graph_worker.stop()
             self.graph_worker = None
         if self.worker is not None:
-            await self.worker.drain(grace)
             with contextlib.suppress(Exception):  # its subscription goes with the connection
                 await self.worker.stop()
             try:

@@ -30,6 +30,7 @@ from agentledger.handlers.cli_support import (
     notify,
     one_line_errors,
     print_json,
+    query_views,
     resolve,
     run,
     settings_from_env,
@@ -275,7 +276,7 @@ def query(
         "graph_runs": {"status": status, **page},
     }
     arguments = {k: v for k, v in by_view.get(view, {}).items() if v is not None}
-    data = _query(settings, view, arguments, via_nats)
+    data = query_views(settings, view, arguments, via_nats)
     if as_json:
         print_json(data)
     elif view == "conversation":
@@ -286,33 +287,6 @@ def query(
         console.print(runs_table(data))
     else:
         print_json(data)
-
-
-def _query(settings: Settings, view: str, arguments: dict[str, Any], via_nats: bool) -> Any:
-    if via_nats:
-        from agentledger.handlers.bootstrap import connect_nats
-        from agentledger.handlers.client import query_over_nats
-
-        async def ask() -> Any:
-            nc = await connect_nats(settings, "agentledger-cli")
-            try:
-                return await query_over_nats(nc, settings.subject_prefix, view, arguments)
-            finally:
-                await nc.drain()
-
-        return run(ask())
-    from agentledger.handlers.queries import answer
-    from agentledger.infra.view_store import view_store_for
-    from agentledger.projections.views import ALL_PROJECTIONS
-
-    views = view_store_for(settings)
-    try:
-        # The views exist as soon as a store does: a fresh store answers "nothing yet".
-        for projection in ALL_PROJECTIONS:
-            views.ensure(projection)
-        return answer(views, view, arguments)
-    finally:
-        views.close()
 
 
 @app.command()

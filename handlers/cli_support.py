@@ -30,6 +30,7 @@ __all__ = [
     "notify",
     "one_line_errors",
     "print_json",
+    "query_views",
     "resolve",
     "run",
     "settings_from_env",
@@ -160,3 +161,33 @@ def resolve(store: Any, identifier: str) -> tuple[UUID, list[Any]]:
         if events:
             return candidate, events
     raise CliError(f"no events for {identifier!r} (tried it as run id, task id and session id)")
+
+
+def query_views(
+    settings: Settings, view: str, arguments: dict[str, Any], via_nats: bool = False
+) -> Any:
+    """Answer a view query: directly from the view store, or over NATS request-reply."""
+    if via_nats:
+        from agentledger.handlers.bootstrap import connect_nats
+        from agentledger.handlers.client import query_over_nats
+
+        async def ask() -> Any:
+            nc = await connect_nats(settings, "agentledger-cli")
+            try:
+                return await query_over_nats(nc, settings.subject_prefix, view, arguments)
+            finally:
+                await nc.drain()
+
+        return run(ask())
+    from agentledger.handlers.queries import answer
+    from agentledger.infra.view_store import view_store_for
+    from agentledger.projections.views import ALL_PROJECTIONS
+
+    views = view_store_for(settings)
+    try:
+        # The views exist as soon as a store does: a fresh store answers "nothing yet".
+        for projection in ALL_PROJECTIONS:
+            views.ensure(projection)
+        return answer(views, view, arguments)
+    finally:
+        views.close()

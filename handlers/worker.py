@@ -46,7 +46,13 @@ from agentledger.infra.event_store import (
 )
 from agentledger.infra.settings import Settings
 
-__all__ = ["REPLY_HEADER", "TaskWorker", "backoff_s"]
+__all__ = [
+    "REPLY_HEADER",
+    "TRANSIENT_ERRORS",
+    "TaskWorker",
+    "backoff_s",
+    "nak_or_give_up",
+]
 
 log = structlog.get_logger("agentledger.worker")
 
@@ -61,6 +67,41 @@ DRAIN_REDELIVERY_DELAY_S = 1.0
 def backoff_s(delivered: int) -> float:
     """Redelivery delay after a transient failure: 0.5 s doubling, at most 30 s."""
     return float(min(30.0, 0.5 * 2 ** max(0, delivered - 1)))
+
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    TransientRunError,
+    StoreUnavailable,
+    RunSuperseded,
+    NatsError,
+)
+"""Failures that heal by waiting. A NATS error (an outcome publish timing out while the
+server restarts) is one too: the outcome is published again on redelivery."""
+
+
+async def nak_or_give_up(
+    msg: Delivery,
+    error: Exception,
+    delivered: int,
+    final: bool,
+    bound: Any,
+    transient_errors: tuple[type[Exception], ...] = TRANSIENT_ERRORS,
+) -> tuple[ErrorKind, str] | None:
+    """The delivery rule after a failure, for every kind of task: before the last
+    delivery, nak with backoff (None); on the last, the (kind, reason) to give up with."""
+    transient = isinstance(error, transient_errors)
+    if not final:
+        delay = backoff_s(delivered)
+        if transient:
+            bound.warning("transient failure; will redeliver", error=str(error), delay_s=delay)
+        else:
+            bound.exception("unexpected error; will redeliver", delay_s=delay)
+        await msg.nack(delay=delay)
+        return None
+    kind = ErrorKind.TRANSIENT_EXHAUSTED if transient else ErrorKind.INTERNAL_ERROR
+    reason = f"gave up after {delivered} deliveries: {type(error).__name__}: {error}"
+    bound.error("last delivery failed; giving up", error=reason)
+    return kind, reason
 
 
 def _trace_task(task: RunAgent, delivered: int) -> None:
@@ -193,23 +234,9 @@ class TaskWorker:
             bound.error("run cannot be loaded; giving up", error=str(e))
             await self._give_up(msg, task_raw, task, ErrorKind.INTERNAL_ERROR, str(e), reply_to)
         except Exception as e:
-            # A NATS error (an outcome publish timing out while the server restarts) is
-            # transient too: the outcome is published again on redelivery.
-            transient = isinstance(
-                e, TransientRunError | StoreUnavailable | RunSuperseded | NatsError
-            )
-            if not final:
-                delay = backoff_s(delivered)
-                if transient:
-                    bound.warning("transient failure; will redeliver", error=str(e), delay_s=delay)
-                else:
-                    bound.exception("unexpected error; will redeliver", delay_s=delay)
-                await msg.nack(delay=delay)
-                return
-            kind = ErrorKind.TRANSIENT_EXHAUSTED if transient else ErrorKind.INTERNAL_ERROR
-            reason = f"gave up after {delivered} deliveries: {type(e).__name__}: {e}"
-            bound.error("last delivery failed; giving up", error=reason)
-            await self._give_up(msg, task_raw, task, kind, reason, reply_to)
+            give_up = await nak_or_give_up(msg, e, delivered, final, bound)
+            if give_up is not None:
+                await self._give_up(msg, task_raw, task, *give_up, reply_to)
 
     def _reply_subject(self, requested: str | None, bound: Any) -> str | None:
         return checked_reply_subject(self.settings.subject_prefix, requested, bound)

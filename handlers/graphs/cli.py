@@ -15,6 +15,7 @@ from agentledger.handlers.cli_support import (
     notify,
     one_line_errors,
     print_json,
+    query_views,
     run,
     settings_from_env,
 )
@@ -195,20 +196,8 @@ def cancel(
 
 
 def _graph_query(view: str, arguments: dict[str, Any]) -> Any:
-    from agentledger.handlers.queries import QueryError, answer
-    from agentledger.infra.view_store import view_store_for
-    from agentledger.projections.views import ALL_PROJECTIONS
-
-    views = view_store_for(settings_from_env(announce_store=True))
-    try:
-        for projection in ALL_PROJECTIONS:
-            views.ensure(projection)
-        try:
-            return answer(views, view, {k: v for k, v in arguments.items() if v is not None})
-        except QueryError as e:
-            raise CliError(str(e)) from None
-    finally:
-        views.close()
+    settings = settings_from_env(announce_store=True)
+    return query_views(settings, view, {k: v for k, v in arguments.items() if v is not None})
 
 
 @graph_app.command()

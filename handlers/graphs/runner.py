@@ -125,7 +125,7 @@ class GraphRunner:
                 ErrorKind.INVALID_PAYLOAD,
                 f"inputs do not fit graph {task.graph!r}: {where}: {problem['msg']}",
             ) from None
-        run = await self._store.get(graph_run_id_for(task.task_id), GraphRun)
+        run, events = await self._load(task.task_id)
         if run is None:
             run = GraphRun(
                 task_id=task.task_id,
@@ -137,35 +137,35 @@ class GraphRunner:
                 deadline=None if task.deadline is None else task.deadline.isoformat(),
             )
             try:
-                await self._store.save(run)
+                events = await self._save(run)
             except ConcurrencyConflict:  # another delivery created it first
-                run = await self._store.get(graph_run_id_for(task.task_id), GraphRun)
+                run, events = await self._load(task.task_id)
                 assert run is not None
         if run.status != "running":
             return graph_outcome_of(run)
-        return await self._drive(run, entry)
+        return await self._drive(run, events, entry)
 
     async def resume(self, resume: ResumeGraph) -> GraphOutcome:
         """Record the input of a paused run (once per `resume_id`) and drive it on."""
-        run = await self._existing(resume.task_id, "resume")
+        run, events = await self._existing(resume.task_id, "resume")
         if resume.resume_id in run.resume_ids:  # applied before (a redelivery)
             if run.status != "running":
                 return graph_outcome_of(run)
-            return await self._drive(run, self.entry(run.graph))
+            return await self._drive(run, events, self.entry(run.graph))
         if run.status != "paused":
             raise GraphRejected(
                 ErrorKind.RUN_FINISHED,
                 f"graph run of task {resume.task_id!r} is {run.status}, not paused",
             )
         run.resume(to_jsonable_python(resume.input), resume.resume_id)
-        await self._store.save(run)
-        return await self._drive(run, self.entry(run.graph))
+        events += await self._save(run)
+        return await self._drive(run, events, self.entry(run.graph))
 
     async def cancel(self, cancel: CancelGraph) -> GraphOutcome:
         """End a running or paused run as failed (`cancelled`). A worker driving it stops
         at its next save, which conflicts."""
         for _ in range(5):
-            run = await self._existing(cancel.task_id, "cancel")
+            run, _ = await self._existing(cancel.task_id, "cancel")
             if run.status in ("completed", "failed"):
                 raise GraphRejected(
                     ErrorKind.RUN_FINISHED,
@@ -179,16 +179,31 @@ class GraphRunner:
             return graph_outcome_of(run)
         raise ConcurrencyConflict(f"graph run of task {cancel.task_id!r} kept changing")
 
-    async def _existing(self, task_id: str, what: str) -> GraphRun:
-        run = await self._store.get(graph_run_id_for(task_id), GraphRun)
+    async def _load(self, task_id: str) -> tuple[GraphRun | None, list[Any]]:
+        """The task's run and its events, from one read: the executor folds the same
+        events into its history."""
+        events = await self._store.events(graph_run_id_for(task_id))
+        run: Any = None
+        for event in events:
+            run = event.mutate(run)
+        return run, events
+
+    async def _save(self, run: GraphRun) -> list[Any]:
+        """Save the run's new events; returns them."""
+        pending = list(run.pending_events)
+        await self._store.save(run)
+        return pending
+
+    async def _existing(self, task_id: str, what: str) -> tuple[GraphRun, list[Any]]:
+        run, events = await self._load(task_id)
         if run is None:
             raise GraphRejected(
                 ErrorKind.UNKNOWN_RUN, f"cannot {what}: no graph run for task {task_id!r}"
             )
-        return run
+        return run, events
 
-    async def _drive(self, run: GraphRun, entry: GraphEntry) -> GraphOutcome:
-        history = GraphHistory.fold(await self._store.events(run.id))
+    async def _drive(self, run: GraphRun, events: list[Any], entry: GraphEntry) -> GraphOutcome:
+        history = GraphHistory.fold(events)
         assert history.started is not None
         bound = log.bind(task_id=run.task_id, graph=run.graph, run_id=str(run.id))
         executor = GraphExecutor(

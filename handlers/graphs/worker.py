@@ -23,7 +23,6 @@ from typing import Any
 
 import structlog
 from faststream.nats import NatsBroker
-from nats.errors import Error as NatsError
 
 from agentledger.domain.errors import ErrorKind
 from agentledger.domain.graphs.run import GraphRun
@@ -39,16 +38,21 @@ from agentledger.domain.tasks import RunError
 from agentledger.handlers.answers import TaskAnswers, checked_reply_subject
 from agentledger.handlers.dead_letters import dead_letter
 from agentledger.handlers.graphs.intake import parse_graph_message
-from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner
+from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner, graph_outcome_of
 from agentledger.handlers.intake import RawTask, Rejection
-from agentledger.handlers.runner import RunSuperseded, TransientRunError
 from agentledger.handlers.task_consumer import (
     Delivery,
     TaskConsumer,
     release_in_flight,
     worker_consumer,
 )
-from agentledger.handlers.worker import DRAIN_REDELIVERY_DELAY_S, REPLY_HEADER, backoff_s
+from agentledger.handlers.worker import (
+    DRAIN_REDELIVERY_DELAY_S,
+    REPLY_HEADER,
+    TRANSIENT_ERRORS,
+    backoff_s,
+    nak_or_give_up,
+)
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
 from agentledger.infra.settings import Settings
 
@@ -56,13 +60,9 @@ __all__ = ["GraphWorker"]
 
 log = structlog.get_logger("agentledger.graphs")
 
-_TRANSIENT = (
-    StoreUnavailable,
-    ConcurrencyConflict,
-    TransientRunError,
-    RunSuperseded,
-    NatsError,
-)
+
+_TRANSIENT = (*TRANSIENT_ERRORS, ConcurrencyConflict)
+"""A graph run's save can conflict with a cancel or another driver: load again later."""
 
 
 class GraphWorker:
@@ -153,19 +153,9 @@ class GraphWorker:
             )
             await self._reject(msg, refused, raw, reply_to, delivered, bound, message)
         except Exception as e:
-            transient = isinstance(e, _TRANSIENT)
-            if not final:
-                delay = backoff_s(delivered)
-                if transient:
-                    bound.warning("transient failure; will redeliver", error=str(e), delay_s=delay)
-                else:
-                    bound.exception("unexpected error; will redeliver", delay_s=delay)
-                await msg.nack(delay=delay)
-                return
-            kind = ErrorKind.TRANSIENT_EXHAUSTED if transient else ErrorKind.INTERNAL_ERROR
-            reason = f"gave up after {delivered} deliveries: {type(e).__name__}: {e}"
-            bound.error("last delivery failed; giving up", error=reason)
-            await self._give_up(msg, raw, message, kind, reason, reply_to)
+            give_up = await nak_or_give_up(msg, e, delivered, final, bound, _TRANSIENT)
+            if give_up is not None:
+                await self._give_up(msg, raw, message, *give_up, reply_to)
 
     async def _reject(
         self,
@@ -207,8 +197,6 @@ class GraphWorker:
     ) -> bool:
         """A resume or cancel never speaks for the task it names; a start does when no
         run (agent or graph) has that task id."""
-        if message is not None and not isinstance(message, RunGraph):
-            return False
         if raw.subject.rsplit(".", 1)[-1] in ("resume", "cancel"):
             return False
         return await self.answers.speaks_for(rejection, raw)
@@ -231,8 +219,6 @@ class GraphWorker:
                     run.fail(str(kind), reason, 0.0)
                     await self.store.save(run)
                 if run is not None:
-                    from agentledger.handlers.graphs.runner import graph_outcome_of
-
                     await self.answers.publish(graph_outcome_of(run), reply_to)
                     await msg.reject()
                     return
