@@ -178,6 +178,9 @@ class QueryService:
         self._subscription = await self._nc.subscribe(
             f"{self._prefix}.query.*", queue="agentledger-query", cb=self._on_request
         )
+        # The server has the subscription once the flush returns: a client on another
+        # connection that asks right after `start` finds a responder (no NoResponders race).
+        await self._nc.flush()
 
     async def stop(self) -> None:
         if self._subscription is not None:

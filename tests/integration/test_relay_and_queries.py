@@ -10,10 +10,12 @@ import pytest
 
 from agentledger.domain.tasks import RunAgent
 from agentledger.handlers.client import QueryFailed, query_over_nats, submit
+from agentledger.handlers.queries import QueryService
 from agentledger.handlers.relay import TRACKING_NAME, EventRelay
 from agentledger.infra.event_store import EventStore
 from agentledger.infra.settings import Settings
 from agentledger.infra.view_store import view_store_for
+from agentledger.projections.views import ALL_PROJECTIONS
 from support.agents import write_catalog
 from support.harness import nats_client, running_projector, running_worker
 
@@ -139,3 +141,27 @@ async def test_relay_never_publishes_past_its_horizon(settings: Settings) -> Non
             views.close()
             store.close()
         assert await _stream_messages(nc, settings.events_stream) == horizon
+
+
+async def test_a_query_asked_right_after_the_responder_starts_is_answered(
+    settings: Settings,
+) -> None:
+    """Regression: `QueryService.start` returned before the server had its subscription,
+    so a client on another connection asking at once could get "no query responder"
+    (a CI failure). Each round starts a responder on a fresh connection and asks at once."""
+    views = view_store_for(settings)
+    for projection in ALL_PROJECTIONS:
+        views.ensure(projection)
+    try:
+        async with nats_client(settings) as asker:
+            for _ in range(20):
+                async with nats_client(settings) as own:
+                    service = QueryService(views=views, nc=own, prefix=settings.subject_prefix)
+                    await service.start()
+                    try:
+                        runs = await query_over_nats(asker, settings.subject_prefix, "runs", {})
+                    finally:
+                        await service.stop()
+                    assert runs == []
+    finally:
+        views.close()
