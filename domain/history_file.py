@@ -83,7 +83,7 @@ class HistorySubject(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["run", "session", "archive"]
+    kind: Literal["run", "session", "archive", "graph"]
     id: str
 
 
@@ -98,6 +98,9 @@ class HistoryDocument(BaseModel):
     subject: HistorySubject
     agents: dict[str, str] = Field(
         default_factory=dict, description="Agent name -> catalog ref when exported."
+    )
+    graphs: dict[str, str] = Field(
+        default_factory=dict, description="Graph name -> catalog ref when exported."
     )
     aggregates: list[ExportedAggregate]
 

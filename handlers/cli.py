@@ -292,7 +292,9 @@ def query(
 @app.command()
 @one_line_errors
 def events(
-    identifier: str = typer.Argument(..., help="Run id, task id, or session id."),
+    identifier: str = typer.Argument(
+        ..., help="Run id, task id (of an agent or graph run), or session id."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the events as JSON."),
 ) -> None:
     """Print the event timeline of a run or a session."""
@@ -314,7 +316,9 @@ def events(
 @app.command()
 @one_line_errors
 def state(
-    identifier: str = typer.Argument(..., help="Run id, task id, or session id."),
+    identifier: str = typer.Argument(
+        ..., help="Run id, task id (of an agent or graph run), or session id."
+    ),
     at_version: int = typer.Option(
         None, "--at-version", help="Aggregate version (default: latest)."
     ),

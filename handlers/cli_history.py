@@ -16,6 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from agentledger.domain.conversation import Conversation
+from agentledger.domain.graphs.run import GraphRun
 from agentledger.domain.history_file import HistoryDocument, parse_history
 from agentledger.domain.ids import run_id_for
 from agentledger.domain.run import AgentRun
@@ -107,7 +108,7 @@ def _archived_hint(settings: Settings, identifier: str) -> str | None:
 
 
 def _load(settings: Settings, store: Any, identifier: str) -> tuple[str, list[UUID]]:
-    """('run' | 'session', run ids) for a run id, task id or session id."""
+    """('run' | 'graph' | 'session', run ids) for a run id, task id or session id."""
     try:
         aggregate_id, events = resolve(store, identifier)
     except CliError:
@@ -119,6 +120,8 @@ def _load(settings: Settings, store: Any, identifier: str) -> tuple[str, list[UU
         raise
     if isinstance(events[0], AgentRun.RunRequested):
         return "run", [aggregate_id]
+    if isinstance(events[0], GraphRun.GraphStarted):
+        return "graph", [aggregate_id]
     if isinstance(events[0], Conversation.ConversationStarted):
         ids = [UUID(e.run_id) for e in events if isinstance(e, Conversation.TurnRecorded)]
         ids += [r for r in _session_run_ids(settings, identifier) if r not in ids]
@@ -141,7 +144,9 @@ def _read_document(path: Path) -> HistoryDocument:
 
 
 def replay(
-    identifier: str = typer.Argument(None, help="Run id, task id or session id to replay."),
+    identifier: str = typer.Argument(
+        None, help="Run id, task id (agent or graph run) or session id."
+    ),
     file: Path = typer.Option(None, "--file", "-f", help="Replay an export instead (no store)."),
     agent: str = typer.Option(
         None, "--agent", help="Replay this agent's latest runs (see --limit) instead of one id."
@@ -155,11 +160,23 @@ def replay(
     """Re-execute recorded runs with the current agent code, serving the recorded model
     responses and tool results; print `identical` or the first divergence.
 
+    A graph run is re-executed with the catalog's graph: every step is served from the
+    record (no step body runs, no model is called) while decisions, edges and joins run
+    again, and its agent steps' runs are replayed as agent runs.
+
     `--agent NAME` replays that agent's latest runs: a check of new agent code against
     what it did in production before it is deployed."""
     from agentledger.handlers.bootstrap import load_catalog
+    from agentledger.handlers.graphs.replay import (
+        GraphReplayReport,
+        RecordedGraphRun,
+        recorded_graph_run,
+        recorded_graph_runs,
+        replay_graph_run,
+    )
     from agentledger.handlers.render import divergence_text, replay_table
     from agentledger.handlers.replay import (
+        RecordedRun,
         ReplayReport,
         recorded_run,
         recorded_runs,
@@ -171,58 +188,97 @@ def replay(
         raise CliError("give a run, task or session id, --file or --agent (one of them)")
     settings = settings_from_env(announce_store=True, log_level="WARNING")
     catalog = load_catalog(settings)
+    recorded: list[RecordedRun | RecordedGraphRun]
     if file is not None:
-        recorded = recorded_runs(_read_document(file))
+        document = _read_document(file)
+        graphs = recorded_graph_runs(document)
+        steps = {r.run_id for g in graphs for r in g.agent_runs}  # replayed with their graph
+        recorded = [*graphs, *(r for r in recorded_runs(document) if r.run_id not in steps)]
     else:
         store = EventStore(settings)
         try:
             if agent is not None:
                 run_ids = _agent_run_ids(settings, store, agent, limit)
+                kind = "run"
             else:
-                _, run_ids = _load(settings, store, identifier)
-            recorded = [recorded_run(store, r) for r in run_ids]
+                kind, run_ids = _load(settings, store, identifier)
+            if kind == "graph":
+                recorded = [recorded_graph_run(store, run_ids[0])]
+            else:
+                recorded = [recorded_run(store, r) for r in run_ids]
         finally:
             store.close()
     if not recorded:
         raise CliError("nothing to replay: no runs found")
 
-    async def go() -> list[ReplayReport]:
-        reports = []
+    async def go() -> list[ReplayReport | GraphReplayReport]:
+        reports: list[ReplayReport | GraphReplayReport] = []
         with _progress("replaying", len(recorded) > 1 and not as_json) as progress:
             bar = progress.add_task("replay", total=len(recorded))
             for r in recorded:
-                reports.append(await replay_recorded(r, catalog, run_tools=run_tools))
+                if isinstance(r, RecordedGraphRun):
+                    reports.append(await replay_graph_run(r, catalog))
+                else:
+                    reports.append(await replay_recorded(r, catalog, run_tools=run_tools))
                 progress.advance(bar)
         return reports
 
     reports = run(go())
     if as_json:
         print_json([r.as_dict() for r in reports])
-    elif len(reports) == 1:
+    elif len(reports) == 1 and isinstance(reports[0], ReplayReport):
         report = reports[0]
         if report.divergence is None:
             console.print("identical" + (f"  ({report.note})" if report.note else ""))
         else:
             console.print(divergence_text(report.divergence))
     else:
-        console.print(replay_table(reports))
-        for report in reports:
-            if report.divergence is not None:
-                console.print(f"[bold]{report.task_id}[/bold]")
-                console.print(divergence_text(report.divergence))
+        agent_reports = [r for r in reports if isinstance(r, ReplayReport)]
+        if agent_reports:
+            console.print(replay_table(agent_reports))
+            for report in agent_reports:
+                if report.divergence is not None:
+                    console.print(f"[bold]{report.task_id}[/bold]")
+                    console.print(divergence_text(report.divergence))
+        for graph_report in (r for r in reports if isinstance(r, GraphReplayReport)):
+            _print_graph_replay(graph_report)
     if not all(r.identical for r in reports):
         raise typer.Exit(DIVERGED_EXIT)
 
 
+def _print_graph_replay(report: Any) -> None:
+    """A graph replay: its verdict (or divergence), then its agent steps' replays."""
+    from agentledger.handlers.render import divergence_text, replay_table
+
+    console.print(
+        f"[bold]graph run {report.task_id}[/bold] ({report.graph}):"
+        f" {report.served_steps} of {report.recorded_steps} recorded steps served"
+    )
+    if report.divergence is not None:
+        console.print(f"[bold red]{report.divergence.summary()}")
+    else:
+        verdict = "identical" if report.identical else "diverged in an agent step"
+        console.print(verdict + (f"  ({report.note})" if report.note else ""))
+    if report.agent_steps:
+        console.print(replay_table(report.agent_steps, title="Agent steps"))
+        for step in report.agent_steps:
+            if step.divergence is not None:
+                console.print(f"[bold]{step.task_id}[/bold]")
+                console.print(divergence_text(step.divergence))
+
+
 def export(
-    identifier: str = typer.Argument(..., help="Run id, task id or session id."),
+    identifier: str = typer.Argument(
+        ..., help="Run id, task id (agent or graph run) or session id."
+    ),
     out: Path = typer.Option(
         None, "--out", "-o", help="File to write ('-' for stdout); default <id>.history.json."
     ),
 ) -> None:
-    """Write a run (with the session history it saw) or a whole session as versioned JSON."""
+    """Write a run (with the session history it saw), a graph run (with its agent steps'
+    runs) or a whole session as versioned JSON."""
     from agentledger.handlers.bootstrap import load_catalog
-    from agentledger.handlers.export import export_run, export_session
+    from agentledger.handlers.export import export_graph_run, export_run, export_session
     from agentledger.infra.event_store import EventStore
 
     settings = settings_from_env(announce_store=True)
@@ -232,6 +288,8 @@ def export(
         kind, run_ids = _load(settings, store, identifier)
         if kind == "run":
             document = export_run(store, run_ids[0], catalog)
+        elif kind == "graph":
+            document = export_graph_run(store, run_ids[0], catalog)
         else:
             document = export_session(store, identifier, catalog, run_ids)
     finally:
@@ -274,13 +332,30 @@ def import_(
 
 
 def fork(
-    identifier: str = typer.Argument(..., help="Run id or task id of the parent run."),
-    at: int = typer.Option(..., "--at", help="Event index (the `v` of `agentledger events`)."),
-    prompt: str = typer.Option(None, "--prompt", "-p", help="A prompt to continue with."),
+    identifier: str = typer.Argument(
+        ..., help="Run id or task id of the parent (agent or graph) run."
+    ),
+    at: int = typer.Option(
+        ...,
+        "--at",
+        help="Event index (the `v` of `agentledger events`); for a graph run, a checkpoint"
+        " (1 or a StepFinished event).",
+    ),
+    prompt: str = typer.Option(
+        None, "--prompt", "-p", help="Agent runs: a prompt to continue with."
+    ),
+    state: str = typer.Option(
+        None, "--state", help="Graph runs: the state to continue from (JSON)."
+    ),
+    inputs: str = typer.Option(None, "--input", help="Graph runs at --at 1: another input (JSON)."),
     task_id: str = typer.Option(None, help="The fork's task id (default: <parent>-fork-<hex>)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Start a new run from a recorded run's state at an event and continue it live."""
+    """Start a new run from a recorded run's state at an event and continue it live.
+
+    A graph run forks at a checkpoint: the steps finished by then are served from the
+    parent's record, the rest of the graph runs live (optionally from another --state,
+    or at --at 1 with another --input). The fork is a new linked run of its own."""
     from agentledger.handlers.bootstrap import load_catalog
     from agentledger.handlers.fork import fork_run
     from agentledger.handlers.render import outcomes_table
@@ -292,9 +367,18 @@ def fork(
     store = AsyncEventStore(EventStore(settings), settings.store_threads, settings.store_retry_s)
     try:
         kind, run_ids = _load(settings, store.sync, identifier)
-        if kind != "run":
+        if kind == "session":
             raise CliError(f"{identifier} is a session; fork one of its runs")
         runner = AgentRunner(store=store, catalog=catalog)
+        if kind == "graph":
+            if prompt is not None:
+                raise CliError("--prompt is for agent runs; a graph fork takes --state or --input")
+            _fork_graph(
+                store, catalog, runner, run_ids[0], identifier, at, state, inputs, task_id, as_json
+            )
+            return
+        if state is not None or inputs is not None:
+            raise CliError("--state and --input are for graph runs; an agent fork takes --prompt")
         result = run(fork_run(store, runner, run_ids[0], at=at, prompt=prompt, task_id=task_id))
     finally:
         store.close()
@@ -317,6 +401,45 @@ def fork(
         console.print(f"[dim]Try: agentledger events {result.task_id}")
     if result.outcome.status != "completed":
         raise typer.Exit(2)
+
+
+def _fork_graph(
+    store: Any,
+    catalog: Any,
+    agents: Any,
+    parent: UUID,
+    identifier: str,
+    at: int,
+    state: str | None,
+    inputs: str | None,
+    task_id: str | None,
+    as_json: bool,
+) -> None:
+    from agentledger.handlers.graphs.cli import json_argument, show_outcome
+    from agentledger.handlers.graphs.fork import UNCHANGED, fork_graph_run
+    from agentledger.handlers.graphs.runner import GraphRunner
+
+    runner = GraphRunner(store=store, catalog=catalog, agents=agents)
+    result = run(
+        fork_graph_run(
+            store,
+            runner,
+            parent,
+            at=at,
+            state=UNCHANGED if state is None else json_argument(state, "--state"),
+            inputs=UNCHANGED if inputs is None else json_argument(inputs, "--input"),
+            task_id=task_id,
+        )
+    )
+    outcome = result.outcome.model_dump(mode="json")
+    if as_json:
+        outcome = {"parent_run_id": result.parent_run_id, "at": result.at, **outcome}
+    else:
+        console.print(
+            f"forked graph run {identifier} at event {result.at} as task {result.task_id}"
+            f" (run {result.run_id})"
+        )
+    show_outcome(outcome, as_json)
 
 
 def archive(

@@ -18,7 +18,12 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from agentledger.domain.ids import rejection_id_for, run_id_for, session_aggregate_id_for
+from agentledger.domain.ids import (
+    graph_run_id_for,
+    rejection_id_for,
+    run_id_for,
+    session_aggregate_id_for,
+)
 from agentledger.infra.logging import configure_logging, current_format
 from agentledger.infra.settings import Settings
 
@@ -153,6 +158,7 @@ def resolve(store: Any, identifier: str) -> tuple[UUID, list[Any]]:
         pass
     candidates += [
         run_id_for(identifier),
+        graph_run_id_for(identifier),
         session_aggregate_id_for(identifier),
         rejection_id_for(identifier),
     ]
@@ -160,7 +166,10 @@ def resolve(store: Any, identifier: str) -> tuple[UUID, list[Any]]:
         events = store.events(candidate)
         if events:
             return candidate, events
-    raise CliError(f"no events for {identifier!r} (tried it as run id, task id and session id)")
+    raise CliError(
+        f"no events for {identifier!r} (tried it as run id, task id of an agent or graph run,"
+        " and session id)"
+    )
 
 
 def query_views(

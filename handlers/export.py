@@ -1,7 +1,8 @@
 """Export and import of recorded histories (the `agentledger.domain.history_file` format).
 
 `export_run` writes a run with the session history it started from, so the file
-replays on its own; `export_session` writes a session's conversation and all its runs.
+replays on its own; `export_session` writes a session's conversation and all its runs;
+`export_graph_run` writes a graph run with the agent runs of its agent steps.
 `import_history` loads a file into another store, atomically, and is idempotent: an
 aggregate already there with the same events is skipped, one that holds more of the
 same events is left alone, and one whose events differ is a conflict (nothing imported).
@@ -26,6 +27,7 @@ from agentledger.domain.history_file import (
 )
 from agentledger.domain.ids import session_aggregate_id_for
 from agentledger.handlers.catalog import Catalog
+from agentledger.handlers.graphs.replay import recorded_graph_run
 from agentledger.handlers.replay import run_events
 from agentledger.infra.event_store import EventStore
 
@@ -34,6 +36,7 @@ __all__ = [
     "ImportReport",
     "SessionNotFound",
     "export_aggregates",
+    "export_graph_run",
     "export_run",
     "export_session",
     "import_history",
@@ -105,6 +108,27 @@ def export_run(store: EventStore, run_id: UUID, catalog: Catalog | None = None) 
     events = run_events(store, run_id)
     return export_aggregates(
         store, [run_id], HistorySubject(kind="run", id=events[0].task_id), catalog
+    )
+
+
+def export_graph_run(
+    store: EventStore, run_id: UUID, catalog: Catalog | None = None
+) -> HistoryDocument:
+    """A graph run and the agent runs of its agent steps (the file replays on its own)."""
+    recorded = recorded_graph_run(store, run_id)
+    started = recorded.started
+    step_runs = [r.run_id for r in recorded.agent_runs]
+    document = export_aggregates(
+        store, step_runs, HistorySubject(kind="graph", id=started.task_id), catalog
+    )
+    graphs = {}
+    if catalog is not None and started.graph in catalog.graphs:
+        graphs[started.graph] = catalog.graphs[started.graph].ref
+    return document.model_copy(
+        update={
+            "aggregates": [exported_aggregate(list(recorded.events)), *document.aggregates],
+            "graphs": graphs,
+        }
     )
 
 

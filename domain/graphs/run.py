@@ -19,7 +19,7 @@ from eventsourcing.domain import Aggregate, event
 from agentledger.domain.errors import InvalidTransition
 from agentledger.domain.ids import graph_run_id_for
 
-__all__ = ["GraphHistory", "GraphRun", "GraphRunStatus", "RecordedStep"]
+__all__ = ["GraphHistory", "GraphRun", "GraphRunStatus", "RecordedStep", "copy_graph_steps"]
 
 GraphRunStatus = Literal["running", "paused", "completed", "failed"]
 
@@ -47,7 +47,8 @@ class GraphRun(Aggregate):
         graph: str
         inputs: JSON
         state: JSON
-        """The initial state (None: the graph's state type's default)."""
+        """The initial state (None: the graph's state type's default); for a fork, the
+        state at the fork point (the parent's, or the one the fork was given)."""
         metadata: dict[str, str]
         max_steps: int
         deadline: str | None
@@ -298,15 +299,18 @@ class GraphHistory:
     @classmethod
     def fold(cls, events: Iterable[object]) -> GraphHistory:
         history = cls()
+        copied_up_to = 0  # a fork's copies of its parent's steps keep the fork's state
         for e in events:
             if isinstance(e, GraphRun.GraphStarted):
                 history.started = e
                 history.state = e.state
+                copied_up_to = e.fork_at or 0
             elif isinstance(e, GraphRun.StepFinished):
                 history.steps[e.key] = RecordedStep(
                     e.key, e.node_id, e.output, e.state, e.originator_version
                 )
-                history.state = e.state
+                if e.originator_version > copied_up_to:
+                    history.state = e.state
                 history.path.append(e.node_id)
             elif isinstance(e, GraphRun.BranchTaken):
                 history.branches[e.key] = e.branch
@@ -315,3 +319,23 @@ class GraphHistory:
             elif isinstance(e, GraphRun.GraphResumed):
                 history.inputs[e.key] = e.input
         return history
+
+
+def copy_graph_steps(run: GraphRun, events: Iterable[object]) -> None:
+    """Re-trigger another run's recorded steps, branches, joins, pauses and inputs on
+    `run`, in order: how a fork starts from its parent's checkpoint."""
+    for e in events:
+        if isinstance(e, GraphRun.StepStarted):
+            run.start_step(e.key, e.node_id)
+        elif isinstance(e, GraphRun.StepFinished):
+            run.finish_step(e.key, e.node_id, e.output, e.state, e.duration_ms)
+        elif isinstance(e, GraphRun.StepFailed):
+            run.fail_step(e.key, e.node_id, e.error)
+        elif isinstance(e, GraphRun.BranchTaken):
+            run.take_branch(e.key, e.node_id, e.branch, e.destination)
+        elif isinstance(e, GraphRun.JoinCompleted):
+            run.complete_join(e.key, e.node_id, e.value)
+        elif isinstance(e, GraphRun.GraphPaused):
+            run.pause(e.key, e.node_id, e.prompt)
+        elif isinstance(e, GraphRun.GraphResumed):
+            run.resume(e.input, e.resume_id)

@@ -129,7 +129,7 @@ async def _send(subject: str, payload: dict[str, Any], msg_id: str, timeout: flo
         await nc.drain()
 
 
-def _show(outcome: dict[str, Any], as_json: bool) -> None:
+def show_outcome(outcome: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(outcome)
     else:
@@ -145,7 +145,7 @@ def _show(outcome: dict[str, Any], as_json: bool) -> None:
         raise typer.Exit(2)
 
 
-def _json_argument(text: str, name: str) -> Any:
+def json_argument(text: str, name: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -163,8 +163,8 @@ def publish(
 ) -> None:
     """Publish a RunGraph task and wait for its outcome (completed, failed or paused)."""
     task = task_id or uuid.uuid4().hex
-    payload = {"task_id": task, "graph": name, "inputs": _json_argument(inputs, "INPUTS")}
-    _show(run(_send(name, payload, task, timeout)), as_json)
+    payload = {"task_id": task, "graph": name, "inputs": json_argument(inputs, "INPUTS")}
+    show_outcome(run(_send(name, payload, task, timeout)), as_json)
 
 
 @graph_app.command()
@@ -178,8 +178,8 @@ def resume(
 ) -> None:
     """Give a paused graph run its input, and wait for what it does next."""
     rid = resume_id or uuid.uuid4().hex
-    payload = {"task_id": task_id, "resume_id": rid, "input": _json_argument(value, "VALUE")}
-    _show(run(_send("resume", payload, rid, timeout)), as_json)
+    payload = {"task_id": task_id, "resume_id": rid, "input": json_argument(value, "VALUE")}
+    show_outcome(run(_send("resume", payload, rid, timeout)), as_json)
 
 
 @graph_app.command()
@@ -192,7 +192,7 @@ def cancel(
 ) -> None:
     """Cancel a running or paused graph run (it ends failed, kind cancelled)."""
     payload = {"task_id": task_id, "reason": reason}
-    _show(run(_send("cancel", payload, uuid.uuid4().hex, timeout)), as_json)
+    show_outcome(run(_send("cancel", payload, uuid.uuid4().hex, timeout)), as_json)
 
 
 def _graph_query(view: str, arguments: dict[str, Any]) -> Any:

@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_graph import Decision, EndMarker, Graph, Join, Step
@@ -89,9 +89,14 @@ class StepLimitExceeded(Exception):
 class GraphDiverged(Exception):
     """A re-execution left the recorded path (replay, or a graph changed under a run)."""
 
-    def __init__(self, key: str, node_id: str, message: str) -> None:
+    def __init__(self, key: str, node_id: str, message: str, reason: DivergenceReason) -> None:
         super().__init__(f"{node_id}: {message}")
-        self.key, self.node_id = key, node_id
+        self.key, self.node_id, self.message, self.reason = key, node_id, message, reason
+
+
+DivergenceReason = Literal["unrecorded_step", "branch", "unrecorded_branch", "unrecorded_join"]
+"""Why a re-execution left the record: a step, a decision or a join without a record (a
+new path, or where the recording stops), or a decision taking another branch."""
 
 
 @dataclass
@@ -159,6 +164,14 @@ def _step_key(path: str, node_id: str) -> str:
     if len(path) <= MAX_KEY_CHARS:
         return path
     return f"{node_id}~{hashlib.sha256(path.encode()).hexdigest()[:32]}"
+
+
+def _destination(decision: Any, branch: int) -> str:
+    """The node id branch `branch` of a decision leads to ("?" if it has no such branch)."""
+    if not 0 <= branch < len(decision.branches):
+        return "?"
+    path = decision.branches[branch].path
+    return str([m for m in path.items if isinstance(m, DestinationMarker)][-1].destination_id)
 
 
 def _return_adapter(fn: Any) -> TypeAdapter[Any]:
@@ -282,6 +295,8 @@ class GraphExecutor:
         self.live: list[str] = []
         """Node ids of the steps this execution ran live, in start order."""
         self.served: list[str] = []
+        self.served_keys: list[str] = []
+        """Task keys of the steps served from the record, in order."""
 
     # -- public --------------------------------------------------------------------
 
@@ -347,9 +362,12 @@ class GraphExecutor:
         recorded = self.history.steps.get(key)
         if recorded is not None:
             self.served.append(node.id)
+            self.served_keys.append(key)
             return adapter.validate_python(recorded.output)
         if self.replay:
-            raise GraphDiverged(key, node.id, "the step has no recorded result (a new path)")
+            raise GraphDiverged(
+                key, node.id, "the step has no recorded result (a new path)", "unrecorded_step"
+            )
         if self.deadline is not None and datetime.now(UTC) >= self.deadline:
             raise TimeoutError(f"the run's deadline passed before step {node.id}")
         self.live.append(node.id)
@@ -381,12 +399,7 @@ class GraphExecutor:
     def _branch_taken(self, path: str, decision: Any, tasks: Any) -> None:
         destination = tasks[0].node_id if tasks else ""
         branch = next(
-            (
-                i
-                for i, b in enumerate(decision.branches)
-                if [m for m in b.path.items if isinstance(m, DestinationMarker)][-1].destination_id
-                == destination
-            ),
+            (i for i in range(len(decision.branches)) if _destination(decision, i) == destination),
             -1,
         )
         key = _step_key(path, decision.id)
@@ -394,11 +407,17 @@ class GraphExecutor:
         if recorded is not None:
             if recorded != branch:
                 raise GraphDiverged(
-                    key, decision.id, f"took branch {branch}, recorded branch {recorded}"
+                    key,
+                    decision.id,
+                    f"took branch {branch} (to {_destination(decision, branch)}); the record"
+                    f" has branch {recorded} (to {_destination(decision, recorded)})",
+                    "branch",
                 )
             return
         if self.replay:
-            raise GraphDiverged(key, decision.id, "the decision has no recorded branch")
+            raise GraphDiverged(
+                key, decision.id, "the decision has no recorded branch", "unrecorded_branch"
+            )
         self.run.take_branch(key, decision.id, branch, str(destination))
         self.history.branches[key] = branch
 
@@ -408,7 +427,7 @@ class GraphExecutor:
         if key in self.history.joins:
             return adapter.validate_python(self.history.joins[key])
         if self.replay:
-            raise GraphDiverged(key, join.id, "the join has no recorded value")
+            raise GraphDiverged(key, join.id, "the join has no recorded value", "unrecorded_join")
         dumped = adapter.dump_python(value, mode="json")
         self.run.complete_join(key, join.id, dumped)
         self.history.joins[key] = dumped

@@ -237,3 +237,39 @@ class CountDown(BaseNode[CountState, None, int]):
 n = GraphBuilder(state_type=CountState, input_type=CountFrom, output_type=int)
 n.add(n.edge_from(n.start_node).to(CountFrom), n.node(CountFrom), n.node(CountDown))
 countdown_graph = n.build()
+
+
+# A decision on a module-level threshold: tests change LIMIT to change the decision.
+LIMIT = 5
+t = GraphBuilder(state_type=State, input_type=int, output_type=str)
+
+
+@t.step
+async def score(ctx: StepContext[State, None, int]) -> int:
+    CALLS.append("score")
+    return ctx.inputs
+
+
+@t.step
+async def high(ctx: StepContext[State, None, int]) -> str:
+    CALLS.append("high")
+    return f"high {ctx.inputs}"
+
+
+@t.step
+async def low(ctx: StepContext[State, None, int]) -> str:
+    CALLS.append("low")
+    return f"low {ctx.inputs}"
+
+
+t.add(
+    t.edge_from(t.start_node).to(score),
+    t.edge_from(score).to(
+        t.decision(node_id="gate")
+        .branch(t.match(int, matches=lambda s: s >= LIMIT).to(high))
+        .branch(t.match(int).to(low))
+    ),
+    t.edge_from(high, low).to(t.end_node),
+)
+threshold_graph = t.build()
+"""score -> gate: score >= LIMIT -> high, else low."""

@@ -147,7 +147,7 @@ async def test_replay_with_a_changed_decision_diverges_at_the_decision(
     with pytest.raises(GraphDiverged) as diverged:
         await execute(fan_graph, rebuild(events), events, [], replay=True)
     assert diverged.value.node_id == "route"
-    assert "recorded branch 0" in str(diverged.value)
+    assert "the record has branch 0 (to prep)" in str(diverged.value)
     assert CALLS == []
 
 
