@@ -2,11 +2,13 @@
 that had finished do not run again (counted in a journal file across processes), on
 PostgreSQL and on SQLite.
 
-(The run is driven by `GraphRunner` in a process of its own; the NATS worker drives the
-same runner.)"""
+Each case runs twice: driven by `GraphRunner` in a process of its own, and by real
+`agentledger worker` processes over NATS (the task published as a plain client does;
+the killed worker's message comes back after AckWait to a new worker)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,12 +18,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import nats
 import pytest
 from conftest import Backend, MakeSettings
 
+from agentledger.domain.subjects import graph_task_subject
+from agentledger.infra.nats import nats_connect_kwargs
+from agentledger.infra.settings import Settings
 from support.agents import JOURNAL_ENV, read_journal
 from support.crash_graphs import PAUSE_STEP_ENV
-from support.harness import settings_env, wait_for
+from support.harness import settings_env, start_worker_process, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +51,57 @@ def start(env: dict[str, str], graph: str, log: Path) -> subprocess.Popen[bytes]
         )
 
 
+def publish(settings: Settings, graph: str) -> None:
+    """Publish the graph task as a plain NATS client does."""
+
+    async def go() -> None:
+        nc = await nats.connect(**nats_connect_kwargs(settings, "test-client"))
+        try:
+            body = json.dumps({"task_id": f"{graph}-task", "graph": graph, "inputs": "in"})
+            await nc.jetstream().publish(
+                graph_task_subject(settings.subject_prefix, graph),
+                body.encode(),
+                headers={"Nats-Msg-Id": f"{graph}-task"},
+            )
+        finally:
+            await nc.drain()
+
+    asyncio.run(go())
+
+
+def stored_outcome(settings: Settings, task_id: str) -> dict[str, object] | None:
+    async def go() -> dict[str, object] | None:
+        nc = await nats.connect(**nats_connect_kwargs(settings, "test-client"))
+        prefix = settings.subject_prefix
+        try:
+            msg = await nc.jetstream().get_last_msg(
+                f"{prefix.upper()}_RESULTS", f"{prefix}.results.{task_id}"
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        finally:
+            await nc.drain()
+        outcome: dict[str, object] = json.loads(msg.data)
+        return outcome
+
+    return asyncio.run(go())
+
+
+def wait_for_outcome(settings: Settings, task_id: str, timeout: float) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outcome = stored_outcome(settings, task_id)
+        if outcome is not None:
+            return outcome
+        time.sleep(0.5)
+    raise AssertionError(f"no outcome for {task_id} within {timeout}s")
+
+
 def crash_then_finish(
     make_settings: MakeSettings,
     backend: Backend,
     tmp_path: Path,
+    driver: str,
     graph: str,
     pause_at: str,
     finished_first: tuple[str, ...] = (),
@@ -58,9 +111,15 @@ def crash_then_finish(
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(CATALOG)
     journal = tmp_path / "journal.log"
-    env = settings_env(make_settings(backend, catalog=str(catalog))) | {JOURNAL_ENV: str(journal)}
+    # A short AckWait: the killed worker's message comes back within seconds.
+    settings = make_settings(backend, catalog=str(catalog), ack_wait_s=2)
+    env = settings_env(settings) | {JOURNAL_ENV: str(journal)}
     log = tmp_path / "graph.log"
-    first = start(env | {PAUSE_STEP_ENV: pause_at}, graph, log)
+    if driver == "worker":
+        first = start_worker_process(env | {PAUSE_STEP_ENV: pause_at}, log)
+        publish(settings, graph)
+    else:
+        first = start(env | {PAUSE_STEP_ENV: pause_at}, graph, log)
     try:
         wait_for(
             lambda: (
@@ -75,16 +134,28 @@ def crash_then_finish(
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(10)
-    second = start(env, graph, log)
-    assert second.wait(120) == 0, log.read_text()
-    outcome = json.loads(log.read_text().strip().splitlines()[-1])
+    if driver == "worker":
+        second = start_worker_process(env, log)
+        try:
+            outcome = wait_for_outcome(settings, f"{graph}-task", 120)
+        finally:
+            second.terminate()
+            second.wait(30)
+    else:
+        second = start(env, graph, log)
+        assert second.wait(120) == 0, log.read_text()
+        outcome = json.loads(log.read_text().strip().splitlines()[-1])
     return outcome, Counter(read_journal(journal))
 
 
+DRIVERS = pytest.mark.parametrize("driver", ["runner", "worker"])
+
+
+@DRIVERS
 def test_a_run_killed_in_step_3_of_5_resumes_at_step_3(
-    make_settings: MakeSettings, backend: Backend, tmp_path: Path
+    make_settings: MakeSettings, backend: Backend, tmp_path: Path, driver: str
 ) -> None:
-    outcome, journal = crash_then_finish(make_settings, backend, tmp_path, "five", "step3")
+    outcome, journal = crash_then_finish(make_settings, backend, tmp_path, driver, "five", "step3")
     assert (outcome["status"], outcome["output"]) == (
         "completed",
         "in>step1>step2>step3>step4>step5",
@@ -105,11 +176,18 @@ def test_a_run_killed_in_step_3_of_5_resumes_at_step_3(
     )
 
 
+@DRIVERS
 def test_a_run_killed_inside_a_fork_reruns_only_the_unfinished_branch(
-    make_settings: MakeSettings, backend: Backend, tmp_path: Path
+    make_settings: MakeSettings, backend: Backend, tmp_path: Path, driver: str
 ) -> None:
     outcome, journal = crash_then_finish(
-        make_settings, backend, tmp_path, "forked", "slow", finished_first=("fast1", "fast2")
+        make_settings,
+        backend,
+        tmp_path,
+        driver,
+        "forked",
+        "slow",
+        finished_first=("fast1", "fast2"),
     )
     assert outcome["status"] == "completed"
     # The join got every branch's result exactly once.

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from unit.graphs.test_graph_replay import catalog
 
 from agentledger.domain.fork import ForkError
 from agentledger.domain.graphs.fork import checkpoints
@@ -16,7 +17,6 @@ from agentledger.handlers.graphs.fork import fork_graph_run
 from agentledger.handlers.graphs.runner import GraphRunner
 from agentledger.infra.event_store import AsyncEventStore, EventStore
 from support.sample_graphs import CALLS
-from unit.graphs.test_graph_replay import catalog
 
 pytestmark = pytest.mark.asyncio
 
