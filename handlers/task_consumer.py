@@ -188,6 +188,11 @@ class TaskConsumer:
         self._feed_loop: asyncio.AbstractEventLoop | None = None
         self._freed: asyncio.Event | None = None  # the feed loop's
 
+    @property
+    def config(self) -> ConsumerConfig:
+        """The durable consumer's config this consumer creates it with."""
+        return self._config
+
     # -- the event loop's side ------------------------------------------------------
 
     async def start(self, timeout: float = 15.0) -> None:
@@ -290,6 +295,7 @@ class TaskConsumer:
             subscription = await nc.jetstream().pull_subscribe(
                 self._subject, durable=self._durable, stream=self._stream, config=self._config
             )
+            await self._follow_ack_wait(subscription)
             self._feed_loop = asyncio.get_running_loop()
             self._freed = asyncio.Event()
             self._ready.set()
@@ -309,6 +315,30 @@ class TaskConsumer:
             self._feed_loop = None
             with contextlib.suppress(Exception):
                 await nc.close()
+
+    async def _follow_ack_wait(self, subscription: Any) -> None:
+        """Beat often enough for the AckWait the durable consumer really has.
+
+        A durable consumer keeps the config it was created with: a worker whose
+        `AGENTLEDGER_ACK_WAIT_S` differs (a changed setting in a rolling deploy) would
+        otherwise beat at its own pace, and JetStream would redeliver runs still being
+        driven once the consumer's shorter AckWait passed."""
+        try:
+            info = await subscription.consumer_info()
+        except Exception as e:  # keep the configured pace
+            log.warning("could not read the consumer's AckWait", error=str(e))
+            return
+        actual = info.config.ack_wait
+        if not actual or actual == self._config.ack_wait:
+            return
+        log.warning(
+            "the durable consumer's AckWait differs from this worker's setting; heartbeats"
+            " follow the consumer's",
+            consumer=self._durable,
+            consumer_ack_wait_s=actual,
+            setting_ack_wait_s=self._config.ack_wait,
+        )
+        self._heartbeat_s = min(self._heartbeat_s, max(0.2, actual / 3))
 
     async def _pull(self, subscription: Any) -> None:
         assert self._freed is not None and self._loop is not None

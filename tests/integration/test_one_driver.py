@@ -9,6 +9,7 @@ and both drove the same run.)"""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 from collections import Counter
 from pathlib import Path
@@ -16,8 +17,11 @@ from pathlib import Path
 import pytest
 from conftest import MakeSettings
 
+from agentledger.domain.subjects import task_subject, workers_consumer
 from agentledger.domain.tasks import RunAgent
 from agentledger.handlers.client import submit
+from agentledger.handlers.task_consumer import worker_consumer
+from agentledger.infra.nats import ensure_streams
 from support.agents import (
     JOURNAL_ENV,
     MODEL_BLOCK_ENV,
@@ -106,3 +110,48 @@ async def test_a_task_fetched_while_the_event_loop_is_blocked_is_not_redelivered
             "model-call-2 job-1": 1,
         }
     ), (tmp_path / "worker.log").read_text()[-3000:]
+
+
+async def test_heartbeats_follow_the_durable_consumers_ack_wait_not_the_setting(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    """The durable consumer was created with AckWait 1 s (by an earlier worker); this
+    worker's setting says 30 s. A run whose model call takes 3 s still runs once.
+
+    (Before: the worker beat every 10 s, its own AckWait / 3; JetStream redelivered the
+    task after 1 s and the step ran again - found in the README's crash walkthrough.)"""
+    journal = tmp_path / "journal.log"
+    catalog = str(write_catalog(tmp_path))
+    earlier = make_settings("sqlite", catalog=catalog, ack_wait_s=1)
+    settings = make_settings("sqlite", catalog=catalog, ack_wait_s=30)
+    async with nats_client(earlier) as nc:
+        await ensure_streams(nc.jetstream(), earlier)
+        subject = task_subject(earlier.subject_prefix, "*")
+        config = worker_consumer(
+            earlier,
+            name="earlier",
+            subject=subject,
+            durable=workers_consumer(earlier.subject_prefix),
+            handle=_never,
+        ).config
+        await nc.jetstream().add_consumer(
+            earlier.tasks_stream, dataclasses.replace(config, filter_subject=subject)
+        )
+    env = settings_env(settings) | {JOURNAL_ENV: str(journal), MODEL_PAUSE_ENV: "3"}
+    worker = start_worker_process(env, tmp_path / "worker.log")
+    try:
+        async with nats_client(settings) as nc:
+            task = RunAgent(task_id="slow", agent="effect", prompt="job-1")
+            outcome = await submit(nc, settings.subject_prefix, task, timeout=60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    assert outcome is not None and outcome.status == "completed"
+    log = (tmp_path / "worker.log").read_text()
+    model_calls = Counter(line for line in read_journal(journal) if line.startswith("model"))
+    assert model_calls == Counter({"model-call-1 job-1": 1, "model-call-2 job-1": 1}), log[-3000:]
+    assert "AckWait differs" in log  # and the operator is told
+
+
+async def _never(body: bytes, delivery: object) -> None:
+    raise AssertionError("not consumed here")
