@@ -6,6 +6,9 @@
 4. `escalate` (high risk, score >= 0.7) or `approve` (normal) handles the case.
 
 Run it with `agentledger publish-graph review '{"customer": "acme", "amounts": [...]}'`.
+
+`pipeline` is a three-step line whose steps take `pause_s` seconds each and note which
+process ran them: the README's crash-and-resume walkthrough kills a worker inside it.
 """
 
 # mypy 2.4 reads pydantic-graph's StepContext as not generic (its TypeVars use
@@ -14,6 +17,8 @@ Run it with `agentledger publish-graph review '{"customer": "acme", "amounts": [
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -22,7 +27,7 @@ from pydantic_graph import GraphBuilder, StepContext
 
 from agentledger.handlers.graphs import agent_step
 
-__all__ = ["Review", "ReviewState", "Transactions", "review"]
+__all__ = ["Job", "Review", "ReviewState", "Transactions", "pipeline", "review"]
 
 HIGH_RISK = 0.7
 
@@ -98,3 +103,42 @@ g.add(
     g.edge_from(escalate, approve).to(g.end_node),
 )
 review = g.build()
+
+
+class Job(BaseModel):
+    pause_s: float = 0.0
+    """How long each step takes (a window to kill a worker in)."""
+
+
+p = GraphBuilder(state_type=dict, input_type=Job, output_type=dict)
+
+
+async def _work(ctx: StepContext[dict, None, Job], name: str) -> Job:
+    await asyncio.sleep(ctx.inputs.pause_s)
+    ctx.state[name] = f"pid {os.getpid()}"  # which worker process ran the step
+    return ctx.inputs
+
+
+@p.step
+async def fetch(ctx: StepContext[dict, None, Job]) -> Job:
+    return await _work(ctx, "fetch")
+
+
+@p.step
+async def enrich(ctx: StepContext[dict, None, Job]) -> Job:
+    return await _work(ctx, "enrich")
+
+
+@p.step
+async def deliver(ctx: StepContext[dict, None, Job]) -> dict:
+    await _work(ctx, "deliver")
+    return dict(ctx.state)
+
+
+p.add(
+    p.edge_from(p.start_node).to(fetch),
+    p.edge_from(fetch).to(enrich),
+    p.edge_from(enrich).to(deliver),
+    p.edge_from(deliver).to(p.end_node),
+)
+pipeline = p.build()
