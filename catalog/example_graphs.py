@@ -27,7 +27,7 @@ from pydantic_graph import GraphBuilder, StepContext
 
 from agentledger.handlers.graphs import agent_step
 
-__all__ = ["Job", "Review", "ReviewState", "Transactions", "pipeline", "review"]
+__all__ = ["Job", "JobState", "Review", "ReviewState", "Transactions", "pipeline", "review"]
 
 HIGH_RISK = 0.7
 
@@ -110,29 +110,35 @@ class Job(BaseModel):
     """How long each step takes (a window to kill a worker in)."""
 
 
-p = GraphBuilder(state_type=dict, input_type=Job, output_type=dict)
+@dataclass
+class JobState:
+    ran_in: dict[str, str] = field(default_factory=dict)
+    """Step name -> the process that ran it."""
 
 
-async def _work(ctx: StepContext[dict, None, Job], name: str) -> Job:
+p = GraphBuilder(state_type=JobState, input_type=Job, output_type=dict[str, str])
+
+
+async def _work(ctx: StepContext[JobState, None, Job], name: str) -> Job:
     await asyncio.sleep(ctx.inputs.pause_s)
-    ctx.state[name] = f"pid {os.getpid()}"  # which worker process ran the step
+    ctx.state.ran_in[name] = f"pid {os.getpid()}"  # which worker process ran the step
     return ctx.inputs
 
 
 @p.step
-async def fetch(ctx: StepContext[dict, None, Job]) -> Job:
+async def fetch(ctx: StepContext[JobState, None, Job]) -> Job:
     return await _work(ctx, "fetch")
 
 
 @p.step
-async def enrich(ctx: StepContext[dict, None, Job]) -> Job:
+async def enrich(ctx: StepContext[JobState, None, Job]) -> Job:
     return await _work(ctx, "enrich")
 
 
 @p.step
-async def deliver(ctx: StepContext[dict, None, Job]) -> dict:
+async def deliver(ctx: StepContext[JobState, None, Job]) -> dict[str, str]:
     await _work(ctx, "deliver")
-    return dict(ctx.state)
+    return dict(ctx.state.ran_in)
 
 
 p.add(

@@ -4,14 +4,16 @@ agent (the worker's recorded agent runs come in with graph intake)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
 from agentledger.catalog.example_agents import risk_analyst
-from agentledger.catalog.example_graphs import Transactions, review
+from agentledger.catalog.example_graphs import Job, Transactions, pipeline, review
 from agentledger.domain.graphs.run import GraphHistory, GraphRun
 from agentledger.handlers.graphs.executor import GraphExecutor
+from support.sample_graphs import recorded
 
 pytestmark = pytest.mark.asyncio
 
@@ -59,3 +61,13 @@ async def test_usual_amounts_are_approved() -> None:
     assert (output.decision, output.risk) == ("approved", 0.05)
     branches = [e.destination for e in events if isinstance(e, GraphRun.BranchTaken)]
     assert branches == ["approve"]
+
+
+async def test_the_pipeline_example_says_which_process_ran_each_step() -> None:
+    _, events, output = await recorded(pipeline, "pipeline", Job(pause_s=0))
+    assert output == {name: f"pid {os.getpid()}" for name in ("fetch", "enrich", "deliver")}
+    assert [e.node_id for e in events if isinstance(e, GraphRun.StepFinished)] == [
+        "fetch",
+        "enrich",
+        "deliver",
+    ]
