@@ -25,7 +25,7 @@ from conftest import Backend, MakeSettings
 from agentledger.domain.subjects import graph_task_subject
 from agentledger.infra.nats import nats_connect_kwargs
 from agentledger.infra.settings import Settings
-from support.agents import JOURNAL_ENV, read_journal
+from support.agents import JOURNAL_ENV, TOOL_PAUSE_ENV, read_journal
 from support.crash_graphs import PAUSE_STEP_ENV
 from support.harness import settings_env, start_worker_process, wait_for
 
@@ -37,6 +37,12 @@ ref = "support.crash_graphs:five_steps"
 
 [graphs.forked]
 ref = "support.crash_graphs:forked"
+
+[graphs.agentic]
+ref = "support.crash_graphs:agentic"
+
+[agents.effect]
+ref = "support.agents:effect"
 """
 
 
@@ -105,9 +111,12 @@ def crash_then_finish(
     graph: str,
     pause_at: str,
     finished_first: tuple[str, ...] = (),
+    kill_when: str | None = None,
+    first_env: dict[str, str] | None = None,
 ) -> tuple[dict[str, object], Counter[str]]:
     """Kill the first process while it is inside `pause_at` (and, for parallel steps,
-    once `finished_first` have finished and had a moment to be checkpointed)."""
+    once `finished_first` have finished and had a moment to be checkpointed); or once
+    the journal has the line `kill_when`, with `first_env` for the first process."""
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(CATALOG)
     journal = tmp_path / "journal.log"
@@ -115,17 +124,18 @@ def crash_then_finish(
     settings = make_settings(backend, catalog=str(catalog), ack_wait_s=2)
     env = settings_env(settings) | {JOURNAL_ENV: str(journal)}
     log = tmp_path / "graph.log"
+    extra = first_env if first_env is not None else {PAUSE_STEP_ENV: pause_at}
     if driver == "worker":
-        first = start_worker_process(env | {PAUSE_STEP_ENV: pause_at}, log)
+        first = start_worker_process(env | extra, log)
         publish(settings, graph)
     else:
-        first = start(env | {PAUSE_STEP_ENV: pause_at}, graph, log)
+        first = start(env | extra, graph, log)
+    wanted = {f"step-start {pause_at}", *(f"step-done {s}" for s in finished_first)}
+    if kill_when is not None:
+        wanted = {kill_when}
     try:
         wait_for(
-            lambda: (
-                {f"step-start {pause_at}", *(f"step-done {s}" for s in finished_first)}
-                <= set(read_journal(journal))
-            ),
+            lambda: wanted <= set(read_journal(journal)),
             60,
             f"the first process inside {pause_at}",
         )
@@ -196,3 +206,31 @@ def test_a_run_killed_inside_a_fork_reruns_only_the_unfinished_branch(
     assert journal["step-start fast1"] == journal["step-start fast2"] == 1
     assert journal["step-start slow"] == 2 and journal["step-done slow"] == 1
     assert journal["step-start after"] == 1
+
+
+@DRIVERS
+def test_a_run_killed_inside_an_agent_step_resumes_that_agent_run(
+    make_settings: MakeSettings, backend: Backend, tmp_path: Path, driver: str
+) -> None:
+    """Killed while the agent step's tool runs: its first model response is recorded,
+    the tool's result is not. The new process serves the model response, runs the tool
+    (unrecorded: at least once) and asks the model only for what is missing."""
+    outcome, journal = crash_then_finish(
+        make_settings,
+        backend,
+        tmp_path,
+        driver,
+        "agentic",
+        "ask",
+        kill_when="tool-start job-1",
+        first_env={TOOL_PAUSE_ENV: "60"},
+    )
+    assert (outcome["status"], outcome["output"]) == (
+        "completed",
+        "in>before>effect done: applied job-1>last",
+    )
+    assert journal["step-start before"] == 1  # the finished step is served
+    assert journal["step-start ask"] == 2 and journal["step-done ask"] == 1
+    assert journal["model-call-1 job-1"] == 1, "the recorded model response was asked again"
+    assert journal["tool-start job-1"] == 2 and journal["tool-effect job-1"] == 1
+    assert journal["model-call-2 job-1"] == 1 and journal["step-start last"] == 1

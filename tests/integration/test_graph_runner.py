@@ -4,7 +4,9 @@ cancel, the step bound, and what is rejected."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -156,6 +158,25 @@ async def test_cancel_ends_a_paused_run_and_unknown_runs_are_rejected(
     with pytest.raises(GraphRejected) as unknown:
         await runner.resume(ResumeGraph(task_id="nobody", resume_id="r-1", input="yes"))
     assert unknown.value.kind == ErrorKind.UNKNOWN_RUN
+
+
+async def test_a_resume_after_the_runs_deadline_ends_it_as_deadline_exceeded(
+    store: AsyncEventStore, settings: Settings
+) -> None:
+    """The deadline is checked before every live step: an approval that comes after it
+    ends the run, and the step waiting for it does not run."""
+    runner = runner_on(store, settings)
+    deadline = datetime.now(UTC) + timedelta(seconds=1)
+    paused = await runner.run(
+        RunGraph(task_id="ask-4", graph="approval", inputs="x", deadline=deadline)
+    )
+    assert paused.status == "paused"
+    await asyncio.sleep(1.2)
+    CALLS.clear()
+    late = await runner.resume(ResumeGraph(task_id="ask-4", resume_id="r-1", input="yes"))
+    assert late.status == "failed" and late.error is not None
+    assert late.error.kind == "deadline_exceeded" and "before step approve" in late.error.message
+    assert CALLS == []
 
 
 async def test_a_cycle_fails_at_its_step_bound(store: AsyncEventStore, settings: Settings) -> None:

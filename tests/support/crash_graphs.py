@@ -9,6 +9,7 @@ import os
 
 from pydantic_graph import GraphBuilder, StepContext, reduce_list_append
 
+from agentledger.handlers.graphs import agent_step
 from support.agents import journal
 
 PAUSE_STEP_ENV = "AGENTLEDGER_TEST_GRAPH_PAUSE_STEP"
@@ -81,3 +82,35 @@ fork.add(
     fork.edge_from(after).to(fork.end_node),
 )
 forked = fork.build()
+
+
+# A function step, an agent step (the `effect` agent: a model call, a tool, a model
+# call), and one more step.
+agentic_builder = GraphBuilder(input_type=str, output_type=str)
+
+
+@agentic_builder.step
+async def before(ctx: StepContext[None, None, str]) -> str:
+    return await _effect("before", ctx.inputs)
+
+
+@agentic_builder.step
+async def ask(ctx: StepContext[None, None, str]) -> str:
+    journal("step-start ask")
+    answer = await agent_step("effect", "job-1")
+    journal("step-done ask")
+    return f"{ctx.inputs}>{answer}"
+
+
+@agentic_builder.step
+async def last(ctx: StepContext[None, None, str]) -> str:
+    return await _effect("last", ctx.inputs)
+
+
+agentic_builder.add(
+    agentic_builder.edge_from(agentic_builder.start_node).to(before),
+    agentic_builder.edge_from(before).to(ask),
+    agentic_builder.edge_from(ask).to(last),
+    agentic_builder.edge_from(last).to(agentic_builder.end_node),
+)
+agentic = agentic_builder.build()
