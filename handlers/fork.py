@@ -10,7 +10,9 @@ session: a branch does not rewrite the conversation it came from.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 from agentledger.domain.fork import ForkError, ForkPlan, plan_fork
@@ -21,7 +23,7 @@ from agentledger.handlers.replay import NotARun, RunNotFound
 from agentledger.handlers.runner import AgentRunner
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict
 
-__all__ = ["ForkResult", "fork_run"]
+__all__ = ["ForkResult", "fork_run", "save_fork"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +35,29 @@ class ForkResult:
     parent_run_id: str
     at: int
     outcome: RunOutcome
+
+
+async def save_fork(
+    store: AsyncEventStore,
+    fork: Any,
+    fork_task: str,
+    *,
+    same_as: Callable[[Any], bool],
+    copy: Callable[[], None],
+) -> None:
+    """Record a new fork aggregate: `copy` its parent's events onto it, then save. When
+    its task id already holds a run, that must be the same fork (`same_as` its first
+    event), started before and interrupted: it is then resumed, not recorded again."""
+    existing = await store.events(fork.id)
+    if existing:
+        if not same_as(existing[0]):
+            raise ForkError(f"task id {fork_task!r} is taken by another run; choose another")
+        return
+    copy()
+    try:
+        await store.save(fork)
+    except ConcurrencyConflict:
+        raise ForkError(f"task id {fork_task!r} was just taken by another run") from None
 
 
 async def fork_run(
@@ -79,24 +104,17 @@ async def fork_run(
         fork_prompt=plan.fork_prompt,
     )
     assert fork.id == run_id_for(fork_task)
-    existing = await store.events(fork.id)
-    if existing:
-        first = existing[0]
-        same = isinstance(first, AgentRun.RunRequested) and (
-            first.parent_run_id,
-            first.fork_at,
-            first.fork_prompt,
-            first.prompt,
-        ) == (str(parent_run_id), plan.at, plan.fork_prompt, plan.prompt)
-        if not same:
-            raise ForkError(f"task id {fork_task!r} is taken by another run; choose another")
-        # The same fork, started before and interrupted: resume it (or return its outcome).
-    else:
-        copy_steps(fork, plan.copied)
-        try:
-            await store.save(fork)
-        except ConcurrencyConflict:
-            raise ForkError(f"task id {fork_task!r} was just taken by another run") from None
+    await save_fork(
+        store,
+        fork,
+        fork_task,
+        same_as=lambda first: (
+            isinstance(first, AgentRun.RunRequested)
+            and (first.parent_run_id, first.fork_at, first.fork_prompt, first.prompt)
+            == (str(parent_run_id), plan.at, plan.fork_prompt, plan.prompt)
+        ),
+        copy=lambda: copy_steps(fork, plan.copied),
+    )
     outcome = await runner.run(task, final_attempt=True)
     return ForkResult(
         run_id=str(fork.id),

@@ -20,9 +20,10 @@ from agentledger.domain.fork import ForkError
 from agentledger.domain.graphs.fork import plan_graph_fork
 from agentledger.domain.graphs.run import GraphRun, copy_graph_steps
 from agentledger.domain.graphs.tasks import GraphOutcome, RunGraph
+from agentledger.handlers.fork import save_fork
 from agentledger.handlers.graphs.replay import NotAGraphRun
 from agentledger.handlers.graphs.runner import GraphRunner
-from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict
+from agentledger.infra.event_store import AsyncEventStore
 
 __all__ = ["UNCHANGED", "GraphForkResult", "fork_graph_run"]
 
@@ -99,23 +100,17 @@ async def fork_graph_run(
         parent_run_id=str(parent_run_id),
         fork_at=plan.at,
     )
-    existing = await store.events(fork.id)
-    if existing:
-        first = existing[0]
-        same = isinstance(first, GraphRun.GraphStarted) and (
-            first.parent_run_id,
-            first.fork_at,
-            first.inputs,
-            first.state,
-        ) == (str(parent_run_id), plan.at, fork_inputs, fork_state)
-        if not same:
-            raise ForkError(f"task id {fork_task!r} is taken by another run; choose another")
-    else:
-        copy_graph_steps(fork, plan.copied)
-        try:
-            await store.save(fork)
-        except ConcurrencyConflict:
-            raise ForkError(f"task id {fork_task!r} was just taken by another run") from None
+    await save_fork(
+        store,
+        fork,
+        fork_task,
+        same_as=lambda first: (
+            isinstance(first, GraphRun.GraphStarted)
+            and (first.parent_run_id, first.fork_at, first.inputs, first.state)
+            == (str(parent_run_id), plan.at, fork_inputs, fork_state)
+        ),
+        copy=lambda: copy_graph_steps(fork, plan.copied),
+    )
     outcome = await runner.run(task)
     return GraphForkResult(
         run_id=str(fork.id),
