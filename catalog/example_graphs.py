@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic_graph import GraphBuilder, StepContext
 
 from agentledger.handlers.graphs import agent_step
@@ -106,7 +106,7 @@ review = g.build()
 
 
 class Job(BaseModel):
-    pause_s: float = 0.0
+    pause_s: float = Field(default=0.0, ge=0, le=60)
     """How long each step takes (a window to kill a worker in)."""
 
 

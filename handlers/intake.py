@@ -17,6 +17,7 @@ bounded and made storable (`agentledger.domain.rejection.storable_text`).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,6 +199,17 @@ def _no_constant(name: str) -> Any:
     raise _NotJson(f"{name} is not a JSON value")
 
 
+class _OutOfRange(ValueError):
+    """A number literal beyond a 64-bit float (Python would read it as infinity)."""
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise _OutOfRange(literal[:40] + ("..." if len(literal) > 40 else ""))
+    return value
+
+
 def load_json(
     body: bytes, key: str, *, what: str = "RunAgent", max_nesting: int = MAX_NESTING
 ) -> tuple[str, Any]:
@@ -213,9 +225,12 @@ def load_json(
         ) from None
     kind, reason = ErrorKind.INVALID_JSON, "payload is not valid JSON"
     try:
-        return text, json.loads(text, parse_constant=_no_constant)
+        return text, json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except (json.JSONDecodeError, _NotJson) as e:
         reason = f"payload is not valid JSON: {e}"
+    except _OutOfRange as e:
+        kind = ErrorKind.INVALID_PAYLOAD
+        reason = f"payload has a number out of range ({e}): numbers must fit a 64-bit float"
     except RecursionError:
         kind = ErrorKind.INVALID_PAYLOAD
         reason = (

@@ -144,8 +144,21 @@ _ID = re.compile(ID_PATTERN)
         ("1" * 5000, ErrorKind.INVALID_PAYLOAD, "integer literal too long to read"),
         ("{" + GOOD + ', "x": NaN}', ErrorKind.INVALID_JSON, "NaN is not a JSON value"),
         ("{" + GOOD + ', "x": -Infinity}', ErrorKind.INVALID_JSON, "-Infinity is not a JSON"),
+        # Regression: 1e400 is valid JSON syntax that Python reads as infinity; it reached
+        # a graph step as inf and was stored.
+        ("{" + GOOD + ', "x": [1e400]}', ErrorKind.INVALID_PAYLOAD, "out of range (1e400)"),
+        ("{" + GOOD + ', "x": -2e308}', ErrorKind.INVALID_PAYLOAD, "must fit a 64-bit float"),
     ],
-    ids=["deep-array", "deep-object", "huge-int-limit", "huge-int", "nan", "infinity"],
+    ids=[
+        "deep-array",
+        "deep-object",
+        "huge-int-limit",
+        "huge-int",
+        "nan",
+        "infinity",
+        "huge-float",
+        "huge-negative-float",
+    ],
 )
 def test_poison_json_is_rejected_not_raised(body: str, kind: ErrorKind, needle: str) -> None:
     rejection = _rejected(_text(body))
