@@ -16,6 +16,7 @@ import pytest
 from conftest import Backend, MakeSettings
 from nats.aio.client import Client
 
+from agentledger.handlers.client import query_over_nats
 from agentledger.infra.settings import Settings
 from support.harness import nats_client, running_projector, running_worker, settings_env
 
@@ -97,6 +98,38 @@ async def test_the_review_graph_takes_each_branch(settings: Settings) -> None:
         assert (high["status"], high["output"]["decision"]) == ("completed", "escalated")
         assert (normal["status"], normal["output"]["decision"]) == ("completed", "approved")
         assert await stored_outcome(nc, prefix, "r-high") == high
+
+
+async def test_graph_events_go_out_on_nats_and_the_view_answers_over_nats(
+    settings: Settings,
+) -> None:
+    prefix = settings.subject_prefix
+    relayed: list[str] = []
+
+    async def on_event(msg: Any) -> None:
+        relayed.append(msg.subject.removeprefix(f"{prefix}.events.GraphRun."))
+
+    async with running_worker(settings), nats_client(settings) as nc:
+        await nc.subscribe(f"{prefix}.events.GraphRun.>", cb=on_event)
+        payload = {
+            "task_id": "ev-1",
+            "graph": "review",
+            "inputs": {"customer": "a", "amounts": [1]},
+        }
+        done = await send(nc, f"{prefix}.tasks.graph.review", payload, "ev-1")
+        async with running_projector(settings) as projector:
+            assert projector.store is not None
+            last = projector.store.max_notification_id()
+            assert await asyncio.to_thread(projector.wait_until, last, 30)
+            for _ in range(200):
+                if "GraphCompleted" in relayed:
+                    break
+                await asyncio.sleep(0.05)
+            view = await query_over_nats(nc, prefix, "graph_run", {"task_id": "ev-1"})
+    assert relayed[0] == "GraphStarted" and relayed[-1] == "GraphCompleted"
+    assert relayed.count("StepFinished") == 3 and "BranchTaken" in relayed
+    assert (view["status"], view["output"]) == ("completed", done["output"])
+    assert view["path"] == ["prepare", "analyse", "approve"]
 
 
 async def test_a_paused_graph_is_resumed_by_a_new_worker_once(settings: Settings) -> None:
