@@ -28,7 +28,9 @@ Determinism rules for graph authors (as for Temporal workflows):
 - A step should change the graph state only after its last `await` (parallel steps
   share one state object; a checkpoint holds the state when a step finished).
 - Give steps concrete return annotations: outputs are stored as JSON and validated back
-  with the annotation (`Any` comes back as plain JSON).
+  with the annotation (`Any` comes back as plain JSON). A float output or state field
+  that is infinite or NaN fails the step (JSON cannot hold it); inside `Any`, dicts and
+  models, pydantic stores such a float as null.
 - Changing a graph's structure (node ids, branches) under runs in flight makes them
   diverge; replay reports the first divergence.
 """
@@ -38,6 +40,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
@@ -66,6 +69,7 @@ __all__ = [
     "GraphExecutor",
     "GraphPausedForInput",
     "StepLimitExceeded",
+    "UnstorableValue",
     "agent_step",
     "wait_for_input",
 ]
@@ -164,6 +168,24 @@ def _step_key(path: str, node_id: str) -> str:
     if len(path) <= MAX_KEY_CHARS:
         return path
     return f"{node_id}~{hashlib.sha256(path.encode()).hexdigest()[:32]}"
+
+
+class UnstorableValue(ValueError):
+    """A step's output or the graph state holds a value JSON cannot hold."""
+
+
+def _storable(value: Any, what: str, where: str = "") -> Any:
+    """`value` (dumped in JSON mode) if JSON can hold it; infinities and NaN cannot (they
+    would be stored as text no JSON reader accepts, or served back as null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UnstorableValue(f"the step's {what}{where} is {value}, which JSON cannot hold")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _storable(v, what, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _storable(v, what, f"{where}[{i}]")
+    return value
 
 
 def _destination(decision: Any, branch: int) -> str:
@@ -386,11 +408,18 @@ class GraphExecutor:
         finally:
             _CURRENT.reset(token)
         # The checkpoint is taken at once (no await between the step's return and it).
+        try:
+            dumped = _storable(adapter.dump_python(output, mode="json"), "output")
+            state = _storable(self._state_adapter.dump_python(ctx.state, mode="json"), "state")
+        except Exception as e:  # a value JSON cannot hold: the step fails, saying why
+            self.run.fail_step(key, node.id, f"{type(e).__name__}: {e}")
+            await self._save()
+            raise
         self.run.finish_step(
             key,
             node.id,
-            output=adapter.dump_python(output, mode="json"),
-            state=self._state_adapter.dump_python(ctx.state, mode="json"),
+            output=dumped,
+            state=state,
             duration_ms=(time.perf_counter() - started) * 1000,
         )
         await self._save()

@@ -273,3 +273,16 @@ t.add(
 )
 threshold_graph = t.build()
 """score -> gate: score >= LIMIT -> high, else low."""
+
+
+# A step whose float output overflows to infinity.
+o = GraphBuilder(input_type=float, output_type=float)
+
+
+@o.step
+async def blow_up(ctx: StepContext[None, None, float]) -> float:
+    return ctx.inputs * 1e308 * 10
+
+
+o.add(o.edge_from(o.start_node).to(blow_up), o.edge_from(blow_up).to(o.end_node))
+overflow_graph = o.build()

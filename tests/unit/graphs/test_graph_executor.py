@@ -18,6 +18,7 @@ from agentledger.handlers.graphs.executor import (
     GraphExecutor,
     GraphPausedForInput,
     StepLimitExceeded,
+    UnstorableValue,
 )
 from support import sample_graphs
 from support.sample_graphs import (
@@ -219,3 +220,15 @@ def _saver(run: GraphRun, into: list[Any]) -> Any:
         into.extend(run.collect_events())
 
     return save
+
+
+async def test_a_step_output_json_cannot_hold_fails_the_step_saying_why() -> None:
+    """Regression: a step returning inf stored `inf` (text no JSON reader accepts, or
+    null served back), so the run could never be re-executed or read by clients."""
+    run = start("blow", 2.0)
+    stored = list(run.collect_events())
+    with pytest.raises(UnstorableValue, match="the step's output is inf, which JSON cannot hold"):
+        await execute(sample_graphs.overflow_graph, run, list(stored), stored)
+    failed = [e for e in stored if isinstance(e, GraphRun.StepFailed)]
+    assert [f.node_id for f in failed] == ["blow_up"]
+    assert not any(isinstance(e, GraphRun.StepFinished) for e in stored)
