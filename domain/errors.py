@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["DomainError", "ErrorKind", "InvalidTransition"]
+from pydantic import ValidationError
+
+__all__ = ["DomainError", "ErrorKind", "InvalidTransition", "first_problem"]
 
 
 class ErrorKind(StrEnum):
@@ -47,3 +49,11 @@ class InvalidTransition(DomainError):
         super().__init__(f"cannot {what}: the run is already {status}")
         self.what = what
         self.status = status
+
+
+def first_problem(error: ValidationError, whole: str) -> str:
+    """`<field path>: <message>` of a validation error's first problem (`whole` names
+    the value itself when the problem is at its top)."""
+    problem = error.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in problem["loc"]) or whole
+    return f"{where}: {problem['msg']}"

@@ -61,6 +61,7 @@ from pydantic_graph.node import Fork
 from pydantic_graph.paths import DestinationMarker
 from pydantic_graph.step import NodeStep
 
+from agentledger.domain.errors import first_problem
 from agentledger.domain.graphs.run import GraphHistory, GraphRun
 from agentledger.infra.event_store import StoreUnavailable
 
@@ -139,12 +140,10 @@ async def wait_for_input(prompt: Any, input_type: Any = Any) -> Any:
     try:
         return TypeAdapter(input_type).validate_python(recorded[current.key])
     except ValidationError as e:  # wait again, saying what was wrong with the last input
-        problem = e.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in problem["loc"]) or "input"
         raise GraphPausedForInput(
             current.key,
             current.node_id,
-            {"prompt": prompt, "invalid_input": f"{where}: {problem['msg']}"},
+            {"prompt": prompt, "invalid_input": first_problem(e, "input")},
         ) from None
 
 

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from pydantic import TypeAdapter, ValidationError
 
+from agentledger.domain.errors import first_problem
 from agentledger.domain.fork import ForkError
 from agentledger.domain.graphs.fork import plan_graph_fork
 from agentledger.domain.graphs.run import GraphRun, copy_graph_steps
@@ -44,10 +45,8 @@ def _validated(adapter: TypeAdapter[Any], value: Any, what: str) -> Any:
     try:
         return adapter.dump_python(adapter.validate_python(value), mode="json")
     except ValidationError as e:
-        problem = e.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in problem["loc"]) or what
         raise ForkError(
-            f"the fork's {what} does not fit the graph: {where}: {problem['msg']}"
+            f"the fork's {what} does not fit the graph: {first_problem(e, what)}"
         ) from None
 
 

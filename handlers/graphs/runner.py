@@ -22,7 +22,7 @@ import structlog
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
-from agentledger.domain.errors import ErrorKind
+from agentledger.domain.errors import ErrorKind, first_problem
 from agentledger.domain.graphs.run import GraphHistory, GraphRun
 from agentledger.domain.graphs.tasks import (
     CancelGraph,
@@ -119,11 +119,9 @@ class GraphRunner:
         try:
             TypeAdapter(graph.input_type).validate_python(task.inputs)
         except ValidationError as e:
-            problem = e.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in problem["loc"]) or "inputs"
             raise GraphRejected(
                 ErrorKind.INVALID_PAYLOAD,
-                f"inputs do not fit graph {task.graph!r}: {where}: {problem['msg']}",
+                f"inputs do not fit graph {task.graph!r}: {first_problem(e, 'inputs')}",
             ) from None
         run, events = await self._load(task.task_id)
         if run is None:
