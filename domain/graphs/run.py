@@ -19,7 +19,14 @@ from eventsourcing.domain import Aggregate, event
 from agentledger.domain.errors import InvalidTransition
 from agentledger.domain.ids import graph_run_id_for
 
-__all__ = ["GraphHistory", "GraphRun", "GraphRunStatus", "RecordedStep", "copy_graph_steps"]
+__all__ = [
+    "GraphHistory",
+    "GraphRun",
+    "GraphRunStatus",
+    "RecordedStep",
+    "copy_graph_steps",
+    "graph_run_of",
+]
 
 GraphRunStatus = Literal["running", "paused", "completed", "failed"]
 
@@ -319,6 +326,14 @@ class GraphHistory:
             elif isinstance(e, GraphRun.GraphResumed):
                 history.inputs[e.key] = e.input
         return history
+
+
+def graph_run_of(events: Iterable[object]) -> GraphRun | None:
+    """The run folded from its events, in order (None without any)."""
+    run: Any = None
+    for e in events:
+        run = e.mutate(run)  # type: ignore[attr-defined]
+    return run if isinstance(run, GraphRun) else None
 
 
 def copy_graph_steps(run: GraphRun, events: Iterable[object]) -> None:

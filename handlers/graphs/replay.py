@@ -28,9 +28,9 @@ from uuid import UUID
 from pydantic import TypeAdapter
 
 from agentledger.domain.errors import ErrorKind
-from agentledger.domain.graphs.run import GraphHistory, GraphRun
+from agentledger.domain.graphs.run import GraphHistory, GraphRun, graph_run_of
 from agentledger.domain.history_file import HistoryDocument, decode_aggregate
-from agentledger.domain.ids import graph_run_id_for, run_id_for
+from agentledger.domain.ids import run_id_for
 from agentledger.handlers.graphs.executor import GraphDiverged, GraphExecutor, StepLimitExceeded
 from agentledger.handlers.graphs.runner import agent_step_task_id
 from agentledger.handlers.replay import (
@@ -203,9 +203,8 @@ async def replay_graph_run(recorded: RecordedGraphRun, catalog: Catalog) -> Grap
             f" (it has: {known}); replay needs the graph's code"
         )
     graph = entry.graph
-    run: Any = None
-    for e in events:
-        run = e.mutate(run)
+    run = graph_run_of(events)
+    assert run is not None
     history = GraphHistory.fold(events)
     terminal = (
         events[-1]
@@ -252,7 +251,7 @@ async def replay_graph_run(recorded: RecordedGraphRun, catalog: Catalog) -> Grap
     agent_steps = tuple([await replay_recorded(r, catalog) for r in recorded.agent_runs])
     diverged = divergence is not None or not all(r.identical for r in agent_steps)
     return GraphReplayReport(
-        run_id=str(graph_run_id_for(started.task_id)),
+        run_id=str(started.originator_id),
         task_id=started.task_id,
         graph=started.graph,
         verdict="diverged" if diverged else "identical",
@@ -268,7 +267,8 @@ def _compare_ending(
     executor: GraphExecutor, history: GraphHistory, terminal: Any, output: Any
 ) -> GraphDivergence | None:
     """The replay reached the graph's end: the recording must end there, the same way."""
-    missed = [s for k, s in history.steps.items() if k not in set(executor.served_keys)]
+    served = set(executor.served_keys)
+    missed = [s for k, s in history.steps.items() if k not in served]
     if missed:
         first = min(missed, key=lambda s: s.version)
         return GraphDivergence(

@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
 from agentledger.domain.errors import ErrorKind, first_problem
-from agentledger.domain.graphs.run import GraphHistory, GraphRun
+from agentledger.domain.graphs.run import GraphHistory, GraphRun, graph_run_of
 from agentledger.domain.graphs.tasks import (
     CancelGraph,
     GraphOutcome,
@@ -181,10 +181,7 @@ class GraphRunner:
         """The task's run and its events, from one read: the executor folds the same
         events into its history."""
         events = await self._store.events(graph_run_id_for(task_id))
-        run: Any = None
-        for event in events:
-            run = event.mutate(run)
-        return run, events
+        return graph_run_of(events), events
 
     async def _save(self, run: GraphRun) -> list[Any]:
         """Save the run's new events; returns them."""
