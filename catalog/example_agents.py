@@ -5,6 +5,8 @@
 - `notes` keeps notes with a tool and answers "what do you remember?" from the
   session's history, so it only works when the history of earlier turns is passed in.
 - `greeter` answers at once, without tools.
+- `librarian` recalls similar past turns from the memory view (`recall` in the catalog)
+  and answers with the closest one it was given.
 - `divider` divides with a tool that fails on a zero divisor (the README's debugging
   example: a failing run, `events`, `replay`, `fork`).
 """
@@ -25,7 +27,15 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-__all__ = ["calculator", "calculator_reply", "divider", "greeter", "notes", "risk_analyst"]
+__all__ = [
+    "calculator",
+    "calculator_reply",
+    "divider",
+    "greeter",
+    "librarian",
+    "notes",
+    "risk_analyst",
+]
 
 _NUMBERS = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -168,3 +178,18 @@ async def risk_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResp
 
 risk_analyst = Agent(FunctionModel(risk_model, model_name="risk-fn"), name="risk_analyst")
 """The example graph's analysis agent: answers `risk <score 0..1>: <reason>`."""
+
+
+async def librarian_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Answers with the first turn recalled for it (the instructions list them best first)."""
+    recalled = [
+        line.split("] ", 1)[1]
+        for line in (info.instructions or "").splitlines()
+        if line.startswith("- [") and "] " in line
+    ]
+    if not recalled:
+        return ModelResponse(parts=[TextPart("I recall nothing like that.")])
+    return ModelResponse(parts=[TextPart(f"I recall: {recalled[0]}")])
+
+
+librarian = Agent(FunctionModel(librarian_model, model_name="librarian-fn"), name="librarian")

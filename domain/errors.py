@@ -33,6 +33,9 @@ class ErrorKind(StrEnum):
     GRAPH_DIVERGED = "graph_diverged"
     """The graph took another path than the one recorded (it changed under the run)."""
     CANCELLED = "cancelled"
+    NO_ROUTE = "no_route"
+    """A route task matched no route above its threshold, and there is no fallback."""
+    UNKNOWN_ROUTE = "unknown_route"
     DEAD_LETTERED = "dead_lettered"
     """Not a stored kind: an outcome's, when the worker kept the message as a dead
     letter because nothing could be recorded (the store was down)."""

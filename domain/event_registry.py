@@ -13,11 +13,19 @@ from typing import Any
 from agentledger.domain.conversation import Conversation
 from agentledger.domain.graphs.run import GraphRun
 from agentledger.domain.rejection import TaskRejection
+from agentledger.domain.routing.decision import RouteDecision, RouterModel
 from agentledger.domain.run import AgentRun
 
 __all__ = ["EVENT_CLASSES", "event_shape", "event_shapes"]
 
-_AGGREGATES: tuple[type[Any], ...] = (AgentRun, Conversation, TaskRejection, GraphRun)
+_AGGREGATES: tuple[type[Any], ...] = (
+    AgentRun,
+    Conversation,
+    TaskRejection,
+    GraphRun,
+    RouteDecision,
+    RouterModel,
+)
 
 
 def _events_of(aggregate: type[Any]) -> list[type[Any]]:

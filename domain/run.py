@@ -68,6 +68,18 @@ class AgentRun(Aggregate):
             state["fork_at"] = None
             state["fork_prompt"] = None
 
+    class MemoryRecalled(Event):
+        """Past turns found in the memory view for the prompt, before the first model
+        request (an agent with `recall` in the catalog): the hits with their scores and
+        the embedder, recorded so resume, fork and replay use them without the view."""
+
+        TOPIC = "agentledger.AgentRun.MemoryRecalled"
+        class_version = 1
+        query: str
+        embedder: str
+        hits: list[JSON]
+        error: str | None
+
     class ModelRequestSent(Event):
         """A request (user prompt, tool returns, retry prompt) went to the model."""
 
@@ -176,10 +188,24 @@ class AgentRun(Aggregate):
         self.error_kind: str | None = None
         self.error_message: str | None = None
         self.retryable = False
+        self.recalled: list[JSON] | None = None
+        """The hits of `MemoryRecalled` (None: nothing was recalled for this run)."""
 
     def _require_running(self, what: str) -> None:
         if self.status != "running":
             raise InvalidTransition(what, self.status)
+
+    def record_recall(self, query: str, embedder: str, hits: list[JSON], error: str | None) -> None:
+        self._require_running("record a recall")
+        if self.recalled is not None or self.steps:
+            raise InvalidTransition("record a recall after the run has started", self.status)
+        self._trigger_recalled(query=query, embedder=embedder, hits=hits, error=error)
+
+    @event(MemoryRecalled)
+    def _trigger_recalled(
+        self, query: str, embedder: str, hits: list[JSON], error: str | None
+    ) -> None:
+        self.recalled = list(hits)
 
     def send_model_request(self, message: JSON) -> None:
         self._require_running("send a model request")
@@ -302,6 +328,8 @@ class RunHistory:
     """Tool calls recorded as started (finished or not): not recorded as started twice."""
     requests_after_fork: int = 0
     """Requests recorded after the fork point (all of them for a run that is no fork)."""
+    recalled: list[JSON] | None = None
+    """The hits the run recalled before its first request (None: no recall recorded)."""
 
     @classmethod
     def fold(cls, events: Iterable[object]) -> RunHistory:
@@ -317,6 +345,8 @@ class RunHistory:
                 own = domain_event.originator_version > fork_at
                 if own and isinstance(domain_event, AgentRun.ModelRequestSent):
                     history.requests_after_fork += 1
+            elif isinstance(domain_event, AgentRun.MemoryRecalled):
+                history.recalled = list(domain_event.hits)
             elif isinstance(domain_event, AgentRun.ToolCallStarted):
                 history.started_tool_calls.add(domain_event.tool_call_id)
             elif isinstance(domain_event, AgentRun.ToolCallFinished):
@@ -343,7 +373,9 @@ def copy_steps(run: AgentRun, events: Iterable[object]) -> None:
     """Re-trigger another run's step events (requests, responses, tool calls) on `run`,
     in order: how a fork starts from its parent's recorded state."""
     for e in events:
-        if isinstance(e, AgentRun.ModelRequestSent):
+        if isinstance(e, AgentRun.MemoryRecalled):
+            run.record_recall(e.query, e.embedder, e.hits, e.error)
+        elif isinstance(e, AgentRun.ModelRequestSent):
             run.send_model_request(e.message)
         elif isinstance(e, AgentRun.ModelResponseReceived):
             run.receive_model_response(e.message, e.model_name, e.input_tokens, e.output_tokens)

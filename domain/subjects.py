@@ -18,6 +18,8 @@ __all__ = [
     "reply_subject_problem",
     "results_stream",
     "results_subject",
+    "route_subject",
+    "route_workers_consumer",
     "task_stream_subjects",
     "task_subject",
     "tasks_stream",
@@ -49,6 +51,16 @@ def graph_cancel_subject(prefix: str) -> str:
     return f"{prefix}.tasks.graph.cancel"
 
 
+def route_subject(prefix: str) -> str:
+    """Where a `RouteTask` is published."""
+    return f"{prefix}.tasks.route"
+
+
+def route_workers_consumer(prefix: str) -> str:
+    """The durable pull consumer of route tasks every worker of `prefix` shares."""
+    return f"{prefix}-route-workers"
+
+
 def results_subject(prefix: str, task_id: str) -> str:
     """Where a task's outcome is published (and kept, the last one per task)."""
     return f"{prefix}.results.{task_id}"
@@ -66,7 +78,7 @@ def task_stream_subjects(prefix: str) -> list[str]:
     `ledger.tasks.run.a.b`) finds no stream and fails at once, instead of being stored
     where nothing ever answers it.
     """
-    return [f"{prefix}.tasks.run.*", f"{prefix}.tasks.graph.*"]
+    return [f"{prefix}.tasks.run.*", f"{prefix}.tasks.graph.*", route_subject(prefix)]
 
 
 def tasks_stream(prefix: str) -> str:

@@ -25,6 +25,8 @@ from opentelemetry import trace
 from agentledger.handlers.catalog import Catalog, put_on_import_path
 from agentledger.handlers.graphs.runner import GraphRunner
 from agentledger.handlers.graphs.worker import GraphWorker
+from agentledger.handlers.memory import MemoryReader, embedder_for, memory_projection
+from agentledger.handlers.memory.recall import MemoryRecaller
 from agentledger.handlers.operations.endpoints import (
     OperationsPortUnavailable,
     routes,
@@ -42,6 +44,8 @@ from agentledger.handlers.operations.readiness import (
 from agentledger.handlers.projector import Projector
 from agentledger.handlers.queries import QueryService
 from agentledger.handlers.relay import EventRelay
+from agentledger.handlers.routing.router import Router, latest_fit
+from agentledger.handlers.routing.worker import RouteWorker
 from agentledger.handlers.runner import AgentRunner
 from agentledger.handlers.worker import TaskWorker
 from agentledger.infra.event_store import AsyncEventStore, EventStore, StoreUnavailable
@@ -56,6 +60,7 @@ from agentledger.infra.nats import (
 from agentledger.infra.settings import Settings
 from agentledger.infra.telemetry import tracer_provider_for
 from agentledger.infra.view_store import ViewStore, view_store_for
+from agentledger.projections.memory import MemoryProjection
 from agentledger.projections.views import ALL_PROJECTIONS
 
 if TYPE_CHECKING:
@@ -182,6 +187,31 @@ def make_projector(settings: Settings, store: EventStore, views: ViewStore) -> P
     )
 
 
+def make_router(settings: Settings, catalog: Catalog, store: EventStore) -> Router:
+    """The catalog's router on the configured embedder, with the latest fit recorded for
+    it, and its example vectors cached under the data folder."""
+    embedder = embedder_for(settings)
+    fit = latest_fit(store, settings.subject_prefix, catalog.router, embedder)
+    return Router(
+        catalog.router,
+        embedder,
+        fit=fit,
+        cache_folder=settings.data_dir / "cache" / "route-vectors",
+    )
+
+
+def make_memory_projector(settings: Settings, store: EventStore, views: ViewStore) -> Projector:
+    """The memory view's own projector: embedding never holds back the other views.
+    Batches are smaller than theirs (embedding is the slow part of a pass)."""
+    return Projector(
+        store=store,
+        views=views,
+        projections=[memory_projection(settings, views)],
+        batch=min(settings.projection_batch, 256),
+        poll_s=settings.projection_poll_s,
+    )
+
+
 @dataclass(kw_only=True)
 class WorkerService:
     """A task worker: FastStream broker + runner over the event store."""
@@ -195,11 +225,14 @@ class WorkerService:
     store: AsyncEventStore | None = field(default=None, init=False)
     worker: TaskWorker | None = field(default=None, init=False)
     graph_worker: GraphWorker | None = field(default=None, init=False)
+    route_worker: RouteWorker | None = field(default=None, init=False)
     _own_tracer_provider: SdkTracerProvider | None = field(default=None, init=False)
     metrics: WorkerMetrics | None = field(default=None, init=False)
     operations: OperationsServer | None = field(default=None, init=False)
     """The /healthz, /readyz, /metrics server (when AGENTLEDGER_HTTP_PORT is set)."""
     _store_check: OffLoopCheck[int] | None = field(default=None, init=False)
+    _memory_views: ViewStore | None = field(default=None, init=False)
+    """The view store recall searches (only when an agent of the catalog recalls)."""
 
     async def start(self) -> WorkerService:
         settings = self.settings
@@ -215,7 +248,12 @@ class WorkerService:
             retry_s=settings.store_retry_s,
         )
         broker = make_broker(settings, self.name)
-        runner = AgentRunner(store=self.store, catalog=catalog, tracer_provider=tracer_provider)
+        runner = AgentRunner(
+            store=self.store,
+            catalog=catalog,
+            tracer_provider=tracer_provider,
+            recaller=await self._recaller(catalog),
+        )
         self.metrics = WorkerMetrics(catalog.names())
         self.worker = TaskWorker(
             settings=settings,
@@ -239,6 +277,17 @@ class WorkerService:
             runner=GraphRunner(store=self.store, catalog=catalog, agents=runner),
         )
         await self.graph_worker.start()
+        if catalog.router.routes:
+            router = await asyncio.to_thread(make_router, settings, catalog, self.store.sync)
+            self.route_worker = RouteWorker(
+                settings=settings,
+                broker=broker,
+                store=self.store,
+                router=router,
+                agents=runner,
+                graphs=self.graph_worker.runner,
+            )
+            await self.route_worker.start()
         log.info(
             "worker started",
             agents=catalog.names(),
@@ -289,8 +338,12 @@ class WorkerService:
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         # Both workers drain at once, within the one grace period.
-        workers = [w for w in (self.graph_worker, self.worker) if w is not None]
+        workers = [w for w in (self.route_worker, self.graph_worker, self.worker) if w is not None]
         await asyncio.gather(*(w.drain(grace) for w in workers))
+        if self.route_worker is not None:
+            with contextlib.suppress(Exception):
+                await self.route_worker.stop()
+            self.route_worker = None
         if self.graph_worker is not None:
             with contextlib.suppress(Exception):
                 await self.graph_worker.stop()
@@ -311,11 +364,25 @@ class WorkerService:
         await self._stop_operations()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
+        if self._memory_views is not None:
+            await asyncio.to_thread(self._memory_views.close)
+            self._memory_views = None
         if self._own_tracer_provider is not None:
             # Flushes the spans not exported yet (a blocking HTTP call).
             await asyncio.to_thread(self._own_tracer_provider.shutdown)
             self._own_tracer_provider = None
         log.info("worker stopped")
+
+    async def _recaller(self, catalog: Catalog) -> MemoryRecaller | None:
+        """A memory recaller when some agent of the catalog recalls (its embedder is
+        loaded before the first task), else None."""
+        if not any(entry.recall is not None for entry in catalog.entries.values()):
+            return None
+        settings = self.settings
+        views = await _open_when_reachable("view store", lambda: view_store_for(settings))
+        self._memory_views = views
+        reader = await asyncio.to_thread(MemoryReader.for_settings, settings, views)
+        return MemoryRecaller(reader)
 
     def _build_tracer_provider(self) -> SdkTracerProvider | None:
         """The provider AGENTLEDGER_OTEL_ENABLED asks for (None when off), installed as
@@ -369,6 +436,9 @@ class ProjectorService:
     event_relay: EventRelay | None = field(default=None, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
+    memory_projector: Projector | None = field(default=None, init=False)
+    """The memory view's projector (AGENTLEDGER_MEMORY_ENABLED), in a thread of its own."""
+    _memory_thread: threading.Thread | None = field(default=None, init=False)
     _relay_stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _relay_task: asyncio.Task[None] | None = field(default=None, init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -389,6 +459,18 @@ class ProjectorService:
         self.projector.on_poison = self.metrics.poison_event
         await asyncio.to_thread(self.projector.ensure)
         self._start_projector()
+        memory: MemoryReader | None = None
+        if settings.memory_enabled:
+            store, views = self.store, self.views
+            self.memory_projector = await asyncio.to_thread(
+                make_memory_projector, settings, store, views
+            )
+            self.memory_projector.on_poison = self.metrics.poison_event
+            await asyncio.to_thread(self.memory_projector.ensure)
+            self._start_memory_projector()
+            projection = self.memory_projector.projections[0]
+            assert isinstance(projection, MemoryProjection)
+            memory = MemoryReader(views, projection, settings.hnsw_ef_search)
         if self.relay or self.queries:
             self._nc = await connect_nats(settings, "agentledger-projector")
             await ensure_streams(self._nc.jetstream(), settings)
@@ -408,7 +490,7 @@ class ProjectorService:
         if self.queries:
             assert self._nc is not None
             self._query_service = QueryService(
-                views=self.views, nc=self._nc, prefix=settings.subject_prefix
+                views=self.views, nc=self._nc, prefix=settings.subject_prefix, memory=memory
             )
             await self._query_service.start()
         log.info("projector started", backend=settings.backend, prefix=settings.subject_prefix)
@@ -458,6 +540,20 @@ class ProjectorService:
         except BaseException:  # the supervisor restarts the thread; say why it ended
             log.exception("the projector thread failed")
 
+    def _start_memory_projector(self) -> None:
+        self._restarts.setdefault("memory", _Restarts()).started_at = time.monotonic()
+        self._memory_thread = threading.Thread(
+            target=self._run_memory_projector, name="memory-projector", daemon=True
+        )
+        self._memory_thread.start()
+
+    def _run_memory_projector(self) -> None:
+        assert self.memory_projector is not None
+        try:
+            self.memory_projector.run_forever(self._stop)
+        except BaseException:  # the supervisor restarts the thread; say why it ended
+            log.exception("the memory projector thread failed")
+
     def _start_relay(self) -> None:
         assert self.event_relay is not None
         self._restarts.setdefault("relay", _Restarts()).started_at = time.monotonic()
@@ -471,6 +567,10 @@ class ProjectorService:
                 if not await self._restart("projector", None):
                     return
                 self._start_projector()
+            if self._memory_thread is not None and not self._memory_thread.is_alive():
+                if not await self._restart("memory", None):
+                    return
+                self._start_memory_projector()
             task = self._relay_task
             if task is not None and task.done():
                 error = None if task.cancelled() else task.exception()
@@ -482,9 +582,9 @@ class ProjectorService:
         """Log and count the end of `part`, wait its backoff; False if the service stops
         meanwhile."""
         delay = self._restarts[part].delay(time.monotonic())
+        what = {"relay": "event relay", "memory": "memory projector thread"}
         log.error(
-            f"the {'event relay' if part == 'relay' else 'projector thread'} ended"
-            " unexpectedly; restarting it",
+            f"the {what.get(part, 'projector thread')} ended unexpectedly; restarting it",
             alert=True,
             part=part,
             error=None if error is None else repr(error),
@@ -524,6 +624,8 @@ class ProjectorService:
                     await self._nc.close()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
+        if self._memory_thread is not None:
+            await asyncio.to_thread(self._memory_thread.join, 10)
         if self.views is not None:
             self.views.close()
         if self.store is not None:

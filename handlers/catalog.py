@@ -17,12 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from pydantic_ai import Agent
 from pydantic_ai.models import Model
 
+from agentledger.domain.errors import first_problem
+from agentledger.domain.memory.recall import RecallSpec
 from agentledger.domain.pricing import ModelPrice
+from agentledger.domain.routing.routes import RouterSpec
 from agentledger.handlers.graphs.catalog import GraphEntry, check_graphs, graph_entries
 from agentledger.handlers.refs import CatalogError, load_ref
+from agentledger.handlers.routing.catalog import router_spec
 
 __all__ = [
     "Catalog",
@@ -59,6 +64,8 @@ class CatalogEntry:
     """Price per million tokens, when known: runs then record their cost."""
     model: Model | None = None
     """A model that replaces the agent's own (from the entry's `model` / `base_url`)."""
+    recall: RecallSpec | None = None
+    """Past turns recalled from the memory view before each run (`recall = {...}`)."""
     _agent: Agent[Any, Any] | None = field(default=None, repr=False)
 
     @property
@@ -66,6 +73,23 @@ class CatalogEntry:
         if self._agent is None:
             self._agent = _load_agent(self.ref)
         return self._agent
+
+
+def _recall_spec(path: Path, name: str, value: Any) -> RecallSpec | None:
+    """An agent's `recall`: `true` (the defaults), `false`/absent, or a table of
+    `RecallSpec` fields."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return RecallSpec()
+    if not isinstance(value, dict):
+        raise CatalogError(f"catalog {path}: agent {name!r}: recall must be true or a table")
+    try:
+        return RecallSpec.model_validate(value)
+    except ValidationError as e:
+        raise CatalogError(
+            f"catalog {path}: agent {name!r}: recall: {first_problem(e, 'recall')}"
+        ) from None
 
 
 def put_on_import_path(folders: list[Path]) -> None:
@@ -93,6 +117,8 @@ class Catalog:
     entries: dict[str, CatalogEntry]
     graphs: dict[str, GraphEntry] = field(default_factory=dict)
     demo_tasks: list[tuple[str, str, str | None]] = field(default_factory=list)
+    router: RouterSpec = field(default_factory=RouterSpec)
+    """The routes a `RouteTask` chooses from (`[routes.*]`, `[router]`)."""
 
     @classmethod
     def load(cls, path: str | Path, model_factory: ModelFactory | None = None) -> Catalog:
@@ -126,12 +152,15 @@ class Catalog:
                 description=spec.get("description", ""),
                 price=ModelPrice(**price) if price else None,
                 model=model,
+                recall=_recall_spec(path, name, spec.get("recall")),
             )
         demo = [
             (agent, prompt, session or None)
             for agent, prompt, session in data.get("demo", {}).get("tasks", [])
         ]
-        return cls(path=path, entries=entries, graphs=graph_entries(path, data), demo_tasks=demo)
+        graphs = graph_entries(path, data)
+        router = router_spec(path, data, set(entries), set(graphs))
+        return cls(path=path, entries=entries, graphs=graphs, demo_tasks=demo, router=router)
 
     def check(self) -> None:
         """Import every agent and graph now; raise one `CatalogError` naming each bad one.

@@ -37,6 +37,8 @@ from agentledger.handlers.cli_support import (
     until_signal,
 )
 from agentledger.handlers.graphs.cli import register as register_graph_commands
+from agentledger.handlers.memory.cli import register as register_memory_commands
+from agentledger.handlers.routing.cli import register as register_route_commands
 from agentledger.infra.settings import Settings
 
 __all__ = ["app", "main"]
@@ -465,6 +467,8 @@ def schema(
 register_history_commands(app)
 register_dead_commands(app)
 register_graph_commands(app)
+register_memory_commands(app)
+register_route_commands(app)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -197,6 +197,11 @@ def query_views(
         # The views exist as soon as a store does: a fresh store answers "nothing yet".
         for projection in ALL_PROJECTIONS:
             views.ensure(projection)
-        return answer(views, view, arguments)
+        memory = None
+        if view == "memory":
+            from agentledger.handlers.memory import MemoryReader
+
+            memory = MemoryReader.for_settings(settings, views)
+        return answer(views, view, arguments, memory)
     finally:
         views.close()

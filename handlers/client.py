@@ -25,6 +25,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -35,6 +36,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 
+from agentledger.domain.memory.recall import MemoryHit
 from agentledger.domain.subjects import (
     query_subject,
     results_stream,
@@ -293,6 +295,33 @@ class LedgerClient:
         if not body.get("ok"):
             raise QueryFailed(body.get("error", "query failed"))
         return body["data"]
+
+    async def search_similar(
+        self,
+        query: str,
+        k: int = 5,
+        *,
+        agent: str | None = None,
+        session: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        role: str | None = None,
+        timeout: float = 10.0,
+    ) -> list[MemoryHit]:
+        """The `k` stored prompts and outputs most similar to `query`, best first
+        (`<prefix>.query.memory`; `since`/`until` must carry a time zone)."""
+        data = await self.query(
+            "memory",
+            timeout=timeout,
+            query=query,
+            k=k,
+            agent=agent,
+            session_id=session,
+            since=since.isoformat() if since else None,
+            until=until.isoformat() if until else None,
+            role=role,
+        )
+        return [MemoryHit.model_validate(hit) for hit in data]
 
 
 async def submit(

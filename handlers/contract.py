@@ -16,6 +16,7 @@ from faststream.specification import AsyncAPI
 
 from agentledger.domain.event_registry import event_shapes
 from agentledger.domain.graphs.tasks import CancelGraph, GraphOutcome, ResumeGraph, RunGraph
+from agentledger.domain.routing.tasks import RouteOutcome, RouteTask
 from agentledger.domain.tasks import RunAgent, RunOutcome
 from agentledger.handlers.queries import VIEWS
 
@@ -30,6 +31,8 @@ def json_schemas() -> dict[str, Any]:
         "ResumeGraph": ResumeGraph.model_json_schema(),
         "CancelGraph": CancelGraph.model_json_schema(),
         "GraphOutcome": GraphOutcome.model_json_schema(),
+        "RouteTask": RouteTask.model_json_schema(),
+        "RouteOutcome": RouteOutcome.model_json_schema(),
     }
 
 
@@ -83,6 +86,19 @@ def asyncapi_document(prefix: str = "ledger") -> dict[str, Any]:
         description="End a running or paused graph run as failed (cancelled).",
     )
     async def cancel_graph(task: CancelGraph) -> GraphOutcome:  # pragma: no cover
+        raise RuntimeError("specification only")
+
+    @broker.subscriber(
+        f"{prefix}.tasks.route",
+        title="RouteTask",
+        description="Route a prompt to the catalog route that fits it by meaning, record the"
+        " decision (every score, the thresholds, the chosen route, the method), then run the"
+        " route's agent or graph as a run with the same task_id. Header Nats-Msg-Id must be"
+        " the task_id. The RouteOutcome names the route; no fitting route and no fallback:"
+        " status failed, error kind no_route."
+        + graph_reply.replace("GraphOutcome", "RouteOutcome"),
+    )
+    async def route_task(task: RouteTask) -> RouteOutcome:  # pragma: no cover - spec only
         raise RuntimeError("specification only")
 
     for view, query in VIEWS.items():

@@ -2,7 +2,9 @@
 
 Views: `conversation` {session_id}, `run` {run_id | task_id}, `runs` {agent, status,
 session_id, limit, offset}, `metrics` {agent, limit, offset}, `snapshots` {kind, limit,
-offset}. Every list is paged: `limit` (default 50; 100 agents for metrics; at most 1000)
+offset}, `graph_run` {run_id | task_id}, `graph_runs` {graph, status, limit, offset},
+`memory` {query, k, agent, session_id, since, until, role} (similarity search: a list of
+hits, best first, each with its score, text, run, session, agent, role and time). Every list is paged: `limit` (default 50; 100 agents for metrics; at most 1000)
 and `offset`. The reply is `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.
 An error of the query itself (unknown view, bad arguments, nothing found) is said as it
 is; any other is logged with an id and answered `internal error (logged as <id>)`, so
@@ -17,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
 from agentledger.infra.event_store import StoreUnavailable
@@ -33,6 +35,9 @@ from agentledger.projections.graphs.runs import get_graph_run, list_graph_runs
 from agentledger.projections.metrics import agent_metrics
 from agentledger.projections.runs import get_run, list_runs
 from agentledger.projections.snapshots import list_snapshots
+
+if TYPE_CHECKING:
+    from agentledger.handlers.memory.reader import MemoryReader
 
 __all__ = ["VIEWS", "QueryError", "QueryService", "answer"]
 
@@ -91,6 +96,16 @@ class GraphRunsQuery(_Query):
     offset: int = Field(default=0, ge=0)
 
 
+class MemoryQuery(_Query):
+    query: str = Field(min_length=1, max_length=8000)
+    k: int = Field(default=5, ge=1, le=100)
+    agent: str | None = None
+    session_id: str | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    role: Literal["user", "assistant"] | None = None
+
+
 VIEWS: dict[str, type[_Query]] = {
     "conversation": ConversationQuery,
     "run": RunQuery,
@@ -99,11 +114,18 @@ VIEWS: dict[str, type[_Query]] = {
     "snapshots": SnapshotsQuery,
     "graph_run": GraphRunQuery,
     "graph_runs": GraphRunsQuery,
+    "memory": MemoryQuery,
 }
 
 
-def answer(views: ViewStore, view: str, arguments: dict[str, Any]) -> Any:
-    """Run one query against the view store; returns JSON-compatible data."""
+def answer(
+    views: ViewStore,
+    view: str,
+    arguments: dict[str, Any],
+    memory: MemoryReader | None = None,
+) -> Any:
+    """Run one query against the view store; returns JSON-compatible data. `memory`
+    answers the `memory` view (None: this responder keeps no memory view)."""
     try:
         query_type = VIEWS[view]
     except KeyError:
@@ -114,6 +136,24 @@ def answer(views: ViewStore, view: str, arguments: dict[str, Any]) -> Any:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "arguments"
         raise QueryError(f"bad arguments for {view}: {where}: {first['msg']}") from None
+    if isinstance(query, MemoryQuery):
+        if memory is None:
+            raise QueryError("the memory view is off here (AGENTLEDGER_MEMORY_ENABLED=false)")
+        if not query.query.strip():
+            raise QueryError("bad arguments for memory: query: must hold some text")
+        try:
+            hits = memory.search_similar(
+                query.query,
+                query.k,
+                agent=query.agent,
+                session=query.session_id,
+                since=query.since,
+                until=query.until,
+                role=query.role,
+            )
+        except ValueError as e:  # bad input, or a view made by another embedder
+            raise QueryError(f"memory: {e}") from None
+        return to_jsonable_python(hits)
     with views.read() as cursor:
         result: Any
         if isinstance(query, ConversationQuery):
@@ -168,8 +208,11 @@ def answer(views: ViewStore, view: str, arguments: dict[str, Any]) -> Any:
 class QueryService:
     """Answers `<prefix>.query.*` requests (queue group: any number of responders)."""
 
-    def __init__(self, *, views: ViewStore, nc: Client, prefix: str) -> None:
+    def __init__(
+        self, *, views: ViewStore, nc: Client, prefix: str, memory: MemoryReader | None = None
+    ) -> None:
         self._views = views
+        self._memory = memory
         self._nc = nc
         self._prefix = prefix
         self._subscription: Subscription | None = None
@@ -210,7 +253,7 @@ class QueryService:
             arguments = json.loads(data) if data else {}
             if not isinstance(arguments, dict):
                 raise QueryError("query arguments must be a JSON object")
-            result = await asyncio.to_thread(answer, self._views, view, arguments)
+            result = await asyncio.to_thread(answer, self._views, view, arguments, self._memory)
             return json.dumps({"ok": True, "data": result}).encode()
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             error = f"query is not valid JSON: {e}"

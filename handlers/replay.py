@@ -1,9 +1,10 @@
 """Replay: re-execute a recorded run with the agent's current code, offline.
 
 The run goes through the very `AgentRunner` the workers use, against a throwaway
-in-memory store, with the recorded model responses served in order by `ReplayModel`
-and the recorded tool results served by `RecordedToolEffects` (no model call, no tool
-effect, no network). The events it records are then compared with the recorded ones
+in-memory store, with the recorded model responses served in order by `ReplayModel`,
+the recorded tool results served by `RecordedToolEffects`, and what the run recalled from
+the memory view served by `RecordedRecall` (no model call, no tool effect, no network,
+no memory view). The events it records are then compared with the recorded ones
 (`agentledger.domain.divergence`): `identical`, or the first divergence.
 
 Where a recording stops early - the run is still in progress, or its environment
@@ -38,6 +39,7 @@ from agentledger.domain.run import AgentRun, task_of
 from agentledger.domain.tasks import RunAgent
 from agentledger.domain.timeline import event_record
 from agentledger.handlers.catalog import Catalog, CatalogEntry, UnknownAgent
+from agentledger.handlers.memory.recall import RecordedRecall
 from agentledger.handlers.recording import Execute, ToolCallError, messages_from_json
 from agentledger.handlers.runner import AgentRunner
 from agentledger.infra.event_store import AsyncEventStore, EventStore
@@ -322,6 +324,7 @@ async def replay_recorded(
             recorded.events, complete=recorded.complete, run_tools=run_tools
         ),
         logger=_Silent(),
+        recaller=RecordedRecall.of(list(recorded.events)),
     )
     stopped = False
     try:

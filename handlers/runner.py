@@ -43,6 +43,7 @@ from pydantic_core import to_jsonable_python
 from agentledger.domain.conversation import Conversation, conversation_messages
 from agentledger.domain.errors import ErrorKind
 from agentledger.domain.ids import run_id_for, session_aggregate_id_for
+from agentledger.domain.memory.recall import MemoryHit, RecallSpec, recall_instructions
 from agentledger.domain.run import AgentRun, RunHistory
 from agentledger.domain.tasks import RunAgent, RunError, RunOutcome, Usage
 from agentledger.handlers.catalog import Catalog, CatalogEntry
@@ -59,6 +60,8 @@ from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, 
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
+
+    from agentledger.handlers.memory.recall import Recaller
 
 __all__ = ["AgentRunner", "RunSuperseded", "TransientRunError", "outcome_of"]
 
@@ -133,6 +136,13 @@ class _Failure(Exception):
 Clock = Callable[[], datetime]
 
 
+def _recalled_instructions(run: AgentRun) -> str | None:
+    """The recorded recall as instructions for every model request of the run."""
+    if not run.recalled:
+        return None
+    return recall_instructions([MemoryHit.model_validate(hit) for hit in run.recalled])
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -149,6 +159,7 @@ class AgentRunner:
         tool_effects: ToolEffects | None = None,
         logger: Any = None,
         tracer_provider: TracerProvider | None = None,
+        recaller: Recaller | None = None,
     ) -> None:
         """`tool_effects` replaces how a tool call not yet recorded is carried out (replay
         serves recorded results through it); by default the tool runs. `logger` replaces
@@ -161,6 +172,8 @@ class AgentRunner:
         self._catalog = catalog
         self._clock = clock
         self._tool_effects = tool_effects
+        self._recaller = recaller
+        """Searches the memory for agents with `recall` (None: no recall, e.g. no view)."""
         # One capability for all runs: pydantic-ai copies it for each run (`for_run`).
         self._run_capabilities = (
             None
@@ -189,7 +202,7 @@ class AgentRunner:
         entry = self._catalog.get(task.agent)
         bound = self._log.bind(task_id=task.task_id, agent=task.agent, session_id=task.session_id)
         run = None if first_delivery else await self._store.get(run_id_for(task.task_id), AgentRun)
-        created = await self._create(task) if run is None else None
+        created = await self._create(task, entry.recall) if run is None else None
         if created is not None:
             run, session_json = created
             history = RunHistory()
@@ -241,9 +254,12 @@ class AgentRunner:
         bound = self._log.bind(task_id=task.task_id, agent=task.agent, run_id=str(run.id))
         return await self._fail(run, _Failure(kind=kind, message=message, retryable=True), bound)
 
-    async def _create(self, task: RunAgent) -> tuple[AgentRun, list[Any]] | None:
+    async def _create(
+        self, task: RunAgent, recall: RecallSpec | None = None
+    ) -> tuple[AgentRun, list[Any]] | None:
         """Record the run's creation with the session history it starts from (None when
-        another delivery of the same task created it first)."""
+        another delivery of the same task created it first); with a `recall` spec and a
+        recaller, what the memory recalls for the prompt is recorded in the same save."""
         history_version = 0
         session_json: list[Any] = []
         if task.session_id is not None:
@@ -262,6 +278,9 @@ class AgentRunner:
             deadline=task.deadline.isoformat() if task.deadline else None,
             history_version=history_version,
         )
+        if recall is not None and self._recaller is not None:
+            recalled = await self._recaller.recall(task, recall)
+            run.record_recall(**recalled.as_event_fields())
         try:
             await self._store.save(run)
         except ConcurrencyConflict:
@@ -311,6 +330,7 @@ class AgentRunner:
                     async with agent.iter(
                         prompt,
                         message_history=prior,
+                        instructions=_recalled_instructions(run),
                         usage_limits=limits,
                         usage=usage,
                         capabilities=self._run_capabilities,

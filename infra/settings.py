@@ -88,6 +88,28 @@ class Settings(BaseSettings):
     projection_poll_s: float = Field(default=0.01, gt=0)
     projection_batch: int = Field(default=500, ge=1)
 
+    # -- memory and routing -------------------------------------------------
+    embedder: str = Field(
+        default="minilm",
+        description="Embedding model of memory and routing: minilm (all-MiniLM-L6-v2 int8"
+        " ONNX, the default), wordllama[:<dim>] (static embeddings, fastest), minilm-torch"
+        " (the same MiniLM in PyTorch CPU, the `torch` extra), or openai:<model> (an"
+        " OpenAI-compatible /embeddings endpoint at AGENTLEDGER_EMBEDDINGS_URL).",
+    )
+    embeddings_url: str | None = Field(
+        default=None, description="Base URL of an OpenAI-compatible embeddings API (.../v1)."
+    )
+    embeddings_api_key: SecretStr | None = None
+    embed_batch: int = Field(default=64, ge=1, le=4096, description="Texts per embed call.")
+    memory_enabled: bool = Field(
+        default=True, description="Fold the memory view (embeds every prompt and output)."
+    )
+    hnsw_m: int = Field(default=16, ge=2, le=100)
+    hnsw_ef_construction: int = Field(default=64, ge=4, le=1000)
+    hnsw_ef_search: int = Field(
+        default=100, ge=1, le=1000, description="pgvector hnsw.ef_search of memory searches."
+    )
+
     # -- retention -----------------------------------------------------------
     retention_days: float | None = Field(
         default=None,

@@ -185,6 +185,15 @@ class ViewStore(ABC):
                     position=int(row[1]) if row is not None else None,
                 )
                 self._drop_in(cursor, projection)
+            elif stored is not None and isinstance(projection, Projection):
+                reason = projection.stale_reason(cursor)
+                if reason is not None:
+                    log.warning(
+                        "view tables were made differently; dropping them to fold the view again",
+                        view=projection.name,
+                        reason=reason,
+                    )
+                    self._drop_in(cursor, projection)
             for statement in projection.ddl:
                 cursor.execute(statement)
             cursor.execute(

@@ -116,6 +116,12 @@ class Projection(ABC):
         self.sealer = sealer
         """Seals the sensitive columns this view writes (see `Sealer`)."""
 
+    def stale_reason(self, cursor: ViewCursor) -> str | None:
+        """Why the stored tables cannot be kept although their `version` matches (e.g.
+        another embedder made them), or None. The view store drops a stale view, and the
+        projector folds it again."""
+        return None
+
     @abstractmethod
     def apply(self, event: object, cursor: ViewCursor) -> None:
         """Fold one domain event into the view."""

@@ -14,6 +14,7 @@ from agentledger.projections.conversations import (
 )
 from agentledger.projections.graphs.runs import GraphRunsProjection, GraphRunView
 from agentledger.projections.metrics import AgentMetrics, MetricsProjection
+from agentledger.projections.routing.decisions import RouteDecisionsProjection, RouteDecisionView
 from agentledger.projections.runs import RunsProjection, RunView
 from agentledger.projections.snapshots import PendingToolCall, SnapshotsProjection, SnapshotView
 from agentledger.projections.transcript import TranscriptEntry
@@ -24,6 +25,7 @@ __all__ = [
     "ConversationView",
     "GraphRunView",
     "PendingToolCall",
+    "RouteDecisionView",
     "RunView",
     "SnapshotView",
     "TranscriptEntry",
@@ -38,6 +40,7 @@ ALL_PROJECTIONS: tuple[type[Projection], ...] = (
     MetricsProjection,
     SnapshotsProjection,
     GraphRunsProjection,
+    RouteDecisionsProjection,
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -23,7 +24,7 @@ from agentledger.handlers.cli_support import (
 if TYPE_CHECKING:
     from agentledger.handlers.catalog import Catalog
 
-__all__ = ["register"]
+__all__ = ["register", "send_task"]
 
 graph_app = typer.Typer(
     help="Durable graph workflows: list and show the catalog's graphs; publish, resume"
@@ -88,8 +89,17 @@ def show(
 
 
 async def _send(subject: str, payload: dict[str, Any], msg_id: str, timeout: float) -> Any:
-    """Publish a graph message as any NATS client does and wait for its answer (the
-    stored outcome when JetStream drops it as a duplicate)."""
+    """Publish a graph message (`<prefix>.tasks.graph.<subject>`) and wait for its answer."""
+    return await send_task(
+        lambda prefix: f"{prefix}.tasks.graph.{subject}", payload, msg_id, timeout
+    )
+
+
+async def send_task(
+    subject_of: Callable[[str], str], payload: dict[str, Any], msg_id: str, timeout: float
+) -> Any:
+    """Publish a task message as any NATS client does (on `subject_of(prefix)`) and wait
+    for its answer (the stored outcome when JetStream drops it as a duplicate)."""
     from nats.js.errors import NotFoundError
 
     from agentledger.domain.subjects import results_stream, results_subject
@@ -105,7 +115,7 @@ async def _send(subject: str, payload: dict[str, Any], msg_id: str, timeout: flo
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, max_msgs=1)
         ack = await js.publish(
-            f"{prefix}.tasks.graph.{subject}",
+            subject_of(prefix),
             json.dumps(payload).encode(),
             headers={"Nats-Msg-Id": msg_id, "Agentledger-Reply-To": inbox},
         )

@@ -11,7 +11,14 @@ from agentledger.projections.views import ALL_PROJECTIONS, UnknownView, projecti
 
 def test_projections_are_found_by_name() -> None:
     names = [p.name for p in ALL_PROJECTIONS]
-    assert names == ["runs", "conversations", "metrics", "snapshots", "graph_runs"]
+    assert names == [
+        "runs",
+        "conversations",
+        "metrics",
+        "snapshots",
+        "graph_runs",
+        "route_decisions",
+    ]
     for projection in ALL_PROJECTIONS:
         assert projection_by_name(projection.name) is projection
 

@@ -13,7 +13,11 @@ from agentledger.domain.subjects import (
 
 
 def test_the_tasks_stream_holds_exactly_the_subjects_workers_consume() -> None:
-    assert task_stream_subjects("ledger") == ["ledger.tasks.run.*", "ledger.tasks.graph.*"]
+    assert task_stream_subjects("ledger") == [
+        "ledger.tasks.run.*",
+        "ledger.tasks.graph.*",
+        "ledger.tasks.route",
+    ]
     assert task_subject("ledger", "greeter").startswith("ledger.tasks.run.")
 
 

@@ -1,0 +1,1 @@
+"""Semantic routing: routes as declared, scoring maths, fitting, decisions, the task."""

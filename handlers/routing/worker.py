@@ -1,0 +1,383 @@
+"""The route worker: takes `<prefix>.tasks.route` messages from its own durable consumer
+(`<prefix>-route-workers`), decides the route once, and runs the chosen target.
+
+Exactly once: the decision is an aggregate whose id comes from the task id, so a
+redelivered task finds its recorded decision and never scores again; the routed run has
+the same task id (`run_id_for(task_id)` / `graph_run_id_for(task_id)`), so it resumes
+where it stopped like any run. The ack follows the outcome, as for every task. The
+delivery rules (poison input rejected and recorded, transient errors nakked with
+backoff, the last delivery ending the run as failed or dead-lettering what cannot be
+recorded) are the agent worker's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from faststream.nats import NatsBroker
+
+from agentledger.domain.errors import ErrorKind
+from agentledger.domain.graphs.tasks import GraphOutcome, RunGraph
+from agentledger.domain.ids import graph_run_id_for, route_decision_id_for, run_id_for
+from agentledger.domain.routing.decision import RouteDecision
+from agentledger.domain.routing.tasks import RouteChoice, RouteOutcome, RouteTask
+from agentledger.domain.subjects import route_subject, route_workers_consumer
+from agentledger.domain.tasks import (
+    METADATA_MAX_KEYS,
+    RunAgent,
+    RunError,
+    RunOutcome,
+    UsageLimitsSpec,
+)
+from agentledger.handlers.answers import TaskAnswers, checked_reply_subject
+from agentledger.handlers.dead_letters import dead_letter
+from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner
+from agentledger.handlers.intake import RawTask, Rejection
+from agentledger.handlers.routing.intake import parse_route_task
+from agentledger.handlers.routing.router import Router
+from agentledger.handlers.runner import AgentRunner
+from agentledger.handlers.task_consumer import (
+    Delivery,
+    TaskConsumer,
+    release_in_flight,
+    worker_consumer,
+)
+from agentledger.handlers.worker import (
+    DRAIN_REDELIVERY_DELAY_S,
+    REPLY_HEADER,
+    TRANSIENT_ERRORS,
+    backoff_s,
+    nak_or_give_up,
+)
+from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+from agentledger.infra.settings import Settings
+
+__all__ = ["RouteWorker", "choice_of", "decide_and_record"]
+
+log = structlog.get_logger("agentledger.routing")
+
+_TRANSIENT = (*TRANSIENT_ERRORS, ConcurrencyConflict)
+
+
+def choice_of(decision: RouteDecision) -> RouteChoice:
+    best = max(decision.scores, key=lambda n: decision.scores[n]) if decision.scores else None
+    return RouteChoice(
+        name=decision.chosen,
+        target=decision.target,
+        target_kind=decision.target_kind,  # type: ignore[arg-type]
+        score=decision.scores.get(decision.chosen) if decision.chosen else None,
+        threshold=decision.thresholds.get(best) if best else None,
+        fallback=decision.fallback,
+        method=decision.method,
+        scores=decision.scores,
+    )
+
+
+async def decide_and_record(
+    store: AsyncEventStore, router: Router, task: RouteTask
+) -> RouteDecision:
+    """The task's decision: the recorded one, or a new one scored and saved now."""
+    found = await store.get(route_decision_id_for(task.task_id), RouteDecision)
+    if found is not None:
+        return found
+    decision = await router.adecide(task.prompt)
+    route = router.spec.route(decision.chosen) if decision.chosen else None
+    run_id = None
+    if route is not None:
+        run_id = str(run_id_for(task.task_id) if route.agent else graph_run_id_for(task.task_id))
+    recorded = RouteDecision(
+        task_id=task.task_id,
+        prompt=task.prompt,
+        session_id=task.session_id,
+        metadata=dict(task.metadata),
+        usage_limits=task.usage_limits.model_dump() if task.usage_limits else {},
+        deadline=task.deadline.isoformat() if task.deadline else None,
+        scores=decision.scores,
+        thresholds=router.thresholds(),
+        chosen=decision.chosen,
+        target_kind=route.target_kind if route else None,
+        target=route.target if route else None,
+        fallback=decision.fallback,
+        method=router.method,
+        embedder=router.embedder.name,
+        routes_digest=router.digest,
+        fit_version=router.fit_version,
+        run_id=run_id,
+    )
+    try:
+        await store.save(recorded)
+    except ConcurrencyConflict:  # another delivery decided first: its decision stands
+        again = await store.get(route_decision_id_for(task.task_id), RouteDecision)
+        assert again is not None
+        return again
+    log.info(
+        "routed",
+        task_id=task.task_id,
+        route=decision.chosen,
+        reason=decision.reason,
+        best=decision.best,
+        score=decision.scores.get(decision.best or "", None),
+    )
+    return recorded
+
+
+def _routed_task(decision: RouteDecision) -> RunAgent:
+    metadata = dict(decision.metadata)
+    if len(metadata) < METADATA_MAX_KEYS:
+        metadata.setdefault("route", decision.chosen or "")
+    return RunAgent(
+        task_id=decision.task_id,
+        agent=decision.target or "",
+        prompt=decision.prompt,
+        session_id=decision.session_id,
+        metadata=metadata,
+        usage_limits=UsageLimitsSpec(**decision.usage_limits) if decision.usage_limits else None,
+        deadline=decision.deadline,  # type: ignore[arg-type]
+    )
+
+
+def _from_run(choice: RouteChoice, outcome: RunOutcome | GraphOutcome) -> RouteOutcome:
+    if isinstance(outcome, RunOutcome):
+        return RouteOutcome(
+            task_id=outcome.task_id,
+            status=outcome.status,
+            route=choice,
+            run_id=outcome.run_id,
+            agent=outcome.agent,
+            session_id=outcome.session_id,
+            output=outcome.output,
+            usage=outcome.usage,
+            cost_usd=outcome.cost_usd,
+            duration_ms=outcome.duration_ms,
+            error=outcome.error,
+        )
+    return RouteOutcome(
+        task_id=outcome.task_id,
+        status=outcome.status,
+        route=choice,
+        run_id=outcome.run_id,
+        graph=outcome.graph,
+        output=outcome.output,
+        duration_ms=outcome.duration_ms,
+        error=outcome.error,
+    )
+
+
+class RouteWorker:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        broker: NatsBroker,
+        store: AsyncEventStore,
+        router: Router,
+        agents: AgentRunner,
+        graphs: GraphRunner,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.store = store
+        self.router = router
+        self.agents = agents
+        self.graphs = graphs
+        self.prefix = settings.subject_prefix
+        self.durable = route_workers_consumer(self.prefix)
+        self.answers = TaskAnswers(broker=broker, store=store, prefix=self.prefix)
+        self.consumer: TaskConsumer | None = None
+        self.in_flight: dict[asyncio.Task[Any], Delivery] = {}
+        self.draining = False
+
+    async def start(self) -> None:
+        self.consumer = worker_consumer(
+            self.settings,
+            name="agentledger-route-worker",
+            subject=route_subject(self.prefix),
+            durable=self.durable,
+            handle=self.handle,
+        )
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.close()
+
+    async def drain(self, grace_s: float) -> None:
+        self.draining = True
+        if self.consumer is not None:
+            await self.consumer.stop_fetching()
+        await release_in_flight(self.in_flight, grace_s, what="route tasks")
+
+    async def handle(self, body: bytes, msg: Delivery) -> None:
+        if self.draining:
+            await msg.nack(delay=DRAIN_REDELIVERY_DELAY_S)
+            return
+        current = asyncio.current_task()
+        assert current is not None
+        self.in_flight[current] = msg
+        try:
+            await self._process(body, msg)
+        finally:
+            self.in_flight.pop(current, None)
+
+    async def _process(self, body: bytes, msg: Delivery) -> None:
+        raw_msg = msg.raw_message
+        metadata = raw_msg.metadata
+        headers = raw_msg.headers or {}
+        delivered = metadata.num_delivered or 1
+        raw = RawTask(
+            body=body,
+            subject=raw_msg.subject,
+            msg_id=headers.get("Nats-Msg-Id"),
+            fallback_key=f"{metadata.stream}:{metadata.sequence.stream}",
+            delivered=delivered,
+        )
+        bound = log.bind(subject=raw.subject, delivered=delivered)
+        reply_to = checked_reply_subject(self.prefix, headers.get(REPLY_HEADER), bound)
+        final = delivered >= self.settings.max_deliveries
+        task: RouteTask | None = None
+        try:
+            task = parse_route_task(raw, max_prompt_chars=self.settings.max_prompt_chars)
+            decision = await decide_and_record(self.store, self.router, task)
+            outcome = await self._run(decision, final)
+            await self.answers.publish(outcome, reply_to)  # type: ignore[arg-type]
+            await msg.ack()
+        except Rejection as rejection:
+            await self._reject(msg, rejection, raw, reply_to, delivered, bound)
+        except Exception as e:
+            give_up = await nak_or_give_up(msg, e, delivered, final, bound, _TRANSIENT)
+            if give_up is not None:
+                await self._give_up(msg, raw, task, *give_up, reply_to)
+
+    async def _run(self, decision: RouteDecision, final: bool) -> RouteOutcome:
+        choice = choice_of(decision)
+        if decision.chosen is None or decision.target is None:
+            best = max(decision.scores.items(), key=lambda kv: kv[1], default=(None, None))
+            return RouteOutcome(
+                task_id=decision.task_id,
+                status="failed",
+                route=choice,
+                session_id=decision.session_id,
+                error=RunError(
+                    kind=str(ErrorKind.NO_ROUTE),
+                    message=f"no route fits the prompt (best: {best[0]!r} at"
+                    f" {best[1] if best[1] is None else round(best[1], 3)}; no fallback route)",
+                ),
+            )
+        if decision.target_kind == "agent":
+            outcome = await self.agents.run(_routed_task(decision), final_attempt=final)
+            return _from_run(choice, outcome)
+        try:
+            graph_outcome = await self.graphs.run(
+                RunGraph(
+                    task_id=decision.task_id,
+                    graph=decision.target,
+                    inputs=decision.prompt,
+                    metadata=_routed_task(decision).metadata,
+                )
+            )
+        except GraphRejected as e:
+            return RouteOutcome(
+                task_id=decision.task_id,
+                status="failed",
+                route=choice,
+                graph=decision.target,
+                error=RunError(kind=str(e.kind), message=str(e)),
+            )
+        return _from_run(choice, graph_outcome)
+
+    async def _reject(
+        self,
+        msg: Delivery,
+        rejection: Rejection,
+        raw: RawTask,
+        reply_to: str | None,
+        delivered: int,
+        bound: Any,
+    ) -> None:
+        try:
+            recorded = await self.answers.record_rejection(rejection, raw)
+        except StoreUnavailable as e:
+            if delivered < self.settings.max_deliveries:
+                bound.warning("cannot record rejection yet; will retry", error=str(e))
+                await msg.nack(delay=backoff_s(delivered))
+                return
+            await self._dead_letter(msg, raw, None, str(rejection.kind), str(e), reply_to)
+            return
+        outcome = RouteOutcome(
+            task_id=rejection.task_id,
+            status="rejected",
+            run_id=recorded.run_id,
+            error=recorded.error,
+        )
+        store = await self.answers.speaks_for(rejection, raw)
+        await self.answers.publish(outcome, reply_to, store=store)  # type: ignore[arg-type]
+        await msg.reject()
+
+    async def _give_up(
+        self,
+        msg: Delivery,
+        raw: RawTask,
+        task: RouteTask | None,
+        kind: ErrorKind,
+        reason: str,
+        reply_to: str | None,
+    ) -> None:
+        """A routed agent run that exists ends as failed; else the message is dead-lettered."""
+        if task is not None:
+            try:
+                decision = await self.store.get(route_decision_id_for(task.task_id), RouteDecision)
+                if decision is not None and decision.target_kind == "agent":
+                    outcome = await self.agents.give_up(_routed_task(decision), kind, reason)
+                    await self.answers.publish(_from_run(choice_of(decision), outcome), reply_to)  # type: ignore[arg-type]
+                    await msg.reject()
+                    return
+            except Exception as e:
+                log.warning("cannot record the failure; dead-lettering", error=str(e))
+        await self._dead_letter(msg, raw, task, str(kind), reason, reply_to)
+
+    async def _dead_letter(
+        self,
+        msg: Delivery,
+        raw: RawTask,
+        task: RouteTask | None,
+        kind: str,
+        reason: str,
+        reply_to: str | None,
+    ) -> None:
+        metadata = msg.raw_message.metadata
+        try:
+            sequence = await dead_letter(
+                self.broker.connection.jetstream(),
+                self.prefix,
+                subject=raw.subject,
+                body=raw.body,
+                headers=dict(msg.raw_message.headers or {}),
+                task_id=task.task_id if task is not None else None,
+                kind=kind,
+                reason=reason,
+                delivered=metadata.num_delivered or 1,
+                tasks_sequence=metadata.sequence.stream,
+            )
+        except Exception as e:
+            log.error("cannot dead-letter the message", error=str(e), reason=reason)
+            await msg.nack(delay=backoff_s(metadata.num_delivered or 1))
+            return
+        log.error("route task dead-lettered", dead_letter=sequence, kind=kind, reason=reason)
+        if task is not None:
+            outcome = RouteOutcome(
+                task_id=task.task_id,
+                status="failed",
+                error=RunError(
+                    kind=str(ErrorKind.DEAD_LETTERED),
+                    message=f"{reason} (dead letter {sequence}:"
+                    f" `agentledger dead retry {sequence}` requeues it)",
+                    retryable=True,
+                ),
+            )
+            try:
+                await self.answers.publish(outcome, reply_to)  # type: ignore[arg-type]
+            except Exception as e:
+                log.warning("cannot publish the dead-letter outcome", error=str(e))
+        await msg.reject()
