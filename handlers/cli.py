@@ -362,24 +362,35 @@ def state(
 @app.command()
 @one_line_errors
 def rebuild(
-    view: str = typer.Argument(..., help="runs | conversations | metrics | snapshots | all"),
+    view: str = typer.Argument(
+        ...,
+        help="runs | conversations | metrics | snapshots | graph_runs | route_decisions"
+        " | memory | all",
+    ),
 ) -> None:
     """Drop a projection and refold it from the event log (with a progress bar)."""
-    from agentledger.handlers.bootstrap import make_projector
+    from agentledger.handlers.bootstrap import make_memory_projector, make_projector
     from agentledger.infra.event_store import EventStore
     from agentledger.infra.view_store import view_store_for
     from agentledger.projections.views import ALL_PROJECTIONS
 
-    known = [p.name for p in ALL_PROJECTIONS]
+    known = [p.name for p in ALL_PROJECTIONS] + ["memory"]
     if view != "all" and view not in known:
         raise CliError(f"unknown view {view!r}; views: {', '.join(known)}, all")
     settings = settings_from_env(announce_store=True)
     names = known if view == "all" else [view]
+    if view == "all" and not settings.memory_enabled:
+        names.remove("memory")
     store = EventStore(settings)
     views = view_store_for(settings)
     try:
-        projector = make_projector(settings, store, views)
+        main_projector = make_projector(settings, store, views)
         for name in names:
+            projector = (
+                make_memory_projector(settings, store, views)
+                if name == "memory"
+                else main_projector
+            )
             with Progress(
                 TextColumn(f"rebuilding {name}"),
                 BarColumn(),

@@ -263,7 +263,11 @@ class RouteIndex:
             return self.anchors
         key = tuple(extra)
         if key not in self._extra_anchors:
-            self._extra_anchors[key] = np.vstack([self.anchors, self.embedder.embed(extra)])
+            missing = [t for t in dict.fromkeys(extra) if t not in self.vectors]
+            if missing:
+                self.vectors.update(zip(missing, self.embedder.embed(missing), strict=True))
+            rows = np.stack([self.vectors[t] for t in extra])
+            self._extra_anchors[key] = np.vstack([self.anchors, rows])
         return self._extra_anchors[key]
 
     def features(

@@ -23,6 +23,7 @@ import numpy as np
 import structlog
 
 from agentledger.domain.memory.embedding import Embedder, Vectors
+from agentledger.domain.routing.anchors import OFF_TOPIC_ANCHORS
 from agentledger.domain.routing.decision import RouterModel
 from agentledger.domain.routing.routes import RouterSpec, routes_digest
 from agentledger.domain.routing.scoring import Decision, RouteIndex, RouterParams, decide
@@ -119,9 +120,10 @@ class Router:
             t
             for r in spec.routes
             for t in (r.description, *r.examples, *self.params.examples.get(r.name, []))
-        ]
+        ] + [*OFF_TOPIC_ANCHORS, *self.params.off_topic]
         known = cache.load(texts)
         self.index = RouteIndex(spec.routes, embedder, known, self.params.examples)
+        self.index.anchors_with(self.params.off_topic)  # embedded now, and cached
         if len(self.index.vectors) > len(known):
             cache.save(self.index.vectors)
 
