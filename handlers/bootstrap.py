@@ -594,8 +594,17 @@ class ProjectorService:
         return not await _stopped_within(self._stopping, delay)
 
     def wait_until(self, notification_id: int, timeout: float = 10.0) -> bool:
+        """Whether every view (the memory view too) has folded `notification_id` within
+        `timeout` seconds."""
         assert self.projector is not None
-        return self.projector.wait_until(notification_id, timeout)
+        deadline = time.monotonic() + timeout
+        if not self.projector.wait_until(notification_id, timeout):
+            return False
+        if self.memory_projector is None:
+            return True
+        return self.memory_projector.wait_until(
+            notification_id, max(0.0, deadline - time.monotonic())
+        )
 
     async def stop(self) -> None:
         self._stopping.set()

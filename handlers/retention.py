@@ -130,7 +130,11 @@ def archive_runs(
     candidates = archive_log.candidates(cutoff, limit=10**9)
     newest = store.newest_aggregate_id()
     # Only runs every projection has folded entirely: the views must not miss an event.
-    horizon = views.lowest_tracking([p.name for p in ALL_PROJECTIONS])
+    # The memory view counts once it exists (it is folded by a projector of its own).
+    names = [p.name for p in ALL_PROJECTIONS]
+    if views.tracking_exists("memory"):
+        names.append("memory")
+    horizon = views.lowest_tracking(names)
     last = store.last_notification_ids([UUID(c.run_id) for c in candidates])
     kept = [
         c.run_id

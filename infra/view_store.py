@@ -240,6 +240,13 @@ class ViewStore(ABC):
             row = cursor.fetchone()
         return 0 if row is None else int(row[0])
 
+    def tracking_exists(self, name: str) -> bool:
+        """Whether projection `name` has a tracking row (its view exists)."""
+        self._ensure_tracking_table()
+        with self.read() as cursor:
+            cursor.execute(_SELECT_TRACKING, (name,))
+            return cursor.fetchone() is not None
+
     def lowest_tracking(self, names: Sequence[str]) -> int:
         """The lowest position among `names` (0 if any has none), in one query: how far
         every one of those projections has applied the log."""

@@ -230,3 +230,28 @@ async def test_an_archive_killed_midway_loses_nothing_and_a_rerun_finishes(
     assert {t.task_id for t in tasks if fresh.events(run_id_for(t.task_id))} == in_files
     for path in sorted(out.glob("archive-*.json")):
         assert all(r.identical for r in await replay_history(load(str(path)), catalog))
+
+
+async def test_runs_the_memory_view_has_not_folded_are_not_archived(settings: Settings) -> None:
+    from agentledger.handlers.bootstrap import make_memory_projector
+
+    tasks = varied_tasks("m")[:4]
+    await record(settings, tasks)
+    store = EventStore(settings)
+    views = view_store_for(settings)
+    try:
+        main = make_projector(settings, store, views)
+        while main.run_once():
+            pass
+        memory = make_memory_projector(settings, store, views)
+        memory.ensure()  # the memory view exists, but has folded nothing yet
+        later = datetime.now(UTC) + timedelta(days=31)
+        held = archive_runs(store, views, settings.archive_path, older_than_days=30, now=later)
+        assert held.candidates > 0 and held.archived_runs == 0
+        while memory.run_once():
+            pass
+        done = archive_runs(store, views, settings.archive_path, older_than_days=30, now=later)
+        assert done.archived_runs > 0
+    finally:
+        views.close()
+        store.close()
