@@ -40,8 +40,9 @@ One event never stalls the views (the policy; see also README "Decisions worth k
 - What PostgreSQL cannot hold is made fit before it is written: no view text holds a NUL
   (`agentledger.infra.view_store`), and agent, task and session ids are bounded where they
   are keys (`agentledger.projections.base.view_key`).
-- A transient error (`StoreUnavailable`: a store unreachable, restarting, a deadlock) is
-  retried with backoff for as long as it lasts; nothing is skipped for it.
+- A transient error (`StoreUnavailable`: a store unreachable, restarting, a deadlock; or
+  a transient `EmbeddingError`: an embeddings endpoint down) is retried with backoff for
+  as long as it lasts; nothing is skipped for it.
 - Any other error of a pass is retried too; after `_ISOLATE_AFTER` failed passes in a row
   the projections fold the next batch event by event, each event in a transaction of its
   own (`fold_apart`). An event that fails alone, twice, for a reason about the event (a
@@ -67,6 +68,7 @@ from enum import Enum
 import structlog
 from eventsourcing.persistence import Notification
 
+from agentledger.domain.memory.embedding import EmbeddingError
 from agentledger.handlers.log_gaps import LogGaps
 from agentledger.infra.event_store import EventStore, StoreUnavailable
 from agentledger.infra.poison_log import (
@@ -270,7 +272,7 @@ class Projector:
                 failures += 1
                 delay = min(_MAX_BACKOFF_S, 0.05 * 2**failures)
                 self.last_error = e
-                if isinstance(e, StoreUnavailable):
+                if _transient(e):
                     log.warning(
                         "projector cannot reach a store; retrying", error=str(e), delay_s=delay
                     )
@@ -413,9 +415,9 @@ class Projector:
         for projection in sorted(self.projections, key=lambda p: p.name):
             try:
                 done += self._fold_apart(projection) or 0
-            except StoreUnavailable:
-                raise
             except Exception as e:  # not a poison event: the others still go on
+                if _transient(e):
+                    raise
                 log.exception("projection failed on its own", view=projection.name)
                 failed = failed or e
         if failed is not None and not done:
@@ -458,9 +460,9 @@ class Projector:
                     self.views.set_tracking(cursor, name, applying.id)
                 self._hints[name] = applying.id
                 return _Alone.APPLIED
-            except StoreUnavailable:
-                raise
             except Exception as e:
+                if _transient(e):
+                    raise
                 if applying is None or is_schema_error(e):
                     raise  # not about this event: retried by the caller, never skipped
                 if isinstance(e, UndecodableEvent) and not decodes_after(self.store, applying.id):
@@ -536,6 +538,14 @@ class Projector:
                 below=expected,
             )
         return found
+
+
+def _transient(error: Exception) -> bool:
+    """An outage, retried for as long as it lasts and never taken for a poison event: a
+    store unreachable, or an embedder whose cause may pass (an endpoint down)."""
+    return isinstance(error, StoreUnavailable) or (
+        isinstance(error, EmbeddingError) and error.transient
+    )
 
 
 def _events_table(store: EventStore) -> str:

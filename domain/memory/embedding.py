@@ -21,7 +21,15 @@ Vectors = npt.NDArray[np.float32]
 
 
 class EmbeddingError(Exception):
-    """An embedder could not be loaded or could not embed (a clear message says why)."""
+    """An embedder could not be loaded or could not embed (a clear message says why).
+
+    `transient`: the cause may pass (an endpoint unreachable, overloaded, rate limiting);
+    the memory projector then retries for as long as it lasts instead of taking the event
+    for a poison one."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @runtime_checkable

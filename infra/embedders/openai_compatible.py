@@ -57,9 +57,14 @@ class OpenAICompatibleEmbedder(BaseEmbedder):
             with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
                 payload: Any = json.loads(response.read())
         except urllib.error.HTTPError as e:
-            raise EmbeddingError(f"embeddings endpoint {self._url} answered {e.code}") from None
+            raise EmbeddingError(
+                f"embeddings endpoint {self._url} answered {e.code}",
+                transient=e.code == 429 or e.code >= 500,
+            ) from None
         except (urllib.error.URLError, TimeoutError, OSError) as e:
-            raise EmbeddingError(f"embeddings endpoint {self._url} unreachable: {e}") from None
+            raise EmbeddingError(
+                f"embeddings endpoint {self._url} unreachable: {e}", transient=True
+            ) from None
         except json.JSONDecodeError:
             raise EmbeddingError(f"embeddings endpoint {self._url} sent no JSON") from None
         try:
