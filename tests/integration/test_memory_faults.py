@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from conftest import MakeSettings
-from test_memory import TURNS, record_turns
 
 from agentledger.domain.memory.embedding import EmbeddingError, Vectors
 from agentledger.handlers.projector import Projector
@@ -19,6 +18,7 @@ from agentledger.infra.event_store import EventStore
 from agentledger.infra.view_store import view_store_for
 from agentledger.projections.memory import MemoryProjection
 from support.harness import wait_for
+from support.memory import TURNS, record_turns
 
 
 class Faulty:

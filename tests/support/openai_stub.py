@@ -1,8 +1,9 @@
 """A local OpenAI-compatible chat-completions server for tests (no network).
 
 It plays a calculator: asked anything, it calls the `add` tool on the two numbers in the
-user's message; given the tool's result, it answers with it. It can fail its first N
-requests with HTTP 503, and it records every request it got.
+user's message; given the tool's result, it answers with it. On `/embeddings` it answers
+with hashed bag-of-words vectors (64 dims: texts sharing words are close). It can fail its
+first N requests with HTTP 503, and it records every request it got.
 """
 
 from __future__ import annotations
@@ -56,6 +57,32 @@ def _reply(body: dict[str, Any]) -> dict[str, Any]:
     return {**base, "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
 
 
+EMBEDDING_DIMS = 64
+
+
+def _embedding(text: str) -> list[float]:
+    import hashlib
+
+    vector = [0.0] * EMBEDDING_DIMS
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        digest = hashlib.sha256(word.encode()).digest()
+        vector[digest[0] % EMBEDDING_DIMS] += 1.0 if digest[1] % 2 else -1.0
+    return vector
+
+
+def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    return {
+        "object": "list",
+        "model": body["model"],
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _embedding(t)}
+            for i, t in enumerate(inputs)
+        ],
+        "usage": {"prompt_tokens": 1, "total_tokens": 1},
+    }
+
+
 @contextmanager
 def openai_stub(fail_first: int = 0) -> Iterator[tuple[str, StubState]]:
     """Serve on 127.0.0.1; yields (base_url, state)."""
@@ -71,13 +98,16 @@ def openai_stub(fail_first: int = 0) -> Iterator[tuple[str, StubState]]:
             with state.lock:
                 state.requests.append(body)
                 failing = len(state.requests) <= state.fail_first
-            if not self.path.endswith("/chat/completions"):
+            if not self.path.endswith(("/chat/completions", "/embeddings")):
                 self.send_response(404)
                 self.end_headers()
                 return
             if failing:
                 payload = json.dumps({"error": {"message": "overloaded", "type": "server_error"}})
                 status = 503
+            elif self.path.endswith("/embeddings"):
+                payload = json.dumps(_embeddings(body))
+                status = 200
             else:
                 payload = json.dumps(_reply(body))
                 status = 200
