@@ -23,7 +23,7 @@ from agentledger.handlers.replay import replay_run
 from agentledger.handlers.runner import AgentRunner
 from agentledger.infra.event_store import AsyncEventStore, EventStore
 from agentledger.infra.view_store import view_store_for
-from support.harness import nats_client, running_projector
+from support.harness import nats_client, running_projector, running_worker
 from support.memory import QUERIES, TURNS, fold, record_turns
 
 
@@ -155,14 +155,20 @@ async def test_an_agent_with_recall_sees_recalled_turns_and_replays_without_the_
 
 
 @pytest.mark.slow
-async def test_search_similar_over_nats(make_settings: MakeSettings, backend: Backend) -> None:
+async def test_search_similar_and_recall_over_nats(
+    make_settings: MakeSettings, backend: Backend
+) -> None:
     settings = make_settings(backend)
     store = EventStore(settings)
     try:
         record_turns(store, TURNS)
     finally:
         store.close()
-    async with running_projector(settings) as service, nats_client(settings) as nc:
+    async with (
+        running_projector(settings) as service,
+        running_worker(settings),
+        nats_client(settings) as nc,
+    ):
         client = LedgerClient(nc, prefix=settings.subject_prefix)
         for _ in range(200):
             hits = await client.search_similar("what noodles do I like?", 2, role="user")
@@ -179,3 +185,9 @@ async def test_search_similar_over_nats(make_settings: MakeSettings, backend: Ba
             await client.search_similar("x", 1000)
         with pytest.raises(QueryFailed, match="query"):
             await client.query("memory", query="")
+        # A worker's agent with recall (the example librarian) recalls through the view.
+        _, outcome = await client.run(
+            RunAgent(task_id="lib-1", agent="librarian", prompt="where is my flight going?")
+        )
+        assert outcome.status == "completed"
+        assert outcome.output == f"I recall: {TURNS[5][2]}"
