@@ -12,7 +12,9 @@ For each embedder, every method is scored on a stratified, seeded held-out half 
 set, before and after `fit` on the other half (the same code as `agentledger route fit`).
 Accuracy counts an off-topic utterance as right only when it falls back (no route).
 `max_example` is semantic-router's method (max cosine over examples; threshold 0.5
-before fit, per-route thresholds after) - the baseline, on the same embedder.
+before fit, per-route thresholds after) - the baseline, on the same embedder. The
+`hybrid, margin` rows apply the margin rule (the best route must beat the second by the
+margin, else it falls back) without a fit.
 Also printed: accuracy on the whole set before fit, and p50 / p99 of one routing
 decision (embed the prompt + score + choose), one prompt at a time.
 """
@@ -117,6 +119,17 @@ def main() -> None:
                 f"{p99:.2f}",
             )
             if method == "hybrid":
+                for margin in (0.02, 0.05):  # the margin rule between the top two routes
+                    ruled = RouterParams(method=method, margin=margin)
+                    table.add_row(
+                        embedder.name,
+                        f"hybrid, margin {margin}",
+                        f"{accuracy(index, ruled, matrix(items), items):.3f}",
+                        f"{accuracy(index, ruled, matrix(test), test):.3f}",
+                        "",
+                        "",
+                        "",
+                    )
                 for kind in sorted(set(kinds)):
                     subset = [i for i, k in zip(items, kinds, strict=True) if k == kind]
                     per_kind.setdefault(embedder.name, {})[kind] = accuracy(
