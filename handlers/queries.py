@@ -4,7 +4,8 @@ Views: `conversation` {session_id}, `run` {run_id | task_id}, `runs` {agent, sta
 session_id, limit, offset}, `metrics` {agent, limit, offset}, `snapshots` {kind, limit,
 offset}, `graph_run` {run_id | task_id}, `graph_runs` {graph, status, limit, offset},
 `memory` {query, k, agent, session_id, since, until, role} (similarity search: a list of
-hits, best first, each with its score, text, run, session, agent, role and time). Every list is paged: `limit` (default 50; 100 agents for metrics; at most 1000)
+hits, best first, each with its score, text, run, session, agent, role and time),
+`route_decisions` {with_feedback, limit, offset} (newest first). Every list is paged: `limit` (default 50; 100 agents for metrics; at most 1000)
 and `offset`. The reply is `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.
 An error of the query itself (unknown view, bad arguments, nothing found) is said as it
 is; any other is logged with an id and answered `internal error (logged as <id>)`, so
@@ -33,6 +34,7 @@ from agentledger.infra.view_store import ViewStore
 from agentledger.projections.conversations import get_conversation
 from agentledger.projections.graphs.runs import get_graph_run, list_graph_runs
 from agentledger.projections.metrics import agent_metrics
+from agentledger.projections.routing import list_route_decisions
 from agentledger.projections.runs import get_run, list_runs
 from agentledger.projections.snapshots import list_snapshots
 
@@ -96,6 +98,12 @@ class GraphRunsQuery(_Query):
     offset: int = Field(default=0, ge=0)
 
 
+class RouteDecisionsQuery(_Query):
+    with_feedback: bool = False
+    limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
 class MemoryQuery(_Query):
     query: str = Field(min_length=1, max_length=8000)
     k: int = Field(default=5, ge=1, le=100)
@@ -115,6 +123,7 @@ VIEWS: dict[str, type[_Query]] = {
     "graph_run": GraphRunQuery,
     "graph_runs": GraphRunsQuery,
     "memory": MemoryQuery,
+    "route_decisions": RouteDecisionsQuery,
 }
 
 
@@ -190,6 +199,14 @@ def answer(
             )
             if result is None:
                 raise QueryError(f"no graph run {query.run_id or query.task_id!r}")
+        elif isinstance(query, RouteDecisionsQuery):
+            result = list_route_decisions(
+                cursor,
+                with_feedback=query.with_feedback,
+                limit=query.limit,
+                offset=query.offset,
+                sealer=views.sealer,
+            )
         elif isinstance(query, GraphRunsQuery):
             result = list_graph_runs(
                 cursor,
