@@ -249,7 +249,9 @@ def publish(
 @one_line_errors
 def query(
     view: str = typer.Argument(
-        ..., help="conversation | run | runs | metrics | snapshots | graph_run | graph_runs"
+        ...,
+        help="conversation | run | runs | metrics | snapshots | graph_run | graph_runs"
+        " | route_decisions (memory: `agentledger memory search`)",
     ),
     session: str = typer.Option(None, "--session", "-s", help="Session id (conversation, runs)."),
     run_id: str = typer.Option(None, help="Run id (run)."),
@@ -276,6 +278,7 @@ def query(
         "snapshots": page,
         "graph_run": {"run_id": run_id, "task_id": task_id},
         "graph_runs": {"status": status, **page},
+        "route_decisions": page,
     }
     arguments = {k: v for k, v in by_view.get(view, {}).items() if v is not None}
     data = query_views(settings, view, arguments, via_nats)
