@@ -142,3 +142,45 @@ async def test_feedback_and_fit_are_recorded_and_used(settings: Settings, tmp_pa
     ]
     tested = json.loads(cli("route", "test", "multiply 4 by 4", "--json", env=env).stdout)
     assert tested["chosen"] == "arithmetic" and tested["fit_version"] == 2
+
+
+async def test_a_route_to_a_graph_starts_a_graph_run_with_the_prompt_as_input(
+    make_settings: MakeSettings, backend: Backend, tmp_path: Path
+) -> None:
+    from agentledger.domain.ids import graph_run_id_for
+
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(
+        """
+[agents.greeter]
+ref = "agentledger.catalog.example_agents:greeter"
+
+[graphs.approval]
+ref = "support.sample_graphs:approval_graph"
+
+[routes.publishing]
+graph = "approval"
+description = "Drafting and publishing an announcement or blog post."
+examples = ["publish a blog post about our launch", "draft an announcement for the release"]
+
+[routes.greeting]
+agent = "greeter"
+description = "Greetings."
+examples = ["hello", "hi there"]
+
+[router]
+fallback = "greeting"
+"""
+    )
+    settings = make_settings(backend, catalog=str(catalog))
+    async with running_worker(settings), nats_client(settings) as nc:
+        outcome = await send(
+            nc, settings, {"task_id": "g1", "prompt": "write up a post announcing v2"}, "g1"
+        )
+        joke = await send(nc, settings, {"task_id": "g2", "prompt": "tell me a joke"}, "g2")
+    assert outcome["status"] == "paused", outcome  # the approval graph waits for a human
+    assert outcome["route"]["name"] == "publishing" and outcome["route"]["target_kind"] == "graph"
+    assert outcome["graph"] == "approval" and outcome["run_id"] == str(graph_run_id_for("g1"))
+    # Off-topic goes to the fallback route, and says so.
+    assert joke["status"] == "completed" and joke["route"]["name"] == "greeting"
+    assert joke["route"]["fallback"] is True and joke["agent"] == "greeter"
