@@ -48,9 +48,19 @@ async def test_publishes_no_worker_consumes_are_refused(settings: Settings, exis
 
         info = await js.stream_info(settings.tasks_stream)
         assert info.config.subjects == task_stream_subjects(prefix)
-        assert task_stream_subjects(prefix) == [f"{prefix}.tasks.run.*", f"{prefix}.tasks.graph.*"]
+        assert task_stream_subjects(prefix) == [
+            f"{prefix}.tasks.run.*",
+            f"{prefix}.tasks.graph.*",
+            f"{prefix}.tasks.route",
+        ]
         assert info.state.messages == (1 if existing else 0)  # narrowing keeps messages
-        for subject in ("tasks.other", "tasks.run", "tasks.run.greeter.extra", "tasks.graph.g.h"):
+        for subject in (
+            "tasks.other",
+            "tasks.run",
+            "tasks.run.greeter.extra",
+            "tasks.graph.g.h",
+            "tasks.route.x",
+        ):
             with pytest.raises(NoStreamResponseError):
                 await js.publish(f"{prefix}.{subject}", b"{}", timeout=2)
         ack = await js.publish(f"{prefix}.tasks.run.x", b"{}", timeout=2)
