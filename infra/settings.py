@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         " (the same MiniLM in PyTorch CPU, the `torch` extra), or openai:<model> (an"
         " OpenAI-compatible /embeddings endpoint at AGENTLEDGER_EMBEDDINGS_URL).",
     )
+    memory_embedder: str | None = Field(
+        default=None,
+        description="Embedding model of the memory view and recall only (same specs as"
+        " AGENTLEDGER_EMBEDDER; unset: AGENTLEDGER_EMBEDDER). wordllama folds thousands of"
+        " runs a second where minilm folds about 90 on two cores.",
+    )
     embeddings_url: str | None = Field(
         default=None, description="Base URL of an OpenAI-compatible embeddings API (.../v1)."
     )

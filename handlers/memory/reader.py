@@ -39,11 +39,13 @@ MAX_K = 100
 MAX_QUERY_CHARS = 8_000
 
 
-def embedder_for(settings: Settings) -> Embedder:
-    """The configured embedder (loaded once per process)."""
+def embedder_for(settings: Settings, *, memory: bool = False) -> Embedder:
+    """The configured embedder (loaded once per process); with `memory`, the memory
+    view's (AGENTLEDGER_MEMORY_EMBEDDER, else AGENTLEDGER_EMBEDDER)."""
     key = settings.embeddings_api_key
+    spec = (settings.memory_embedder or settings.embedder) if memory else settings.embedder
     return load_embedder(
-        settings.embedder,
+        spec,
         base_url=settings.embeddings_url,
         api_key=key.get_secret_value() if key else None,
         batch=settings.embed_batch,
@@ -57,7 +59,7 @@ def dialect_of(views: ViewStore) -> Dialect:
 def memory_projection(settings: Settings, views: ViewStore) -> MemoryProjection:
     """The memory view as the settings configure it (embedder, index parameters)."""
     return MemoryProjection(
-        embedder_for(settings),
+        embedder_for(settings, memory=True),
         dialect_of(views),
         views.sealer,
         HnswParams(m=settings.hnsw_m, ef_construction=settings.hnsw_ef_construction),

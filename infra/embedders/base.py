@@ -46,7 +46,11 @@ class BaseEmbedder(ABC):
     def embed(self, texts: Sequence[str]) -> Vectors:
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         cleaned = [clean_text(t) for t in texts]
-        wanted = [i for i, t in enumerate(cleaned) if t.strip()]
+        # Longest first, so each batch pads to texts of about its own length (a batch is
+        # as slow as its longest text for the transformer models).
+        wanted = sorted(
+            (i for i, t in enumerate(cleaned) if t.strip()), key=lambda i: -len(cleaned[i])
+        )
         with self._lock:
             for start in range(0, len(wanted), self.batch):
                 chunk = wanted[start : start + self.batch]

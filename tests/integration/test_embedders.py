@@ -87,3 +87,17 @@ def test_endpoint_failures_are_clear_and_say_whether_they_may_pass() -> None:
     assert down.value.transient
     with pytest.raises(EmbeddingError, match="http"):
         OpenAICompatibleEmbedder("file:///etc/passwd", "m")
+
+
+def test_the_memory_view_can_have_its_own_embedder(make_settings: MakeSettings) -> None:
+    settings = make_settings("sqlite", embedder="minilm", memory_embedder="wordllama")
+    store, views = EventStore(settings), view_store_for(settings)
+    try:
+        record_turns(store, TURNS)
+        fold(settings, store, views)
+        memory = MemoryReader.for_settings(settings, views)
+        assert memory.stats()["embedder"] == "wordllama:l2_supercat:256"
+        assert memory.search_similar("deploy production", 1, role="user")[0].text == TURNS[0][2]
+    finally:
+        views.close()
+        store.close()
