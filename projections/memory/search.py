@@ -94,9 +94,20 @@ class _Matrix:
     vectors: Vectors = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     meta: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in _META})
 
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    """`meta` as numpy arrays, made on first use after rows were added (filters)."""
+
+    def column(self, name: str) -> np.ndarray:
+        found = self.columns.get(name)
+        if found is None:
+            kind = str if name == "at" else object
+            found = self.columns[name] = np.asarray(self.meta[name], dtype=kind)
+        return found
+
     def add(self, rows: list[tuple[Any, ...]], dim: int) -> None:
         if not rows:
             return
+        self.columns = {}
         block = np.frombuffer(b"".join(bytes(r[-1]) for r in rows), dtype=np.float32)
         block = block.reshape(len(rows), dim)
         self.vectors = block.copy() if self.vectors.size == 0 else np.vstack([self.vectors, block])
@@ -191,10 +202,7 @@ class MemorySearch:
     def _mask(matrix: _Matrix, where: MemoryFilter) -> np.ndarray:
         n = matrix.vectors.shape[0]
         mask = np.ones(n, dtype=bool)
-
-        def column(name: str) -> np.ndarray:
-            return np.asarray(matrix.meta[name], dtype=object)
-
+        column = matrix.column
         if where.agent is not None:
             mask &= column("agent") == view_key(where.agent)
         if where.session_id is not None:
@@ -204,7 +212,7 @@ class MemorySearch:
         if where.role is not None:
             mask &= column("role") == where.role
         if where.since is not None or where.until is not None:
-            at = np.asarray(matrix.meta["at"], dtype=str)
+            at = column("at")
             if where.since is not None:
                 mask &= at >= iso(where.since)
             if where.until is not None:
