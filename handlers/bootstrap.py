@@ -22,11 +22,12 @@ from nats.aio.client import Client
 from nats.errors import Error as NatsError
 from opentelemetry import trace
 
+from agentledger.domain.memory.embedding import EmbeddingError
 from agentledger.handlers.catalog import Catalog, put_on_import_path
 from agentledger.handlers.graphs.runner import GraphRunner
 from agentledger.handlers.graphs.worker import GraphWorker
 from agentledger.handlers.memory import MemoryReader, embedder_for, memory_projection
-from agentledger.handlers.memory.recall import MemoryRecaller
+from agentledger.handlers.memory.recall import MemoryRecaller, Recaller, UnavailableRecaller
 from agentledger.handlers.operations.endpoints import (
     OperationsPortUnavailable,
     routes,
@@ -373,7 +374,7 @@ class WorkerService:
             self._own_tracer_provider = None
         log.info("worker stopped")
 
-    async def _recaller(self, catalog: Catalog) -> MemoryRecaller | None:
+    async def _recaller(self, catalog: Catalog) -> Recaller | None:
         """A memory recaller when some agent of the catalog recalls (its embedder is
         loaded before the first task), else None."""
         if not any(entry.recall is not None for entry in catalog.entries.values()):
@@ -381,7 +382,14 @@ class WorkerService:
         settings = self.settings
         views = await _open_when_reachable("view store", lambda: view_store_for(settings))
         self._memory_views = views
-        reader = await asyncio.to_thread(MemoryReader.for_settings, settings, views)
+        try:
+            reader = await asyncio.to_thread(MemoryReader.for_settings, settings, views)
+        except EmbeddingError as e:
+            # Runs go on; each records that its recall failed and why.
+            log.error(
+                "recall unavailable: the memory embedder cannot load", alert=True, error=str(e)
+            )
+            return UnavailableRecaller(str(e))
         return MemoryRecaller(reader)
 
     def _build_tracer_provider(self) -> SdkTracerProvider | None:
@@ -439,6 +447,9 @@ class ProjectorService:
     memory_projector: Projector | None = field(default=None, init=False)
     """The memory view's projector (AGENTLEDGER_MEMORY_ENABLED), in a thread of its own."""
     _memory_thread: threading.Thread | None = field(default=None, init=False)
+    memory: MemoryReader | None = field(default=None, init=False)
+    """Searches the memory view (None until its projector runs)."""
+    _memory_retry: asyncio.Task[None] | None = field(default=None, init=False)
     _relay_stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _relay_task: asyncio.Task[None] | None = field(default=None, init=False)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -459,18 +470,16 @@ class ProjectorService:
         self.projector.on_poison = self.metrics.poison_event
         await asyncio.to_thread(self.projector.ensure)
         self._start_projector()
-        memory: MemoryReader | None = None
         if settings.memory_enabled:
-            store, views = self.store, self.views
-            self.memory_projector = await asyncio.to_thread(
-                make_memory_projector, settings, store, views
-            )
-            self.memory_projector.on_poison = self.metrics.poison_event
-            await asyncio.to_thread(self.memory_projector.ensure)
-            self._start_memory_projector()
-            projection = self.memory_projector.projections[0]
-            assert isinstance(projection, MemoryProjection)
-            memory = MemoryReader(views, projection, settings.hnsw_ef_search)
+            try:
+                await self._start_memory()
+            except EmbeddingError as e:
+                log.error(
+                    "the memory view cannot start (its embedder); retrying in the background",
+                    alert=True,
+                    error=str(e),
+                )
+                self._memory_retry = asyncio.create_task(self._retry_memory())
         if self.relay or self.queries:
             self._nc = await connect_nats(settings, "agentledger-projector")
             await ensure_streams(self._nc.jetstream(), settings)
@@ -490,7 +499,7 @@ class ProjectorService:
         if self.queries:
             assert self._nc is not None
             self._query_service = QueryService(
-                views=self.views, nc=self._nc, prefix=settings.subject_prefix, memory=memory
+                views=self.views, nc=self._nc, prefix=settings.subject_prefix, memory=self.memory
             )
             await self._query_service.start()
         log.info("projector started", backend=settings.backend, prefix=settings.subject_prefix)
@@ -539,6 +548,34 @@ class ProjectorService:
             self.projector.run_forever(self._stop)
         except BaseException:  # the supervisor restarts the thread; say why it ended
             log.exception("the projector thread failed")
+
+    async def _start_memory(self) -> None:
+        """Build the memory projector (loading its embedder), ensure its view, start its
+        thread, and answer memory queries from then on."""
+        settings, store, views = self.settings, self.store, self.views
+        assert store is not None and views is not None
+        projector = await asyncio.to_thread(make_memory_projector, settings, store, views)
+        projector.on_poison = self.metrics.poison_event
+        await asyncio.to_thread(projector.ensure)
+        self.memory_projector = projector
+        self._start_memory_projector()
+        projection = projector.projections[0]
+        assert isinstance(projection, MemoryProjection)
+        self.memory = MemoryReader(views, projection, settings.hnsw_ef_search)
+        if self._query_service is not None:
+            self._query_service.memory = self.memory
+
+    async def _retry_memory(self) -> None:
+        delay = 1.0
+        while not await _stopped_within(self._stopping, delay):
+            try:
+                await self._start_memory()
+            except EmbeddingError as e:
+                delay = min(delay * 2, _RESTART_MAX_S)
+                log.warning("the memory view still cannot start", error=str(e), retry_in_s=delay)
+                continue
+            log.info("the memory view started")
+            return
 
     def _start_memory_projector(self) -> None:
         self._restarts.setdefault("memory", _Restarts()).started_at = time.monotonic()
@@ -616,6 +653,8 @@ class ProjectorService:
         if self._lag_check is not None:
             self._lag_check.close()
             self._lag_check = None
+        if self._memory_retry is not None:
+            await asyncio.wait([self._memory_retry])
         self._stop.set()
         self._relay_stop.set()
         if self._relay_task is not None:

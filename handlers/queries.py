@@ -229,7 +229,8 @@ class QueryService:
         self, *, views: ViewStore, nc: Client, prefix: str, memory: MemoryReader | None = None
     ) -> None:
         self._views = views
-        self._memory = memory
+        self.memory = memory
+        """Answers the `memory` view (set once the memory projector runs)."""
         self._nc = nc
         self._prefix = prefix
         self._subscription: Subscription | None = None
@@ -270,7 +271,7 @@ class QueryService:
             arguments = json.loads(data) if data else {}
             if not isinstance(arguments, dict):
                 raise QueryError("query arguments must be a JSON object")
-            result = await asyncio.to_thread(answer, self._views, view, arguments, self._memory)
+            result = await asyncio.to_thread(answer, self._views, view, arguments, self.memory)
             return json.dumps({"ok": True, "data": result}).encode()
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             error = f"query is not valid JSON: {e}"

@@ -17,7 +17,7 @@ from agentledger.domain.memory.recall import MemoryHit, Recall, RecallSpec
 from agentledger.domain.tasks import RunAgent
 from agentledger.handlers.memory.reader import MemoryReader
 
-__all__ = ["MemoryRecaller", "Recaller", "RecordedRecall"]
+__all__ = ["MemoryRecaller", "Recaller", "RecordedRecall", "UnavailableRecaller"]
 
 log = structlog.get_logger("agentledger.memory")
 
@@ -55,6 +55,17 @@ class MemoryRecaller:
             if hit.score >= spec.min_score
         ]
         return Recall(query=task.prompt, embedder=embedder, hits=kept)
+
+
+class UnavailableRecaller:
+    """Recall when the memory cannot be searched at all (its embedder did not load): every
+    run records the reason, with no hits, and goes on."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def recall(self, task: RunAgent, spec: RecallSpec) -> Recall:
+        return Recall(query=task.prompt, embedder="unavailable", hits=[], error=self.reason[:500])
 
 
 class RecordedRecall:

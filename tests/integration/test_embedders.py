@@ -101,3 +101,45 @@ def test_the_memory_view_can_have_its_own_embedder(make_settings: MakeSettings) 
     finally:
         views.close()
         store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_the_read_side_starts_without_its_embedder_and_the_memory_view_follows(
+    make_settings: MakeSettings,
+) -> None:
+    import asyncio
+    import socket
+
+    from agentledger.handlers.client import LedgerClient, QueryFailed
+    from support.harness import nats_client, running_projector
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = make_settings(
+        "sqlite", memory_embedder="openai:stub-embed", embeddings_url=f"http://127.0.0.1:{port}/v1"
+    )
+    store = EventStore(settings)
+    try:
+        record_turns(store, TURNS)
+    finally:
+        store.close()
+    async with running_projector(settings) as service, nats_client(settings) as nc:
+        client = LedgerClient(nc, prefix=settings.subject_prefix)
+        # The endpoint is down: the other views and queries work; memory says it is off.
+        assert service.memory is None
+        runs = await client.query("runs", limit=10)
+        assert len(runs) == len(TURNS)
+        with pytest.raises(QueryFailed, match="memory view is off"):
+            await client.search_similar("deploy", 1)
+        with openai_stub(port=port):
+            for _ in range(200):
+                if service.memory is not None and service.wait_until(
+                    service.store.max_notification_id(),
+                    0.1,  # type: ignore[union-attr]
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            hits = await client.search_similar("production deploy Friday", 1, role="user")
+            assert hits[0].text == TURNS[0][2]

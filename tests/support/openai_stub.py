@@ -84,8 +84,8 @@ def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def openai_stub(fail_first: int = 0) -> Iterator[tuple[str, StubState]]:
-    """Serve on 127.0.0.1; yields (base_url, state)."""
+def openai_stub(fail_first: int = 0, port: int = 0) -> Iterator[tuple[str, StubState]]:
+    """Serve on 127.0.0.1 (on `port`, 0: any free one); yields (base_url, state)."""
     state = StubState(fail_first=fail_first)
 
     class Handler(BaseHTTPRequestHandler):
@@ -118,7 +118,7 @@ def openai_stub(fail_first: int = 0) -> Iterator[tuple[str, StubState]]:
             self.end_headers()
             self.wfile.write(data)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
