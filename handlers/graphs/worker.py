@@ -17,7 +17,6 @@ results subject of the task it names: that subject holds the run's own outcome.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -35,24 +34,12 @@ from agentledger.domain.graphs.tasks import (
 from agentledger.domain.ids import graph_run_id_for
 from agentledger.domain.subjects import graph_workers_consumer
 from agentledger.domain.tasks import RunError
-from agentledger.handlers.answers import TaskAnswers, checked_reply_subject
-from agentledger.handlers.dead_letters import dead_letter
 from agentledger.handlers.graphs.intake import parse_graph_message
 from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner, graph_outcome_of
 from agentledger.handlers.intake import RawTask, Rejection
-from agentledger.handlers.task_consumer import (
-    Delivery,
-    TaskConsumer,
-    release_in_flight,
-    worker_consumer,
-)
-from agentledger.handlers.worker import (
-    DRAIN_REDELIVERY_DELAY_S,
-    REPLY_HEADER,
-    TRANSIENT_ERRORS,
-    backoff_s,
-    nak_or_give_up,
-)
+from agentledger.handlers.kind_worker import KindWorker, Received
+from agentledger.handlers.task_consumer import Delivery
+from agentledger.handlers.worker import TRANSIENT_ERRORS, backoff_s, nak_or_give_up
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
 from agentledger.infra.settings import Settings
 
@@ -65,7 +52,10 @@ _TRANSIENT = (*TRANSIENT_ERRORS, ConcurrencyConflict)
 """A graph run's save can conflict with a cancel or another driver: load again later."""
 
 
-class GraphWorker:
+class GraphWorker(KindWorker):
+    name = "agentledger-graph-worker"
+    what = "graph tasks"
+
     def __init__(
         self,
         *,
@@ -74,65 +64,24 @@ class GraphWorker:
         store: AsyncEventStore,
         runner: GraphRunner,
     ) -> None:
-        self.settings = settings
-        self.broker = broker
-        self.store = store
+        prefix = settings.subject_prefix
+        super().__init__(
+            settings=settings,
+            broker=broker,
+            store=store,
+            subject=f"{prefix}.tasks.graph.*",
+            durable=graph_workers_consumer(prefix),
+            logger=log,
+        )
         self.runner = runner
-        self.prefix = settings.subject_prefix
-        self.durable = graph_workers_consumer(self.prefix)
-        self.answers = TaskAnswers(broker=broker, store=store, prefix=self.prefix)
-        self.consumer: TaskConsumer | None = None
-        self.in_flight: dict[asyncio.Task[Any], Delivery] = {}
-        self.draining = False
 
-    async def start(self) -> None:
-        self.consumer = worker_consumer(
-            self.settings,
-            name="agentledger-graph-worker",
-            subject=f"{self.prefix}.tasks.graph.*",
-            durable=self.durable,
-            handle=self.handle,
+    async def process(self, received: Received, msg: Delivery) -> None:
+        raw, reply_to, delivered, bound = (
+            received.raw,
+            received.reply_to,
+            received.delivered,
+            received.bound,
         )
-        await self.consumer.start()
-
-    async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.close()
-
-    async def drain(self, grace_s: float) -> None:
-        """Stop taking tasks; wait up to `grace_s` for those in hand; release the rest."""
-        self.draining = True
-        if self.consumer is not None:
-            await self.consumer.stop_fetching()
-        await release_in_flight(self.in_flight, grace_s, what="graph tasks")
-
-    async def handle(self, body: bytes, msg: Delivery) -> None:
-        if self.draining:
-            await msg.nack(delay=DRAIN_REDELIVERY_DELAY_S)
-            return
-        current = asyncio.current_task()
-        assert current is not None
-        self.in_flight[current] = msg
-        try:
-            await self._process(body, msg)
-        finally:
-            self.in_flight.pop(current, None)
-
-    async def _process(self, body: bytes, msg: Delivery) -> None:
-        raw_msg = msg.raw_message
-        metadata = raw_msg.metadata
-        headers = raw_msg.headers or {}
-        delivered = metadata.num_delivered or 1
-        raw = RawTask(
-            body=body,
-            subject=raw_msg.subject,
-            msg_id=headers.get("Nats-Msg-Id"),
-            fallback_key=f"{metadata.stream}:{metadata.sequence.stream}",
-            delivered=delivered,
-        )
-        bound = log.bind(subject=raw.subject, delivered=delivered)
-        reply_to = checked_reply_subject(self.prefix, headers.get(REPLY_HEADER), bound)
-        final = delivered >= self.settings.max_deliveries
         message: RunGraph | ResumeGraph | CancelGraph | None = None
         try:
             message = parse_graph_message(raw)
@@ -153,7 +102,7 @@ class GraphWorker:
             )
             await self._reject(msg, refused, raw, reply_to, delivered, bound, message)
         except Exception as e:
-            give_up = await nak_or_give_up(msg, e, delivered, final, bound, _TRANSIENT)
+            give_up = await nak_or_give_up(msg, e, delivered, received.final, bound, _TRANSIENT)
             if give_up is not None:
                 await self._give_up(msg, raw, message, *give_up, reply_to)
 
@@ -235,25 +184,10 @@ class GraphWorker:
         reason: str,
         reply_to: str | None,
     ) -> None:
-        metadata = msg.raw_message.metadata
-        try:
-            sequence = await dead_letter(
-                self.broker.connection.jetstream(),
-                self.prefix,
-                subject=raw.subject,
-                body=raw.body,
-                headers=dict(msg.raw_message.headers or {}),
-                task_id=message.task_id if message is not None else None,
-                kind=kind,
-                reason=reason,
-                delivered=metadata.num_delivered or 1,
-                tasks_sequence=metadata.sequence.stream,
-            )
-        except Exception as e:
-            log.error("cannot dead-letter the message", error=str(e), reason=reason)
-            await msg.nack(delay=backoff_s(metadata.num_delivered or 1))
+        task_id = message.task_id if message is not None else None
+        sequence = await self.keep_dead(msg, raw, task_id, kind, reason)
+        if sequence is None:
             return
-        log.error("graph task dead-lettered", dead_letter=sequence, kind=kind, reason=reason)
         if isinstance(message, RunGraph):
             outcome = GraphOutcome(
                 task_id=message.task_id,

@@ -12,7 +12,6 @@ recorded) are the agent worker's.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import structlog
@@ -31,26 +30,14 @@ from agentledger.domain.tasks import (
     RunOutcome,
     UsageLimitsSpec,
 )
-from agentledger.handlers.answers import TaskAnswers, checked_reply_subject
-from agentledger.handlers.dead_letters import dead_letter
 from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner
 from agentledger.handlers.intake import RawTask, Rejection
+from agentledger.handlers.kind_worker import KindWorker, Received
 from agentledger.handlers.routing.intake import parse_route_task
 from agentledger.handlers.routing.router import Router
 from agentledger.handlers.runner import AgentRunner
-from agentledger.handlers.task_consumer import (
-    Delivery,
-    TaskConsumer,
-    release_in_flight,
-    worker_consumer,
-)
-from agentledger.handlers.worker import (
-    DRAIN_REDELIVERY_DELAY_S,
-    REPLY_HEADER,
-    TRANSIENT_ERRORS,
-    backoff_s,
-    nak_or_give_up,
-)
+from agentledger.handlers.task_consumer import Delivery
+from agentledger.handlers.worker import TRANSIENT_ERRORS, backoff_s, nak_or_give_up
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
 from agentledger.infra.settings import Settings
 
@@ -165,7 +152,10 @@ def _from_run(choice: RouteChoice, outcome: RunOutcome | GraphOutcome) -> RouteO
     )
 
 
-class RouteWorker:
+class RouteWorker(KindWorker):
+    name = "agentledger-route-worker"
+    what = "route tasks"
+
     def __init__(
         self,
         *,
@@ -176,77 +166,34 @@ class RouteWorker:
         agents: AgentRunner,
         graphs: GraphRunner,
     ) -> None:
-        self.settings = settings
-        self.broker = broker
-        self.store = store
+        prefix = settings.subject_prefix
+        super().__init__(
+            settings=settings,
+            broker=broker,
+            store=store,
+            subject=route_subject(prefix),
+            durable=route_workers_consumer(prefix),
+            logger=log,
+        )
         self.router = router
         self.agents = agents
         self.graphs = graphs
-        self.prefix = settings.subject_prefix
-        self.durable = route_workers_consumer(self.prefix)
-        self.answers = TaskAnswers(broker=broker, store=store, prefix=self.prefix)
-        self.consumer: TaskConsumer | None = None
-        self.in_flight: dict[asyncio.Task[Any], Delivery] = {}
-        self.draining = False
 
-    async def start(self) -> None:
-        self.consumer = worker_consumer(
-            self.settings,
-            name="agentledger-route-worker",
-            subject=route_subject(self.prefix),
-            durable=self.durable,
-            handle=self.handle,
-        )
-        await self.consumer.start()
-
-    async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.close()
-
-    async def drain(self, grace_s: float) -> None:
-        self.draining = True
-        if self.consumer is not None:
-            await self.consumer.stop_fetching()
-        await release_in_flight(self.in_flight, grace_s, what="route tasks")
-
-    async def handle(self, body: bytes, msg: Delivery) -> None:
-        if self.draining:
-            await msg.nack(delay=DRAIN_REDELIVERY_DELAY_S)
-            return
-        current = asyncio.current_task()
-        assert current is not None
-        self.in_flight[current] = msg
-        try:
-            await self._process(body, msg)
-        finally:
-            self.in_flight.pop(current, None)
-
-    async def _process(self, body: bytes, msg: Delivery) -> None:
-        raw_msg = msg.raw_message
-        metadata = raw_msg.metadata
-        headers = raw_msg.headers or {}
-        delivered = metadata.num_delivered or 1
-        raw = RawTask(
-            body=body,
-            subject=raw_msg.subject,
-            msg_id=headers.get("Nats-Msg-Id"),
-            fallback_key=f"{metadata.stream}:{metadata.sequence.stream}",
-            delivered=delivered,
-        )
-        bound = log.bind(subject=raw.subject, delivered=delivered)
-        reply_to = checked_reply_subject(self.prefix, headers.get(REPLY_HEADER), bound)
-        final = delivered >= self.settings.max_deliveries
+    async def process(self, received: Received, msg: Delivery) -> None:
+        raw, reply_to = received.raw, received.reply_to
         task: RouteTask | None = None
         try:
             task = parse_route_task(raw, max_prompt_chars=self.settings.max_prompt_chars)
             decision = await decide_and_record(self.store, self.router, task)
-            outcome = await self._run(decision, final)
+            outcome = await self._run(decision, received.final)
             await self.answers.publish(outcome, reply_to)  # type: ignore[arg-type]
             await msg.ack()
         except Rejection as rejection:
-            await self._reject(msg, rejection, raw, reply_to, delivered, bound)
+            await self._reject(msg, rejection, raw, reply_to, received.delivered, received.bound)
         except Exception as e:
-            give_up = await nak_or_give_up(msg, e, delivered, final, bound, _TRANSIENT)
+            give_up = await nak_or_give_up(
+                msg, e, received.delivered, received.final, received.bound, _TRANSIENT
+            )
             if give_up is not None:
                 await self._give_up(msg, raw, task, *give_up, reply_to)
 
@@ -346,25 +293,9 @@ class RouteWorker:
         reason: str,
         reply_to: str | None,
     ) -> None:
-        metadata = msg.raw_message.metadata
-        try:
-            sequence = await dead_letter(
-                self.broker.connection.jetstream(),
-                self.prefix,
-                subject=raw.subject,
-                body=raw.body,
-                headers=dict(msg.raw_message.headers or {}),
-                task_id=task.task_id if task is not None else None,
-                kind=kind,
-                reason=reason,
-                delivered=metadata.num_delivered or 1,
-                tasks_sequence=metadata.sequence.stream,
-            )
-        except Exception as e:
-            log.error("cannot dead-letter the message", error=str(e), reason=reason)
-            await msg.nack(delay=backoff_s(metadata.num_delivered or 1))
+        sequence = await self.keep_dead(msg, raw, task.task_id if task else None, kind, reason)
+        if sequence is None:
             return
-        log.error("route task dead-lettered", dead_letter=sequence, kind=kind, reason=reason)
         if task is not None:
             outcome = RouteOutcome(
                 task_id=task.task_id,
