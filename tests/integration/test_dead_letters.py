@@ -74,3 +74,35 @@ async def test_store_down_past_the_last_delivery_gives_a_dead_letter_and_an_outc
         )
         assert RunOutcome.model_validate_json(stored.data).status == "completed"
     assert run_events(settings, "dl-1").count("RunRequested") == 1
+
+
+async def test_a_route_task_past_its_last_delivery_is_dead_lettered_and_retried(
+    own_postgres: EmbeddedPostgres, make_settings: MakeSettings
+) -> None:
+    """The route worker keeps the same rules: the store down on the last delivery gives a
+    dead letter and a `dead_lettered` outcome; the retry routes and runs it once."""
+    dsn = own_postgres.create_database("deadroute")
+    settings = make_settings("postgres", postgres_dsn=dsn, max_deliveries=2, store_retry_s=0.2)
+    env = settings_env(settings)
+    prefix = settings.subject_prefix
+    async with running_worker(settings), nats_client(settings) as nc:
+        results = await nc.subscribe(f"{prefix}.results.rt-1")
+        await asyncio.to_thread(own_postgres.stop)
+        try:
+            await nc.jetstream().publish(
+                f"{prefix}.tasks.route",
+                json.dumps({"task_id": "rt-1", "prompt": "multiply 6 and 7"}).encode(),
+                headers={"Nats-Msg-Id": "rt-1"},
+            )
+            first = json.loads((await results.next_msg(timeout=180)).data)
+        finally:
+            await asyncio.to_thread(own_postgres.start)
+        assert first["status"] == "failed" and first["error"]["kind"] == "dead_lettered"
+        assert "agentledger dead retry 1" in first["error"]["message"]
+        listed = json.loads((await asyncio.to_thread(_cli, env, "dead", "list", "--json")).stdout)
+        assert [(d["task_id"], d["subject"]) for d in listed] == [("rt-1", f"{prefix}.tasks.route")]
+        retried = await asyncio.to_thread(_cli, env, "dead", "retry", "1")
+        assert retried.returncode == 0, retried.stderr
+        final = json.loads((await results.next_msg(timeout=60)).data)
+        assert final["status"] == "completed" and final["route"]["name"] == "arithmetic"
+        assert "42" in str(final["output"])
