@@ -62,6 +62,10 @@ __all__ = [
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
 
+_NO_RESPONDER_GRACE_S = 1.5
+"""How long a query waits for a responder to appear (a restart, cluster propagation)."""
+
+
 class ClientError(Exception):
     """Something the client could not do; the message says what to do about it."""
 
@@ -281,16 +285,28 @@ class LedgerClient:
         """Ask the query responder (`<prefix>.query.<view>`) and return its data."""
         subject = query_subject(self.prefix, view)
         payload = json.dumps({k: v for k, v in arguments.items() if v is not None}).encode()
-        try:
-            reply = await self.nc.request(subject, payload, timeout)
-        except NoRespondersError:
-            raise QueryUnavailable(
-                f"no query responder on {subject}: start `agentledger project`"
-            ) from None
-        except NatsTimeoutError:
-            raise QueryUnavailable(
-                f"no answer on {subject} within {timeout:g}s: is `agentledger project` running?"
-            ) from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        give_up = min(deadline, loop.time() + _NO_RESPONDER_GRACE_S)
+        pause = 0.05
+        while True:
+            try:
+                reply = await self.nc.request(subject, payload, max(deadline - loop.time(), 0.01))
+                break
+            except NoRespondersError:
+                # Interest in a subject reaches the servers a moment after a responder
+                # subscribes (at once on one server, eventually across a cluster): a
+                # responder starting or restarting is asked again, within the timeout.
+                if loop.time() + pause >= give_up:
+                    raise QueryUnavailable(
+                        f"no query responder on {subject}: start `agentledger project`"
+                    ) from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.4)
+            except NatsTimeoutError:
+                raise QueryUnavailable(
+                    f"no answer on {subject} within {timeout:g}s: is `agentledger project` running?"
+                ) from None
         body = json.loads(reply.data)
         if not body.get("ok"):
             raise QueryFailed(body.get("error", "query failed"))

@@ -165,3 +165,38 @@ async def test_a_query_asked_right_after_the_responder_starts_is_answered(
                     assert runs == []
     finally:
         views.close()
+
+
+async def test_a_query_waits_a_moment_for_a_responder_that_is_starting(
+    settings: Settings,
+) -> None:
+    """Regression (a CI run): a query asked while the responder (re)starts got "no query
+    responder" at once. Interest reaches the servers a moment after a subscription (across
+    a cluster, eventually), so the client asks again for up to 1.5 s within its timeout;
+    with no responder at all it still says so, after that grace."""
+    import asyncio
+    import time
+
+    from agentledger.handlers.client import QueryUnavailable
+
+    views = view_store_for(settings)
+    for projection in ALL_PROJECTIONS:
+        views.ensure(projection)
+    try:
+        async with nats_client(settings) as asker, nats_client(settings) as own:
+            asking = asyncio.create_task(
+                query_over_nats(asker, settings.subject_prefix, "runs", {})
+            )
+            await asyncio.sleep(0.3)
+            service = QueryService(views=views, nc=own, prefix=settings.subject_prefix)
+            await service.start()
+            try:
+                assert await asking == []
+            finally:
+                await service.stop()
+            started = time.monotonic()
+            with pytest.raises(QueryUnavailable, match="no query responder"):
+                await query_over_nats(asker, settings.subject_prefix, "runs", {})
+            assert 1.0 < time.monotonic() - started < 5.0
+    finally:
+        views.close()
