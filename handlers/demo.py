@@ -16,6 +16,8 @@ from typing import Any
 from rich.console import Console
 
 from agentledger.domain.ids import run_id_for
+from agentledger.domain.routing.tasks import RouteOutcome, RouteTask
+from agentledger.domain.subjects import route_subject
 from agentledger.domain.tasks import RunAgent, RunOutcome
 from agentledger.domain.timeline import event_record
 from agentledger.handlers.bootstrap import (
@@ -85,6 +87,54 @@ async def _publish_all(settings: Settings, catalog: Catalog, tag: str) -> list[R
         await nc.drain()
 
 
+DEMO_ROUTE_PROMPT = "what is 6 times 7?"
+DEMO_MEMORY_QUERY = "when do we ship?"
+
+
+async def _route_and_recall(
+    settings: Settings, catalog: Catalog, projector: ProjectorService, tag: str, console: Console
+) -> None:
+    """One routed task (when the catalog has routes) and one memory search (when the
+    memory view runs), printed as a small table."""
+    from rich.table import Table
+
+    table = Table(title="Routing and memory")
+    table.add_column("what")
+    table.add_column("result", overflow="fold")
+    if catalog.router.routes:
+        nc = await connect_nats(settings, "agentledger-demo")
+        try:
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox, max_msgs=1)
+            task_id = f"demo-{tag}-route"
+            await nc.jetstream().publish(
+                route_subject(settings.subject_prefix),
+                RouteTask(task_id=task_id, prompt=DEMO_ROUTE_PROMPT).model_dump_json().encode(),
+                headers={"Nats-Msg-Id": task_id, "Agentledger-Reply-To": inbox},
+            )
+            routed = RouteOutcome.model_validate_json((await sub.next_msg(timeout=30)).data)
+        finally:
+            await nc.drain()
+        route = routed.route
+        chosen = "no route" if route is None or route.name is None else f"route {route.name}"
+        score = "" if route is None or route.score is None else f", score {route.score:.3f}"
+        table.add_row(
+            f"RouteTask {DEMO_ROUTE_PROMPT!r}",
+            f"{chosen} ({route.method if route else '-'}{score}) -> {routed.status}:"
+            f" {routed.output}",
+        )
+    if projector.memory is not None:
+        last = await asyncio.to_thread(projector.store.max_notification_id)  # type: ignore[union-attr]
+        await asyncio.to_thread(projector.wait_until, last, 15.0)
+        hits = await projector.memory.asearch(DEMO_MEMORY_QUERY, 1)
+        table.add_row(
+            f"memory search {DEMO_MEMORY_QUERY!r}",
+            f"{hits[0].score:.3f} {hits[0].role}: {hits[0].text}" if hits else "no hits",
+        )
+    if table.row_count:
+        console.print(table)
+
+
 async def run_demo(settings: Settings, console: Console) -> DemoReport:
     """Run the demo end to end and print it; returns what it showed (for tests)."""
     server: EmbeddedNats | None = None
@@ -123,6 +173,7 @@ async def run_demo(settings: Settings, console: Console) -> DemoReport:
             console.print(conversation_table(conversation))
         metrics = await asyncio.to_thread(answer, views, "metrics", {})
         console.print(metrics_table(metrics))
+        await _route_and_recall(settings, catalog, projector, tag, console)
         with_tool = next((o for o in outcomes if o.usage.tool_calls), outcomes[0])
         assert with_tool.task_id is not None
         events = await asyncio.to_thread(store.events, run_id_for(with_tool.task_id))
@@ -135,6 +186,7 @@ async def run_demo(settings: Settings, console: Console) -> DemoReport:
             f"[dim]Try: agentledger events {with_tool.task_id} | agentledger replay"
             f" {with_tool.task_id} | agentledger fork {with_tool.task_id} --at 3"
             f" | agentledger query runs | agentledger state {with_tool.task_id} --at-version 2"
+            ' | agentledger route test "hello" | agentledger memory search "deploy"'
         )
         return DemoReport(
             outcomes=outcomes,

@@ -89,9 +89,12 @@ def test_demo_runs_on_embedded_defaults_and_shows_everything(
         "Conversation demo-session",
         "Metrics per agent",
         "Event timeline",
+        "Routing and memory",
     ):
         assert heading in out
-    assert out.count("completed") >= 6
+    assert "route arithmetic (hybrid" in out and "The result is 42.0." in out
+    assert "user: remember the deploy is on Friday" in out
+    assert out.count("completed") >= 7
     assert "You told me: the deploy is on Friday; the DB password rotates monthly." in out
     assert "ToolCallFinished" in out and "RunCompleted" in out
     assert (cwd / ".agentledger" / "ledger.db").exists()
@@ -103,7 +106,7 @@ def test_inspection_commands_after_demo(
     cwd, result, _ = demo_dir
     assert result.returncode == 0, result.stderr
     runs = json.loads(_cli(cwd, "query", "runs", "--json").stdout)
-    assert len(runs) == 6 and {r["status"] for r in runs} == {"completed"}
+    assert len(runs) == 7 and {r["status"] for r in runs} == {"completed"}  # 6 + 1 routed
     calc = next(r for r in runs if r["agent"] == "calculator")
     page = _cli(cwd, "query", "runs", "--limit", "2", "--offset", "1", "--json").stdout
     assert json.loads(page) == runs[1:3]
