@@ -28,7 +28,9 @@ from pathlib import Path
 from uuid import UUID
 
 import structlog
+from eventsourcing.domain import Aggregate
 
+from agentledger.domain.event_registry import EVENT_CLASSES
 from agentledger.domain.history_file import (
     HistoryDocument,
     HistorySubject,
@@ -229,11 +231,15 @@ def store_report(store: EventStore) -> list[AggregateSize]:
     return sizes
 
 
-_CREATION_EVENTS = frozenset({"RunRequested", "ConversationStarted", "TaskRejected"})
+_CREATION_TOPICS: frozenset[str] = frozenset(
+    str(getattr(cls, "TOPIC", "")) for cls in EVENT_CLASSES if issubclass(cls, Aggregate.Created)
+)
+"""Every aggregate's first event (one per aggregate), from the event registry: a new
+aggregate type counts without a list here to keep up to date."""
 
 
 def _is_creation(topic: str) -> bool:
-    return topic.rpartition(".")[2] in _CREATION_EVENTS
+    return topic in _CREATION_TOPICS
 
 
 def archived_files(paths: Sequence[Path]) -> list[Path]:

@@ -54,7 +54,10 @@ def test_replay_prints_identical_or_the_divergence_and_exits_accordingly(
 
     by_agent = _cli(cwd, "replay", "--agent", "calculator", "--json")
     assert by_agent.returncode == 0, by_agent.stderr
-    assert [r["agent"] for r in json.loads(by_agent.stdout)] == ["calculator", "calculator"]
+    # The demo's two calculator tasks and its routed task (a calculator run too).
+    replayed = json.loads(by_agent.stdout)
+    assert [r["agent"] for r in replayed] == ["calculator"] * 3
+    assert {r["verdict"] for r in replayed} == {"identical"}
     edited_all = _cli(
         cwd, "replay", "--agent", "calculator", "--limit", "1", **_edited_catalog(cwd)
     )
@@ -149,16 +152,17 @@ def test_store_size_then_archive_then_replay_points_at_the_archive(
     runs = json.loads(_cli(cwd, "query", "runs", "--json").stdout)
     calc = next(r["task_id"] for r in runs if r["prompt"] == "add 17 and 25")
     sizes = {s["aggregate_type"]: s for s in json.loads(_cli(cwd, "store-size", "--json").stdout)}
-    assert sizes["AgentRun"]["aggregates"] == 6 and sizes["Conversation"]["aggregates"] == 1
+    assert sizes["AgentRun"]["aggregates"] == 7 and sizes["Conversation"]["aggregates"] == 1
+    assert sizes["RouteDecision"]["aggregates"] == 1  # the demo's routed task
     table = _cli(cwd, "store-size").stdout
     assert "AgentRun" in table and "total" in table
 
     dry = json.loads(_cli(cwd, "archive", "--older-than-days", "0", "--dry-run", "--json").stdout)
-    assert dry["candidates"] == 6 and dry["archived_runs"] == 0
+    assert dry["candidates"] == 7 and dry["archived_runs"] == 0
     archived = _cli(cwd, "archive", "--json", AGENTLEDGER_RETENTION_DAYS="0")  # the policy
     assert archived.returncode == 0, archived.stderr
     report = json.loads(archived.stdout)
-    assert report["archived_runs"] + len(report["kept"]) == 6 and len(report["files"]) == 1
+    assert report["archived_runs"] + len(report["kept"]) == 7 and len(report["files"]) == 1
     assert json.loads(_cli(cwd, "query", "runs", "--json").stdout) == runs  # views untouched
 
     gone = _cli(cwd, "replay", calc)
