@@ -197,7 +197,7 @@ async def test_a_query_waits_a_moment_for_a_responder_that_is_starting(
             started = time.monotonic()
             # Gone: said after the grace ("no query responder"), or after the timeout when
             # the server still held the stopped responder's interest ("no answer").
-            with pytest.raises(QueryUnavailable, match="no query responder|no answer"):
+            with pytest.raises(QueryUnavailable, match=r"no query responder|no answer"):
                 await query_over_nats(asker, settings.subject_prefix, "runs", {})
             assert 1.0 < time.monotonic() - started < 7.0
     finally:
