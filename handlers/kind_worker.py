@@ -12,9 +12,10 @@ from typing import Any
 import structlog
 from faststream.nats import NatsBroker
 
+from agentledger.domain.tasks import RunOutcome
 from agentledger.handlers.answers import TaskAnswers, checked_reply_subject
 from agentledger.handlers.dead_letters import dead_letter
-from agentledger.handlers.intake import RawTask
+from agentledger.handlers.intake import RawTask, Rejection
 from agentledger.handlers.task_consumer import (
     Delivery,
     TaskConsumer,
@@ -22,7 +23,7 @@ from agentledger.handlers.task_consumer import (
     worker_consumer,
 )
 from agentledger.handlers.worker import DRAIN_REDELIVERY_DELAY_S, REPLY_HEADER, backoff_s
-from agentledger.infra.event_store import AsyncEventStore
+from agentledger.infra.event_store import AsyncEventStore, StoreUnavailable
 from agentledger.infra.settings import Settings
 
 __all__ = ["KindWorker", "Received"]
@@ -127,6 +128,35 @@ class KindWorker(ABC):
     @abstractmethod
     async def process(self, received: Received, msg: Delivery) -> None:
         """Process one message and settle it (ack, nak or term)."""
+
+    @abstractmethod
+    async def _dead_letter(
+        self,
+        msg: Delivery,
+        raw: RawTask,
+        message: Any,
+        kind: str,
+        reason: str,
+        reply_to: str | None,
+    ) -> None:
+        """Keep the message as a dead letter (`keep_dead`), answer it, and settle it."""
+
+    async def record_rejection(
+        self, msg: Delivery, rejection: Rejection, received: Received
+    ) -> RunOutcome | None:
+        """The rejection, recorded; None when the store is down: the message is then
+        nakked to come back, or on its last delivery dead-lettered (and answered)."""
+        try:
+            return await self.answers.record_rejection(rejection, received.raw)
+        except StoreUnavailable as e:
+            if not received.final:
+                received.bound.warning("cannot record rejection yet; will retry", error=str(e))
+                await msg.nack(delay=backoff_s(received.delivered))
+                return None
+            await self._dead_letter(
+                msg, received.raw, None, str(rejection.kind), str(e), received.reply_to
+            )
+            return None
 
     async def keep_dead(
         self, msg: Delivery, raw: RawTask, task_id: str | None, kind: str, reason: str

@@ -4,7 +4,6 @@ from agentledger.domain.memory.embedding import (
     Embedder,
     EmbeddingError,
     as_unit_rows,
-    cosine_scores,
 )
 from agentledger.domain.memory.recall import (
     MemoryHit,
@@ -20,6 +19,5 @@ __all__ = [
     "Recall",
     "RecallSpec",
     "as_unit_rows",
-    "cosine_scores",
     "recall_instructions",
 ]

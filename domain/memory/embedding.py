@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Embedder", "EmbeddingError", "Vectors", "as_unit_rows", "cosine_scores"]
+__all__ = ["Embedder", "EmbeddingError", "Vectors", "as_unit_rows"]
 
 Vectors = npt.NDArray[np.float32]
 """A (texts, dim) float32 matrix of unit rows."""
@@ -61,9 +61,3 @@ def as_unit_rows(matrix: npt.ArrayLike) -> Vectors:
     norms[norms == 0] = 1.0
     unit: Vectors = (rows / norms).astype(np.float32, copy=False)
     return unit
-
-
-def cosine_scores(query: Vectors, rows: Vectors) -> npt.NDArray[np.float32]:
-    """Cosine similarity of one unit query row against unit `rows` (a dot product)."""
-    scores: npt.NDArray[np.float32] = (rows @ query.reshape(-1)).astype(np.float32, copy=False)
-    return scores

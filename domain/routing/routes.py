@@ -85,12 +85,6 @@ class RouterSpec(BaseModel):
                 return route
         raise KeyError(name)
 
-    @property
-    def scored(self) -> tuple[RouteSpec, ...]:
-        """The routes a prompt is scored against (the fallback only when it has
-        examples or a description of its own: it is also a route)."""
-        return self.routes
-
 
 def routes_digest(routes: tuple[RouteSpec, ...] | list[RouteSpec]) -> str:
     """A digest of what scoring depends on: names, descriptions and examples."""

@@ -18,7 +18,6 @@ results subject of the task it names: that subject holds the run's own outcome.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
 import structlog
 from faststream.nats import NatsBroker
@@ -39,8 +38,8 @@ from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner, graph
 from agentledger.handlers.intake import RawTask, Rejection
 from agentledger.handlers.kind_worker import KindWorker, Received
 from agentledger.handlers.task_consumer import Delivery
-from agentledger.handlers.worker import TRANSIENT_ERRORS, backoff_s, nak_or_give_up
-from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+from agentledger.handlers.worker import TRANSIENT_ERRORS, nak_or_give_up
+from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict
 from agentledger.infra.settings import Settings
 
 __all__ = ["GraphWorker"]
@@ -94,13 +93,13 @@ class GraphWorker(KindWorker):
             await self.answers.publish(outcome, reply_to)
             await msg.ack()
         except Rejection as rejection:
-            await self._reject(msg, rejection, raw, reply_to, delivered, bound, message)
+            await self._reject(msg, rejection, received, message)
         except GraphRejected as e:
             assert message is not None
             refused = Rejection(
                 e.kind, str(e), key=raw.msg_id or message.task_id, task_id=message.task_id
             )
-            await self._reject(msg, refused, raw, reply_to, delivered, bound, message)
+            await self._reject(msg, refused, received, message)
         except Exception as e:
             give_up = await nak_or_give_up(msg, e, delivered, received.final, bound, _TRANSIENT)
             if give_up is not None:
@@ -110,22 +109,13 @@ class GraphWorker(KindWorker):
         self,
         msg: Delivery,
         rejection: Rejection,
-        raw: RawTask,
-        reply_to: str | None,
-        delivered: int,
-        bound: Any,
+        received: Received,
         message: RunGraph | ResumeGraph | CancelGraph | None,
     ) -> None:
         """Record the rejection and answer it; on the results subject only when it is
         the outcome of a new graph task (never over a run's own outcome)."""
-        try:
-            recorded = await self.answers.record_rejection(rejection, raw)
-        except StoreUnavailable as e:
-            if delivered < self.settings.max_deliveries:
-                bound.warning("cannot record rejection yet; will retry", error=str(e))
-                await msg.nack(delay=backoff_s(delivered))
-                return
-            await self._dead_letter(msg, raw, None, str(rejection.kind), str(e), reply_to)
+        recorded = await self.record_rejection(msg, rejection, received)
+        if recorded is None:
             return
         outcome = GraphOutcome(
             task_id=rejection.task_id,
@@ -134,8 +124,8 @@ class GraphWorker(KindWorker):
             status="rejected",
             error=recorded.error,
         )
-        store = await self._speaks_for(rejection, raw, message)
-        await self.answers.publish(outcome, reply_to, store=store)
+        store = await self._speaks_for(rejection, received.raw, message)
+        await self.answers.publish(outcome, received.reply_to, store=store)
         await msg.reject()
 
     async def _speaks_for(

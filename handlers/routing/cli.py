@@ -240,7 +240,7 @@ def fit(
     from agentledger.domain.routing.scoring import RouteIndex, RouterParams
     from agentledger.handlers.bootstrap import make_projector
     from agentledger.handlers.memory import embedder_for
-    from agentledger.handlers.routing.router import VectorCache
+    from agentledger.handlers.routing.router import Router
     from agentledger.infra.event_store import EventStore
     from agentledger.infra.view_store import view_store_for
     from agentledger.projections.routing import list_route_decisions
@@ -275,8 +275,10 @@ def fit(
             step = progress.add_task("embedding the examples and routes", total=None)
             embedder = embedder_for(settings)
             spec = catalog.router
-            cache = VectorCache(settings.data_dir / "cache" / "route-vectors", embedder)
-            index = RouteIndex(spec.routes, embedder, cache.load([]))
+            # The routes as a worker scores them (defaults, no fit), vectors from the cache.
+            index = Router(
+                spec, embedder, cache_folder=settings.data_dir / "cache" / "route-vectors"
+            ).index
             vectors = embedder.embed([i.text for i in items])
             by_text = {i.text: v for i, v in zip(items, vectors, strict=True)}
             train, test = split(items, lambda i: i.route, held_out, seed)

@@ -12,8 +12,6 @@ recorded) are the agent worker's.
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from faststream.nats import NatsBroker
 
@@ -37,8 +35,8 @@ from agentledger.handlers.routing.intake import parse_route_task
 from agentledger.handlers.routing.router import Router
 from agentledger.handlers.runner import AgentRunner
 from agentledger.handlers.task_consumer import Delivery
-from agentledger.handlers.worker import TRANSIENT_ERRORS, backoff_s, nak_or_give_up
-from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+from agentledger.handlers.worker import TRANSIENT_ERRORS, nak_or_give_up
+from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict
 from agentledger.infra.settings import Settings
 
 __all__ = ["RouteWorker", "choice_of", "decide_and_record"]
@@ -189,7 +187,7 @@ class RouteWorker(KindWorker):
             await self.answers.publish(outcome, reply_to)  # type: ignore[arg-type]
             await msg.ack()
         except Rejection as rejection:
-            await self._reject(msg, rejection, raw, reply_to, received.delivered, received.bound)
+            await self._reject(msg, rejection, received)
         except Exception as e:
             give_up = await nak_or_give_up(
                 msg, e, received.delivered, received.final, received.bound, _TRANSIENT
@@ -238,19 +236,10 @@ class RouteWorker(KindWorker):
         self,
         msg: Delivery,
         rejection: Rejection,
-        raw: RawTask,
-        reply_to: str | None,
-        delivered: int,
-        bound: Any,
+        received: Received,
     ) -> None:
-        try:
-            recorded = await self.answers.record_rejection(rejection, raw)
-        except StoreUnavailable as e:
-            if delivered < self.settings.max_deliveries:
-                bound.warning("cannot record rejection yet; will retry", error=str(e))
-                await msg.nack(delay=backoff_s(delivered))
-                return
-            await self._dead_letter(msg, raw, None, str(rejection.kind), str(e), reply_to)
+        recorded = await self.record_rejection(msg, rejection, received)
+        if recorded is None:
             return
         outcome = RouteOutcome(
             task_id=rejection.task_id,
@@ -258,8 +247,8 @@ class RouteWorker(KindWorker):
             run_id=recorded.run_id,
             error=recorded.error,
         )
-        store = await self.answers.speaks_for(rejection, raw)
-        await self.answers.publish(outcome, reply_to, store=store)  # type: ignore[arg-type]
+        store = await self.answers.speaks_for(rejection, received.raw)
+        await self.answers.publish(outcome, received.reply_to, store=store)  # type: ignore[arg-type]
         await msg.reject()
 
     async def _give_up(
