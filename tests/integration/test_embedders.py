@@ -143,3 +143,27 @@ async def test_the_read_side_starts_without_its_embedder_and_the_memory_view_fol
                 await asyncio.sleep(0.05)
             hits = await client.search_similar("production deploy Friday", 1, role="user")
             assert hits[0].text == TURNS[0][2]
+
+
+def test_mixed_lengths_are_batched_by_length_and_each_text_keeps_its_own_vector() -> None:
+    """Padding-aware batching: a long text never sits in a batch of much shorter ones
+    (the whole batch would be padded to it), and reordering for that never moves a
+    vector to another text's row."""
+    embedder = load_embedder("minilm")
+    texts = [
+        "ok",
+        "the parcel arrived broken and the support line keeps hanging up on me " * 3,
+        "",
+        "refund please",
+        "what is the capital of France, and how many people live there today?",
+        "hi",
+    ] * 6
+    lengths = embedder._lengths([t for t in texts if t.strip()])  # type: ignore[attr-defined]
+    for batch in embedder._batches([t for t in texts if t.strip()]):  # type: ignore[attr-defined]
+        longest = lengths[batch[0]]
+        assert all(lengths[i] >= 0.75 * longest for i in batch)
+        assert all(lengths[i] <= longest for i in batch)
+    together = embedder.embed(texts)
+    for i, text in enumerate(texts[:6]):
+        alone = embedder.embed([text])[0]
+        assert np.allclose(together[i], alone, atol=2e-3), text
