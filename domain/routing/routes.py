@@ -69,6 +69,8 @@ class RouterSpec(BaseModel):
     """The route taken when no route fits (None: the decision is "no route")."""
     method: Method = "hybrid"
     margin: float = Field(default=0.0, ge=0.0, le=1.0)
+    spelling: bool = True
+    """Also score a spelling-corrected copy of each prompt (domain/routing/spelling.py)."""
 
     @model_validator(mode="after")
     def _fallback_known(self) -> RouterSpec:

@@ -18,6 +18,11 @@ Methods (`RouterParams.method`):
   one for off-topic, trained on the examples, descriptions and anchors (and, after
   `fit`, on labelled utterances); score = the class probability.
 
+Spelling (`RouterParams.spelling`, on by default; see `spelling.py`): a prompt with a
+misspelt word is also scored as corrected: its vector is the mean of the original's and
+the corrected text's, and `lexical` reads the corrected text. Callers embed prompts with
+`RouteIndex.embed_queries`.
+
 The anchor rule: the best route is taken only if its dense evidence (the method's
 embedding-based score) reaches `none` + `none_bias`, i.e. the prompt is closer to the
 route than to generic chit-chat. Then per-route thresholds apply (a route's own from the
@@ -41,6 +46,7 @@ from agentledger.domain.memory.embedding import Embedder, Vectors, as_unit_rows
 from agentledger.domain.routing.anchors import OFF_TOPIC_ANCHORS
 from agentledger.domain.routing.lexical import LexicalIndex
 from agentledger.domain.routing.routes import Method, RouteSpec
+from agentledger.domain.routing.spelling import Speller
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -132,6 +138,8 @@ class RouterParams:
     """Off-topic utterances learned by `fit`, added to the anchors."""
     examples: dict[str, list[str]] = field(default_factory=dict)
     """Labelled utterances learned by `fit`, added to each route's examples."""
+    spelling: bool = True
+    """Score a spelling-corrected copy of the prompt too (`spelling.Speller`)."""
 
     def default_threshold(self) -> float:
         if self.threshold is not None:
@@ -150,6 +158,7 @@ class RouterParams:
             "logreg_weight": self.logreg_weight,
             "off_topic": self.off_topic,
             "examples": self.examples,
+            "spelling": self.spelling,
         }
 
     @classmethod
@@ -165,6 +174,7 @@ class RouterParams:
             logreg_weight=float(data.get("logreg_weight", 0.0)),
             off_topic=list(data.get("off_topic") or []),
             examples={str(k): list(v) for k, v in (data.get("examples") or {}).items()},
+            spelling=bool(data.get("spelling", True)),
         )
 
 
@@ -246,6 +256,30 @@ class RouteIndex:
         self.lexical = LexicalIndex([" ".join((r.description, *r.examples)) for r in routes])
         self.anchors = self._anchors_apart(rows(list(OFF_TOPIC_ANCHORS)))
         self._extra_anchors: dict[tuple[str, ...], Vectors] = {}
+        self._speller: Speller | None = None
+
+    @property
+    def speller(self) -> Speller:
+        """Corrects towards the operator's own texts (not learned ones, which may hold
+        the very typos being corrected) and English; made when first needed."""
+        if self._speller is None:
+            self._speller = Speller(t for r in self.routes for t in (r.description, *r.examples))
+        return self._speller
+
+    def embed_queries(self, texts: list[str], spelling: bool = True) -> Vectors:
+        """Unit vectors to score `texts` by: with `spelling`, a text that has a
+        correction gets the mean of its own vector and its corrected copy's (one more
+        embedding, only for those texts)."""
+        vectors = self.embedder.embed(texts)
+        if not spelling:
+            return vectors
+        fixed = [self.speller.correct(t) for t in texts]
+        changed = [i for i, (t, f) in enumerate(zip(texts, fixed, strict=True)) if t != f]
+        if changed:
+            extra = self.embedder.embed([fixed[i] for i in changed])
+            vectors = vectors.copy()
+            vectors[changed] = as_unit_rows(vectors[changed] + extra)
+        return vectors
 
     def _anchors_apart(self, anchors: Vectors) -> Vectors:
         """The anchors that are not what a route is about: one as close to a route's own
@@ -271,8 +305,14 @@ class RouteIndex:
         return self._extra_anchors[key]
 
     def features(
-        self, vector: Vectors, text: str, off_topic: list[str] | None = None
+        self,
+        vector: Vectors,
+        text: str,
+        off_topic: list[str] | None = None,
+        spelling: bool = True,
     ) -> dict[str, Array]:
+        """`vector` is the text's query vector (`embed_queries`); the lexical feature
+        reads the spelling-corrected text when `spelling`."""
         q = vector.reshape(-1)
         per_example = [e @ q for e in self.examples]
         anchors = self.anchors_with(off_topic or []) @ q
@@ -281,7 +321,7 @@ class RouteIndex:
             "max_example": np.array([s.max() for s in per_example], dtype=np.float32),
             "centroid": (self.centroids @ q).astype(np.float32),
             "description": (self.descriptions @ q).astype(np.float32),
-            "lexical": self.lexical.scores(text),
+            "lexical": self.lexical.scores(self.speller.correct(text) if spelling else text),
             "none": np.array([top.mean() if top.size else -1.0], dtype=np.float32),
         }
 
@@ -342,11 +382,16 @@ def decide(
     text: str,
     fallback: str | None = None,
 ) -> Decision:
-    """Score `text` (and its unit `vector`) against every route and choose."""
+    """Score `text` (and its query `vector`, `RouteIndex.embed_queries`) against every
+    route and choose."""
     if not index.names:
         return Decision({}, None, fallback, fallback is not None, None, -1.0, "no_routes")
     return decide_features(
-        index, params, index.features(vector, text, params.off_topic), vector, fallback
+        index,
+        params,
+        index.features(vector, text, params.off_topic, params.spelling),
+        vector,
+        fallback,
     )
 
 

@@ -65,8 +65,10 @@ def test(
     decision = router.decide(text)
     thresholds = router.thresholds()
     scores = dict(sorted(decision.scores.items(), key=lambda kv: -kv[1]))
+    corrected = router.index.speller.correct(text) if router.params.spelling else text
     data: dict[str, Any] = {
         "text": text,
+        "spelling": corrected if corrected != text else None,
         "chosen": decision.chosen,
         "best": decision.best,
         "reason": decision.reason,
@@ -98,6 +100,8 @@ def test(
             mark,
         )
     console.print(table)
+    if corrected != text:
+        console.print(f"also scored as: {corrected}")
     console.print(
         f"off-topic anchors: {decision.none_score:.3f}  ->  "
         + (f"route {decision.chosen}" if decision.chosen else "no route")
@@ -279,7 +283,7 @@ def fit(
             index = Router(
                 spec, embedder, cache_folder=settings.data_dir / "cache" / "route-vectors"
             ).index
-            vectors = embedder.embed([i.text for i in items])
+            vectors = index.embed_queries([i.text for i in items])
             by_text = {i.text: v for i, v in zip(items, vectors, strict=True)}
             train, test = split(items, lambda i: i.route, held_out, seed)
 
@@ -292,7 +296,7 @@ def fit(
                     else np.zeros((0, embedder.dim), np.float32)
                 )
 
-            base = RouterParams(method=spec.method, margin=spec.margin)
+            base = RouterParams(method=spec.method, margin=spec.margin, spelling=spec.spelling)
             before = accuracy(index, base, matrix(test), test)
             progress.update(step, description=f"fitting {spec.method} on {len(train)} examples")
             measured = fit_params(spec.routes, embedder, base, matrix(train), train, index.vectors)
@@ -374,6 +378,7 @@ def show(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
         "method": spec.method,
         "fallback": spec.fallback,
         "margin": spec.margin,
+        "spelling": spec.spelling,
         "routes": [r.model_dump() for r in spec.routes],
         "fit": fit_info,
     }

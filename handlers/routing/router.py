@@ -114,6 +114,8 @@ class Router:
         self.params = fit.params if fit is not None else RouterParams(method=spec.method)
         if spec.margin and not self.params.margin:
             self.params.margin = spec.margin
+        if not spec.spelling:
+            self.params.spelling = False
         self.digest = routes_digest(spec.routes)
         cache = VectorCache(cache_folder, embedder)
         texts = [
@@ -137,7 +139,7 @@ class Router:
 
     def decide(self, prompt: str) -> Decision:
         """Embed `prompt`, score every route, choose (blocking: see `adecide`)."""
-        vector = self.embedder.embed([prompt])[0]
+        vector = self.index.embed_queries([prompt], self.params.spelling)[0]
         return decide(self.index, self.params, vector, prompt, self.spec.fallback)
 
     async def adecide(self, prompt: str) -> Decision:

@@ -142,6 +142,9 @@ async def test_feedback_and_fit_are_recorded_and_used(settings: Settings, tmp_pa
     ]
     tested = json.loads(cli("route", "test", "multiply 4 by 4", "--json", env=env).stdout)
     assert tested["chosen"] == "arithmetic" and tested["fit_version"] == 2
+    assert tested["spelling"] is None
+    typo = json.loads(cli("route", "test", "multipli 4 by 4", "--json", env=env).stdout)
+    assert typo["spelling"] == "multiply 4 by 4" and typo["chosen"] == "arithmetic"
 
 
 async def test_a_route_to_a_graph_starts_a_graph_run_with_the_prompt_as_input(
