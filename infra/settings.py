@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         default=None,
         description="Embedding model of the memory view and recall only (same specs as"
         " AGENTLEDGER_EMBEDDER; unset: AGENTLEDGER_EMBEDDER). wordllama folds thousands of"
-        " runs a second where minilm folds about 90 on two cores.",
+        " runs a second where minilm folds 130-180 on two cores.",
     )
     embeddings_url: str | None = Field(
         default=None, description="Base URL of an OpenAI-compatible embeddings API (.../v1)."
