@@ -57,6 +57,7 @@ from agentledger.handlers.recording import (
     wrap_toolsets,
 )
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+from agentledger.infra.leases import LeaseLost
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -189,6 +190,7 @@ class AgentRunner:
         *,
         final_attempt: bool = False,
         first_delivery: bool = False,
+        guard: Callable[[], None] | None = None,
     ) -> RunOutcome:
         """Run (or resume, or look up) the task; returns its outcome once recorded.
 
@@ -198,6 +200,9 @@ class AgentRunner:
         Raises `TransientRunError` when it should be retried later; with
         `final_attempt` a transient failure is recorded as the run's failure instead.
         Raises `UnknownAgent` before anything is recorded for an agent not in the catalog.
+        `guard` is called before every model request and tool step; what it raises
+        (`LeaseLost`: this worker may no longer drive the run) ends this attempt as
+        `RunSuperseded`, with nothing recorded.
         """
         entry = self._catalog.get(task.agent)
         bound = self._log.bind(task_id=task.task_id, agent=task.agent, session_id=task.session_id)
@@ -223,7 +228,9 @@ class AgentRunner:
         bound = bound.bind(run_id=str(run.id))
         recorder = StepRecorder(run=run, store=self._store)
         try:
-            return await self._drive(task, entry, run, history, session_json, recorder, bound)
+            return await self._drive(
+                task, entry, run, history, session_json, recorder, bound, guard
+            )
         except _Failure as failure:
             return await self._fail(run, failure, bound, recorder)
         except TransientRunError as e:
@@ -304,6 +311,7 @@ class AgentRunner:
         session_json: list[Any],
         recorder: StepRecorder,
         bound: Any,
+        guard: Callable[[], None] | None = None,
     ) -> RunOutcome:
         agent: Agent[Any, Any] = entry.agent
         prior: list[ModelMessage] = messages_from_json(session_json + history.messages)
@@ -335,7 +343,9 @@ class AgentRunner:
                         usage=usage,
                         capabilities=self._run_capabilities,
                     ) as agent_run:
-                        output, final = await self._step_through(agent_run, recorder, len(prior))
+                        output, final = await self._step_through(
+                            agent_run, recorder, len(prior), guard
+                        )
         except TimeoutError as e:
             if not deadline.expired():  # not the task's deadline: a model call timed out
                 raise TransientRunError(f"timed out: {e or 'TimeoutError'}") from None
@@ -350,6 +360,8 @@ class AgentRunner:
             raise _Failure(kind=ErrorKind.MODEL_ERROR, message=f"{type(e).__name__}: {e}") from None
         except ConcurrencyConflict:
             raise RunSuperseded(f"run {run.id} was advanced by another worker") from None
+        except LeaseLost as e:
+            raise RunSuperseded(str(e)) from None
         except (_Failure, TransientRunError, RunSuperseded):
             raise
         except StoreUnavailable as e:
@@ -364,7 +376,11 @@ class AgentRunner:
         return await self._complete(run, entry, output, recorder, final, history.messages, bound)
 
     async def _step_through(
-        self, agent_run: PydanticAgentRun[Any, Any], recorder: StepRecorder, known: int
+        self,
+        agent_run: PydanticAgentRun[Any, Any],
+        recorder: StepRecorder,
+        known: int,
+        guard: Callable[[], None] | None = None,
     ) -> tuple[Any, list[ModelMessage]]:
         """Advance node by node, saving each step's new messages before the next.
 
@@ -385,6 +401,8 @@ class AgentRunner:
                 await recorder.record_messages(messages[known:])
                 known = len(messages)
             recorder.held = list(messages[known:])
+            if guard is not None:
+                guard()  # before the next node runs (a model request or tool calls)
         if agent_run.result is None:  # pragma: no cover - iteration ends at End
             raise _Failure(kind=ErrorKind.INTERNAL_ERROR, message="agent run ended without result")
         return agent_run.result.output, list(agent_run.ctx.state.message_history[known:])

@@ -17,8 +17,11 @@ and connection, after the message's beats stop, so no beat follows a settlement.
 Why not FastStream's concurrent pull subscriber: it fetches a batch and parks what does
 not fit behind its semaphore, without heartbeats. The feed fetches only as many messages
 as there are free slots. Redelivery to a second worker remains possible if this worker
-loses NATS for longer than AckWait. Then the second driver's first save conflicts with
-the first driver's recorded steps, and it stops (`RunSuperseded`).
+loses NATS (or stalls) for longer than AckWait, and a second copy of a task can arrive
+while its run is driven. Run leases (`infra/leases.py`, renewed here with the
+heartbeats) keep such a copy from driving the run beside the first, and stop a driver
+that lost its lease before its next model call; an in-flight step that still finishes
+meets the version check at its save (`RunSuperseded`).
 
 With a tracer, each delivery is a `<subject> process` consumer span (continuing a
 `traceparent` header), under which the handler's own spans hang.
@@ -40,6 +43,7 @@ from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from agentledger.infra.leases import Held, Lease, RunLeases, worker_holder
 from agentledger.infra.nats import nats_connect_kwargs
 from agentledger.infra.settings import Settings
 
@@ -69,18 +73,40 @@ _STOP_POLL_S = 0.05
 Settle = Callable[[Coroutine[Any, Any, None]], Awaitable[None]]
 
 
+Acquire = Callable[[str], Awaitable["Lease | Held | None"]]
+
+
 class Delivery:
     """A fetched task message. It is settled once (ack, nak or term); later calls, such
     as a drain releasing a run that just finished, do nothing.
 
     `settle` runs the settling coroutine where the message's connection lives (the feed
-    thread); without it, on the current loop."""
+    thread); without it, on the current loop. `acquire` takes a run lease for this
+    delivery (renewed with its heartbeats, released when its handler ends); without it
+    there are no leases (`acquire_lease` returns None)."""
 
-    def __init__(self, msg: Msg, settle: Settle | None = None, stop_beating: Any = None) -> None:
+    def __init__(
+        self,
+        msg: Msg,
+        settle: Settle | None = None,
+        stop_beating: Any = None,
+        acquire: Acquire | None = None,
+    ) -> None:
         self.raw_message = msg
         self.settled = False
         self._settle = settle
         self._stop_beating: Callable[[], None] | None = stop_beating
+        self._acquire = acquire
+        self.lease: Lease | None = None
+
+    async def acquire_lease(self, run_id: str) -> Lease | Held | None:
+        """This delivery's lease on `run_id`, or who holds it (None: no leases)."""
+        if self._acquire is None:
+            return None
+        got = await self._acquire(run_id)
+        if isinstance(got, Lease):
+            self.lease = got
+        return got
 
     @property
     def body(self) -> bytes:
@@ -162,7 +188,10 @@ class TaskConsumer:
         handle: Handler,
         heartbeat_s: float,
         tracer: Tracer | None = None,
+        lease_ttl_s: float | None = None,
     ) -> None:
+        """With `lease_ttl_s`, handlers can take run leases (`Delivery.acquire_lease`)
+        in the `<PREFIX>_LEASES` bucket, created with that TTL if missing."""
         self._settings = settings
         self._name = name
         self._subject = subject
@@ -187,6 +216,9 @@ class TaskConsumer:
         self._thread: threading.Thread | None = None
         self._feed_loop: asyncio.AbstractEventLoop | None = None
         self._freed: asyncio.Event | None = None  # the feed loop's
+        self._lease_ttl_s = lease_ttl_s
+        self.leases: RunLeases | None = None
+        self._leased: dict[int, Lease] = {}  # token -> lease, under _lock
 
     @property
     def config(self) -> ConsumerConfig:
@@ -224,7 +256,8 @@ class TaskConsumer:
             self._thread = None
 
     def _spawn(self, msg: Msg, token: int) -> None:
-        delivery = Delivery(msg, self._settle, lambda: self._stop_beating(token))
+        acquire = None if self.leases is None else lambda run_id: self._acquire(token, run_id)
+        delivery = Delivery(msg, self._settle, lambda: self._stop_beating(token), acquire)
         task = asyncio.create_task(self._traced(delivery))
         self._running.add(task)
         task.add_done_callback(lambda t: self._finished(t, token))
@@ -232,6 +265,7 @@ class TaskConsumer:
     def _finished(self, task: asyncio.Task[None], token: int) -> None:
         self._running.discard(task)
         self._stop_beating(token)
+        self._release(token)
         with self._lock:
             self._in_hand -= 1
         self._wake_feed()
@@ -244,6 +278,45 @@ class TaskConsumer:
             coro.close()
             raise ConnectionClosedError
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, feed_loop))
+
+    async def _acquire(self, token: int, run_id: str) -> Lease | Held:
+        leases = self.leases
+        assert leases is not None
+        feed_loop = self._feed_loop
+        if feed_loop is None or feed_loop.is_closed():
+            raise ConnectionClosedError
+        got = await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(leases.acquire(run_id), feed_loop)
+        )
+        if isinstance(got, Lease):
+            with self._lock:
+                previous = self._leased.pop(token, None)
+                self._leased[token] = got
+            if previous is not None:
+                self._release_lease(previous)
+        return got
+
+    def _release(self, token: int) -> None:
+        with self._lock:
+            lease = self._leased.pop(token, None)
+        if lease is not None:
+            self._release_lease(lease)
+
+    def _release_lease(self, lease: Lease) -> None:
+        """Delete the lease on the feed thread, after the settlements sent before it
+        (not awaited: the handler is done; an undeleted lease lapses by its TTL)."""
+        feed_loop, leases = self._feed_loop, self.leases
+        if feed_loop is None or leases is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the feed loop has closed
+            asyncio.run_coroutine_threadsafe(self._quietly(leases.release(lease)), feed_loop)
+
+    @staticmethod
+    async def _quietly(coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except Exception as e:  # the lease lapses by its TTL
+            log.warning("could not release a run lease", error=str(e))
 
     def _stop_beating(self, token: int) -> None:
         with self._lock:
@@ -296,6 +369,16 @@ class TaskConsumer:
                 self._subject, durable=self._durable, stream=self._stream, config=self._config
             )
             await self._follow_ack_wait(subscription)
+            if self._lease_ttl_s is not None:
+                self.leases = await RunLeases.open(
+                    nc.jetstream(),
+                    self._settings.subject_prefix,
+                    self._lease_ttl_s,
+                    worker_holder(),
+                    replicas=self._settings.stream_replicas,
+                )
+                # Renew well inside the TTL in force (the bucket's).
+                self._heartbeat_s = min(self._heartbeat_s, max(0.1, self.leases.ttl_s / 4))
             self._feed_loop = asyncio.get_running_loop()
             self._freed = asyncio.Event()
             self._ready.set()
@@ -375,17 +458,29 @@ class TaskConsumer:
                     return
 
     async def _beat(self, nc: Any) -> None:
-        """`+WPI` every heartbeat interval for each message in hand."""
+        """`+WPI` every heartbeat interval for each message in hand, and a renewal of
+        each run lease held."""
         while True:
             await asyncio.sleep(self._heartbeat_s)
             with self._lock:
                 subjects = list(self._beating.values())
+                leases = list(self._leased.values())
             for subject in subjects:
                 try:
                     await nc.publish(subject, _IN_PROGRESS)
                 except Exception as e:  # the next beat may get through
                     log.warning("heartbeat failed; AckWait may expire", error=str(e))
                     break
+            if leases and self.leases is not None:
+                await self._renew(self.leases, leases)
+
+    async def _renew(self, leases: RunLeases, held: list[Lease]) -> None:
+        for lease in held:
+            try:
+                await leases.renew(lease)
+            except Exception as e:  # the next beat may get through; else it lapses
+                log.warning("run lease renewal failed", run_id=lease.run_id, error=str(e))
+                break
 
 
 def worker_consumer(
@@ -418,4 +513,5 @@ def worker_consumer(
         handle=handle,
         heartbeat_s=max(0.5, settings.ack_wait_s / 3),
         tracer=tracer,
+        lease_ttl_s=(settings.lease_ttl_s or settings.ack_wait_s) if settings.run_leases else None,
     )

@@ -72,6 +72,17 @@ class Settings(BaseSettings):
     )
     ack_wait_s: float = Field(default=30.0, gt=0)
     max_deliveries: int = Field(default=50, ge=1)
+    run_leases: bool = Field(
+        default=True,
+        description="Workers take a lease on a run (NATS KV <PREFIX>_LEASES) before driving"
+        " it, so a redelivered task never has two drivers.",
+    )
+    lease_ttl_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long a run lease outlives its last renewal (unset: the AckWait);"
+        " fixed when the lease bucket is created.",
+    )
     max_prompt_chars: int = Field(default=32_768, ge=1)
     catalog: str = DEFAULT_CATALOG
     app_dir: Path | None = Field(

@@ -22,8 +22,9 @@ from agentledger.domain.run import AgentRun
 from agentledger.domain.tasks import RunAgent
 from agentledger.handlers.catalog import Catalog, CatalogEntry
 from agentledger.handlers.recording import messages_to_json
-from agentledger.handlers.runner import AgentRunner
+from agentledger.handlers.runner import AgentRunner, RunSuperseded
 from agentledger.infra.event_store import AsyncEventStore, EventStore
+from agentledger.infra.leases import LeaseLost
 from agentledger.infra.settings import Settings
 
 pytestmark = pytest.mark.asyncio
@@ -107,6 +108,33 @@ async def test_resume_skips_recorded_model_calls_and_tool_results(
             if type(e).__name__ == "ModelRequestSent"
         ][-1]
         assert "effect 1 (recorded)" in str(second_request.message)
+
+
+async def test_a_driver_that_loses_its_lease_stops_before_its_next_model_call(
+    store: AsyncEventStore,
+) -> None:
+    """The guard (`Lease.check`) is asked before every node: once it says the lease is
+    lost, no further model call or tool runs, nothing more is recorded, and the run is
+    left to its new driver (RunSuperseded, not a failure)."""
+    checks: list[int] = []
+
+    def guard() -> None:
+        checks.append(len(calls))
+        if calls:  # lost once the first model call is made
+            raise LeaseLost("run: another worker took over its lease")
+
+    task = RunAgent(task_id="lease-1", agent="resumable", prompt="go")
+    with pytest.raises(RunSuperseded, match="took over"):
+        await _runner(store).run(task, guard=guard)
+    assert calls == ["first"] and tool_runs == []
+    run = await store.get(run_id_for("lease-1"), AgentRun)
+    assert run is not None and run.status == "running"
+    names = [type(e).__name__ for e in store.sync.events(run_id_for("lease-1"))]
+    assert "RunFailed" not in names and "ToolCallStarted" not in names
+    # The new driver resumes from what was recorded: the model is not asked again.
+    outcome = await _runner(store).run(task)
+    assert outcome.status == "completed" and calls == ["first", "second"]
+    assert tool_runs == ["ran"]
 
 
 async def test_running_a_finished_task_again_returns_the_stored_outcome(

@@ -19,6 +19,7 @@ from agentledger.infra.event_store import (
     EventStore,
     StoreUnavailable,
 )
+from agentledger.infra.leases import Held, Lease
 from agentledger.infra.settings import DEFAULT_CATALOG, Settings
 
 PREFIX = "unit"
@@ -91,6 +92,11 @@ class FakeMessage:
 
     raw_message: Raw
     actions: list[tuple[str, float | None]] = field(default_factory=list)
+    leases: list[Any] = field(default_factory=list)
+    """What each `acquire_lease` call returns, in turn (empty: leases are off)."""
+
+    async def acquire_lease(self, run_id: str) -> Any:
+        return self.leases.pop(0) if self.leases else None
 
     async def ack(self) -> None:
         self.actions.append(("ack", None))
@@ -113,7 +119,10 @@ class ScriptedRunner:
     give_up_error: BaseException | None = None
     gave_up: list[tuple[str, ErrorKind, str]] = field(default_factory=list)
 
-    async def run(self, task: RunAgent, **_: Any) -> RunOutcome:
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    async def run(self, task: RunAgent, **options: Any) -> RunOutcome:
+        self.runs.append(options)
         if self.error is not None:
             raise self.error
         return RunOutcome(task_id=task.task_id, run_id="r", status="completed", output="ok")
@@ -185,6 +194,28 @@ async def test_a_finished_run_is_answered_then_acked() -> None:
     assert [(s, o["status"]) for s, o in outcomes(worker)] == [
         (f"{PREFIX}.results.t-1", "completed")
     ]
+
+
+async def test_a_run_whose_lease_another_worker_holds_is_handed_back_not_driven() -> None:
+    runner = ScriptedRunner()
+    worker = make_worker(runner)
+    message = delivery(1)
+    message.leases = [Held("other-worker#1", 4.0)]
+    await handle(worker, message)
+    assert message.actions == [("nak", 4.5)]
+    assert runner.runs == [] and outcomes(worker) == []
+
+
+async def test_on_the_last_delivery_a_held_lease_is_waited_for_then_the_run_driven() -> None:
+    runner = ScriptedRunner()
+    worker = make_worker(runner)
+    message = delivery(MAX_DELIVERIES)
+    lease = Lease("r", "run.r", "me#1", 30.0, revision=7)
+    message.leases = [Held("other-worker#1", 0.1), Held("other-worker#1", 0.1), lease]
+    await handle(worker, message)
+    assert message.actions == [("ack", None)]
+    assert len(runner.runs) == 1 and runner.runs[0]["guard"] == lease.check
+    assert [o["status"] for _, o in outcomes(worker)] == ["completed"]
 
 
 async def test_poison_input_is_recorded_answered_and_terminated() -> None:
