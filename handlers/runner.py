@@ -56,8 +56,12 @@ from agentledger.handlers.recording import (
     messages_to_json,
     wrap_toolsets,
 )
-from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
-from agentledger.infra.leases import LeaseLost
+from agentledger.infra.event_store import (
+    AsyncEventStore,
+    ConcurrencyConflict,
+    RunSuperseded,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -89,10 +93,6 @@ def _ends_in_answer(messages: list[ModelMessage]) -> bool:
 class TransientRunError(Exception):
     """The run could not progress for a reason that may pass (model or database outage).
     The run stays in progress; the task should be redelivered later."""
-
-
-class RunSuperseded(Exception):
-    """Another worker advanced this run concurrently; let it finish."""
 
 
 def outcome_of(run: AgentRun) -> RunOutcome:
@@ -201,8 +201,8 @@ class AgentRunner:
         `final_attempt` a transient failure is recorded as the run's failure instead.
         Raises `UnknownAgent` before anything is recorded for an agent not in the catalog.
         `guard` is called before every model request and tool step; what it raises
-        (`LeaseLost`: this worker may no longer drive the run) ends this attempt as
-        `RunSuperseded`, with nothing recorded.
+        (`LeaseLost`, a `RunSuperseded`: this worker may no longer drive the run) ends
+        this attempt with nothing more recorded.
         """
         entry = self._catalog.get(task.agent)
         bound = self._log.bind(task_id=task.task_id, agent=task.agent, session_id=task.session_id)
@@ -360,8 +360,6 @@ class AgentRunner:
             raise _Failure(kind=ErrorKind.MODEL_ERROR, message=f"{type(e).__name__}: {e}") from None
         except ConcurrencyConflict:
             raise RunSuperseded(f"run {run.id} was advanced by another worker") from None
-        except LeaseLost as e:
-            raise RunSuperseded(str(e)) from None
         except (_Failure, TransientRunError, RunSuperseded):
             raise
         except StoreUnavailable as e:

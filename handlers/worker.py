@@ -53,6 +53,7 @@ __all__ = [
     "TaskWorker",
     "backoff_s",
     "nak_or_give_up",
+    "take_lease",
 ]
 
 log = structlog.get_logger("agentledger.worker")
@@ -103,6 +104,35 @@ async def nak_or_give_up(
     reason = f"gave up after {delivered} deliveries: {type(error).__name__}: {error}"
     bound.error("last delivery failed; giving up", error=reason)
     return kind, reason
+
+
+async def take_lease(
+    msg: Delivery, run_id: str, final: bool, bound: Any
+) -> tuple[bool, Lease | None]:
+    """Whether to drive the run, with its lease for this delivery (None: leases are
+    off). While another worker holds it, the task is handed back with a delay (False),
+    or, on the last delivery, waited for: a task is never given up while its run is
+    being driven."""
+    waited = False
+    while True:
+        got = await msg.acquire_lease(run_id)
+        if not isinstance(got, Held):
+            if waited:
+                bound.info("run lease free; taking the run over")
+            return True, got
+        if not final:
+            delay = min(30.0, got.remaining_s + 0.5)
+            bound.info(
+                "run is being driven by another worker; handing the task back",
+                holder=got.holder,
+                delay_s=delay,
+            )
+            await msg.nack(delay=delay)
+            return False, None
+        if not waited:
+            bound.info("last delivery: waiting for the other driver's lease", holder=got.holder)
+            waited = True
+        await asyncio.sleep(min(1.0, max(0.1, got.remaining_s)))
 
 
 def _trace_task(task: RunAgent, delivered: int) -> None:
@@ -214,7 +244,7 @@ class TaskWorker:
             )
             bound = bound.bind(task_id=task.task_id, agent=task.agent)
             _trace_task(task, delivered)
-            proceed, lease = await self._lease(msg, task, final, bound)
+            proceed, lease = await take_lease(msg, str(run_id_for(task.task_id)), final, bound)
             if not proceed:
                 return  # handed back: another worker drives the run
             started = time.perf_counter()
@@ -244,35 +274,6 @@ class TaskWorker:
             give_up = await nak_or_give_up(msg, e, delivered, final, bound)
             if give_up is not None:
                 await self._give_up(msg, task_raw, task, *give_up, reply_to)
-
-    async def _lease(
-        self, msg: Delivery, task: RunAgent, final: bool, bound: Any
-    ) -> tuple[bool, Lease | None]:
-        """Whether to drive the run, with its lease for this delivery (None: leases are
-        off). While another worker holds it, the task is handed back with a delay
-        (False), or, on the last delivery, waited for: a task is never given up while
-        its run is being driven."""
-        run_id = str(run_id_for(task.task_id))
-        waited = False
-        while True:
-            got = await msg.acquire_lease(run_id)
-            if not isinstance(got, Held):
-                if waited:
-                    bound.info("run lease free; taking the run over")
-                return True, got
-            if not final:
-                delay = min(30.0, got.remaining_s + 0.5)
-                bound.info(
-                    "run is being driven by another worker; handing the task back",
-                    holder=got.holder,
-                    delay_s=delay,
-                )
-                await msg.nack(delay=delay)
-                return False, None
-            if not waited:
-                bound.info("last delivery: waiting for the other driver's lease", holder=got.holder)
-                waited = True
-            await asyncio.sleep(min(1.0, max(0.1, got.remaining_s)))
 
     def _reply_subject(self, requested: str | None, bound: Any) -> str | None:
         return checked_reply_subject(self.settings.subject_prefix, requested, bound)

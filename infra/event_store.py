@@ -43,6 +43,7 @@ __all__ = [
     "BrokenStream",
     "ConcurrencyConflict",
     "EventStore",
+    "RunSuperseded",
     "StoreUnavailable",
     "TopicSize",
     "UnsafeDelete",
@@ -64,6 +65,11 @@ class StoreUnavailable(Exception):
 
 class ConcurrencyConflict(Exception):
     """Another writer saved the same aggregate version first (optimistic concurrency)."""
+
+
+class RunSuperseded(Exception):
+    """Another worker advanced this run concurrently (or holds its lease); let it
+    finish. Nothing more is recorded by the worker that gets this."""
 
 
 class UnsavedAggregate(StoreUnavailable):

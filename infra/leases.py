@@ -43,6 +43,8 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from agentledger.infra.event_store import RunSuperseded
+
 __all__ = ["Held", "Lease", "LeaseLost", "RunLeases", "lease_bucket", "worker_holder"]
 
 log = structlog.get_logger("agentledger.leases")
@@ -51,7 +53,7 @@ CHECK_FRACTION = 0.75
 """A lease not renewed for this fraction of the TTL no longer lets its holder drive."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(RunSuperseded):
     """This worker may no longer drive the run: another worker holds its lease, or the
     lease was not renewed in time."""
 

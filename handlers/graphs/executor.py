@@ -63,7 +63,7 @@ from pydantic_graph.step import NodeStep
 
 from agentledger.domain.errors import first_problem
 from agentledger.domain.graphs.run import GraphHistory, GraphRun
-from agentledger.infra.event_store import StoreUnavailable
+from agentledger.infra.event_store import RunSuperseded, StoreUnavailable
 
 __all__ = [
     "GraphDiverged",
@@ -301,7 +301,10 @@ class GraphExecutor:
         agent_runner: AgentStepRunner | None = None,
         replay: bool = False,
         deadline: datetime | None = None,
+        guard: Callable[[], None] | None = None,
     ) -> None:
+        """`guard` is called before each live step starts (a run lease's check: what it
+        raises stops the run with nothing recorded for that step)."""
         self.graph = graph
         self.run = run
         self.history = history
@@ -310,6 +313,7 @@ class GraphExecutor:
         self.replay = replay
         self.deadline = deadline
         self._save = save
+        self._guard = guard
         self._state_adapter: TypeAdapter[Any] = TypeAdapter(graph.state_type)
         self._durable = self._wrap(graph)
         self._keys_seen: set[str] = set()
@@ -391,6 +395,8 @@ class GraphExecutor:
             )
         if self.deadline is not None and datetime.now(UTC) >= self.deadline:
             raise TimeoutError(f"the run's deadline passed before step {node.id}")
+        if self._guard is not None:
+            self._guard()
         self.live.append(node.id)
         self.run.start_step(key, node.id)
         await self._save()
@@ -398,8 +404,8 @@ class GraphExecutor:
         token = _CURRENT.set(_Current(self, key, node.id))
         try:
             output = await call(ctx)
-        except (GraphPausedForInput, StoreUnavailable):
-            raise
+        except (GraphPausedForInput, StoreUnavailable, RunSuperseded):
+            raise  # not the step's failure: it is left for a resume (or the new driver)
         except Exception as e:
             self.run.fail_step(key, node.id, f"{type(e).__name__}: {e}")
             await self._save()

@@ -15,6 +15,7 @@ run's metadata links it to the graph run (`graph_task_id`, `graph_step`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,12 @@ from agentledger.handlers.graphs.executor import (
     GraphPausedForInput,
     StepLimitExceeded,
 )
-from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
+from agentledger.infra.event_store import (
+    AsyncEventStore,
+    ConcurrencyConflict,
+    RunSuperseded,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from agentledger.handlers.catalog import Catalog
@@ -49,6 +55,9 @@ if TYPE_CHECKING:
 __all__ = ["AgentStepFailed", "GraphRejected", "GraphRunner", "graph_outcome_of"]
 
 log = structlog.get_logger("agentledger.graphs")
+
+Guard = Callable[[], None]
+"""A run lease's check (`Lease.check`), called before each live step."""
 
 
 class GraphRejected(Exception):
@@ -108,12 +117,14 @@ class GraphRunner:
                 ErrorKind.UNKNOWN_GRAPH, f"unknown graph {name!r}; the catalog has: {known}"
             ) from None
 
-    async def run(self, task: RunGraph) -> GraphOutcome:
+    async def run(self, task: RunGraph, guard: Guard | None = None) -> GraphOutcome:
         """Start (or resume, or look up) the graph task's run; its outcome once recorded.
 
         Raises `GraphRejected` before anything is recorded for an unknown graph or inputs
         that do not validate as the graph's input type; store errors propagate
-        (`StoreUnavailable`, `ConcurrencyConflict`: retry later)."""
+        (`StoreUnavailable`, `ConcurrencyConflict`: retry later). `guard` (a run lease's
+        check) is called before each live step and agent model request; what it raises
+        (`LeaseLost`) stops the drive with nothing more recorded."""
         entry = self.entry(task.graph)
         graph = entry.graph
         try:
@@ -141,15 +152,15 @@ class GraphRunner:
                 assert run is not None
         if run.status != "running":
             return graph_outcome_of(run)
-        return await self._drive(run, events, entry)
+        return await self._drive(run, events, entry, guard)
 
-    async def resume(self, resume: ResumeGraph) -> GraphOutcome:
+    async def resume(self, resume: ResumeGraph, guard: Guard | None = None) -> GraphOutcome:
         """Record the input of a paused run (once per `resume_id`) and drive it on."""
         run, events = await self._existing(resume.task_id, "resume")
         if resume.resume_id in run.resume_ids:  # applied before (a redelivery)
             if run.status != "running":
                 return graph_outcome_of(run)
-            return await self._drive(run, events, self.entry(run.graph))
+            return await self._drive(run, events, self.entry(run.graph), guard)
         if run.status != "paused":
             raise GraphRejected(
                 ErrorKind.RUN_FINISHED,
@@ -157,7 +168,7 @@ class GraphRunner:
             )
         run.resume(to_jsonable_python(resume.input), resume.resume_id)
         events += await self._save(run)
-        return await self._drive(run, events, self.entry(run.graph))
+        return await self._drive(run, events, self.entry(run.graph), guard)
 
     async def cancel(self, cancel: CancelGraph) -> GraphOutcome:
         """End a running or paused run as failed (`cancelled`). A worker driving it stops
@@ -197,7 +208,9 @@ class GraphRunner:
             )
         return run, events
 
-    async def _drive(self, run: GraphRun, events: list[Any], entry: GraphEntry) -> GraphOutcome:
+    async def _drive(
+        self, run: GraphRun, events: list[Any], entry: GraphEntry, guard: Guard | None = None
+    ) -> GraphOutcome:
         history = GraphHistory.fold(events)
         assert history.started is not None
         bound = log.bind(task_id=run.task_id, graph=run.graph, run_id=str(run.id))
@@ -206,8 +219,11 @@ class GraphRunner:
             run,
             history,
             save=lambda: self._store.save(run),
-            agent_runner=self._agent_step,
+            agent_runner=lambda agent, prompt, graph_task_id, key: self._agent_step(
+                agent, prompt, graph_task_id, key, guard
+            ),
             deadline=None if run.deadline is None else datetime.fromisoformat(run.deadline),
+            guard=guard,
         )
         inputs = TypeAdapter(entry.graph.input_type).validate_python(history.started.inputs)
         try:
@@ -217,7 +233,7 @@ class GraphRunner:
             await self._store.save(run)
             bound.info("graph run paused", node=paused.node_id)
             return graph_outcome_of(run)
-        except (StoreUnavailable, ConcurrencyConflict):
+        except (StoreUnavailable, ConcurrencyConflict, RunSuperseded):
             raise
         except StepLimitExceeded as e:
             return await self._fail(run, ErrorKind.STEP_LIMIT_EXCEEDED, str(e))
@@ -238,7 +254,9 @@ class GraphRunner:
         log.info("graph run failed", task_id=run.task_id, error_kind=str(kind), error=message)
         return graph_outcome_of(run)
 
-    async def _agent_step(self, agent: str, prompt: str, graph_task_id: str, key: str) -> Any:
+    async def _agent_step(
+        self, agent: str, prompt: str, graph_task_id: str, key: str, guard: Guard | None = None
+    ) -> Any:
         if self._agents is None:
             raise RuntimeError("agent steps need an agent runner")
         task = RunAgent(
@@ -247,7 +265,7 @@ class GraphRunner:
             prompt=prompt,
             metadata={"graph_task_id": graph_task_id, "graph_step": key[:4096]},
         )
-        outcome = await self._agents.run(task)
+        outcome = await self._agents.run(task, guard=guard)
         if outcome.status != "completed":
             error = outcome.error
             raise AgentStepFailed(

@@ -38,7 +38,7 @@ from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner, graph
 from agentledger.handlers.intake import RawTask, Rejection
 from agentledger.handlers.kind_worker import KindWorker, Received
 from agentledger.handlers.task_consumer import Delivery
-from agentledger.handlers.worker import TRANSIENT_ERRORS, nak_or_give_up
+from agentledger.handlers.worker import TRANSIENT_ERRORS, nak_or_give_up, take_lease
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict
 from agentledger.infra.settings import Settings
 
@@ -84,10 +84,17 @@ class GraphWorker(KindWorker):
         message: RunGraph | ResumeGraph | CancelGraph | None = None
         try:
             message = parse_graph_message(raw)
+            guard = None  # a cancel takes no lease: it must work while a run is driven
+            if isinstance(message, RunGraph | ResumeGraph):
+                run_id = str(graph_run_id_for(message.task_id))
+                proceed, lease = await take_lease(msg, run_id, received.final, bound)
+                if not proceed:
+                    return  # handed back: another worker drives the run
+                guard = None if lease is None else lease.check
             if isinstance(message, RunGraph):
-                outcome = await self.runner.run(message)
+                outcome = await self.runner.run(message, guard)
             elif isinstance(message, ResumeGraph):
-                outcome = await self.runner.resume(message)
+                outcome = await self.runner.resume(message, guard)
             else:
                 outcome = await self.runner.cancel(message)
             await self.answers.publish(outcome, reply_to)

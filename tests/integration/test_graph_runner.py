@@ -103,6 +103,37 @@ async def test_a_duplicate_task_runs_no_step_again(
     assert len(CALLS) == calls
 
 
+async def test_a_driver_that_loses_its_lease_starts_no_further_step(
+    store: AsyncEventStore, settings: Settings
+) -> None:
+    """The lease guard is asked before each live step: once it says the lease is lost,
+    no step starts and nothing is recorded as failed; the new driver goes on from the
+    recorded steps without running them again."""
+    from agentledger.infra.leases import LeaseLost
+
+    runner = runner_on(store, settings)
+    CALLS.clear()
+    task = RunGraph(task_id="fan-lease", graph="fan", inputs=7)
+    checks: list[int] = []
+
+    def guard() -> None:
+        checks.append(len(CALLS))
+        if len(checks) > 1:
+            raise LeaseLost("graph run: another worker took over its lease")
+
+    with pytest.raises(LeaseLost):
+        await runner.run(task, guard)
+    assert len(CALLS) == 1
+    first = CALLS[0]
+    run = await store.get(graph_run_id_for("fan-lease"), GraphRun)
+    assert run is not None and run.status == "running"
+    names = [type(e).__name__ for e in await store.events(run.id)]
+    assert names.count("StepFinished") == 1 and "StepFailed" not in names
+    outcome = await runner.run(task)
+    assert outcome.status == "completed" and outcome.steps == len(CALLS)
+    assert CALLS.count(first) == 1  # the recorded step was not run again
+
+
 async def test_a_pause_is_resumed_by_a_new_runner_once(
     store: AsyncEventStore, settings: Settings
 ) -> None:
