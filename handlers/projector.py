@@ -345,7 +345,7 @@ class Projector:
         projection = self._projection(name)
         target = self.store.max_notification_id()
         self.views.drop(projection)
-        self.views.ensure(projection)
+        self.views.ensure(projection, defer=True)
         self.poison_log.ensure()
         with self.views.transaction() as cursor:
             self.poison_log.forget(cursor, name)
@@ -376,6 +376,11 @@ class Projector:
                 time.sleep(self.poll_s)  # a gap in the log, still in flight
             if progress is not None:
                 progress(min(position, target), target)
+        if projection.deferred_ddl:
+            # Built once over the folded rows (an interrupted rebuild leaves them to the
+            # projector's next start, whose `ensure` makes what is missing).
+            log.info("building the view's deferred indexes", view=name)
+            self.views.ensure_tables(*projection.deferred_ddl)
         log.info("rebuilt view", view=name, notifications=target)
         return target
 

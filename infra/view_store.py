@@ -161,10 +161,11 @@ class ViewStore(ABC):
     def close(self) -> None:
         """Release every connection."""
 
-    def ensure(self, projection: Projection | type[Projection]) -> None:
+    def ensure(self, projection: Projection | type[Projection], defer: bool = False) -> None:
         """Create the projection's tables and its tracking row (position 0) if missing;
         first drop them if they were made for another `version` of the projection (a
-        view made before versions were recorded is version 1)."""
+        view made before versions were recorded is version 1). With `defer`, its
+        `deferred_ddl` is left for later (`ensure_tables`, after a rebuild)."""
         self._ensure_tracking_table()
         with self.transaction() as cursor:
             self._serialise_schema_changes(cursor)
@@ -194,7 +195,7 @@ class ViewStore(ABC):
                         reason=reason,
                     )
                     self._drop_in(cursor, projection)
-            for statement in projection.ddl:
+            for statement in (*projection.ddl, *(() if defer else projection.deferred_ddl)):
                 cursor.execute(statement)
             cursor.execute(
                 "INSERT INTO al_tracking (projection, notification_id) VALUES (?, 0)"

@@ -107,6 +107,9 @@ class Projection(ABC):
     """`CREATE TABLE IF NOT EXISTS` / `CREATE INDEX IF NOT EXISTS` statements."""
     tables: ClassVar[tuple[str, ...]]
     """The tables `ddl` creates, dropped when the view is rebuilt."""
+    deferred_ddl: ClassVar[tuple[str, ...]] = ()
+    """Indexes that cost more to keep up row by row than to build at once (pgvector's
+    HNSW): made with the tables, but a rebuild makes them after folding the log."""
     version: ClassVar[int] = 1
     """The shape of the view's tables and what they mean. Bump it when either changes:
     the view store drops a view kept at another version and the projector folds it

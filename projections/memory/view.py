@@ -99,6 +99,7 @@ class MemoryProjection(Projection):
         self.dialect: Dialect = dialect
         self.hnsw = hnsw or HnswParams()
         self.ddl = self._ddl()  # type: ignore[misc]  # depends on the embedder's dim
+        self.deferred_ddl = self._deferred_ddl()  # type: ignore[misc]
         self._meta = {
             "embedder": embedder.name,
             "dim": str(embedder.dim),
@@ -136,6 +137,15 @@ class MemoryProjection(Projection):
             f" embedding vector({self.embedder.dim}) NOT NULL)",
             meta,
             *indexes,
+        )
+
+    def _deferred_ddl(self) -> tuple[str, ...]:
+        """The HNSW index: inserts into an indexed table run at ~1,000 rows/s, while
+        building it over 100,000 rows takes ~17 s (BENCHMARKS.md), so `rebuild memory`
+        builds it after folding."""
+        if self.dialect == "sqlite":
+            return ()
+        return (
             "CREATE INDEX IF NOT EXISTS al_memory_hnsw ON al_memory"
             " USING hnsw (embedding vector_cosine_ops)"
             f" WITH (m = {int(self.hnsw.m)}, ef_construction = {int(self.hnsw.ef_construction)})",

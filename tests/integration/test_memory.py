@@ -94,10 +94,30 @@ def test_the_rebuilt_view_equals_the_live_one(stores: Any) -> None:
             )
             return cursor.fetchall()
 
-    live = rows()
+    def indexes() -> set[str]:
+        with views.read() as cursor:
+            if settings.postgres_dsn:
+                cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'al_memory'")
+            else:
+                cursor.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'al_memory'")
+            return {r[0] for r in cursor.fetchall()}
+
+    live, made = rows(), indexes()
     assert len(live) == 2 * len(TURNS)
+    assert ("al_memory_hnsw" in made) == bool(settings.postgres_dsn)
+    folded: list[set[str]] = []
+    original = projector._advance
+
+    def advance(projection: Any) -> Any:
+        folded.append(indexes())
+        return original(projection)
+
+    projector._advance = advance  # type: ignore[method-assign]
     assert projector.rebuild("memory") > 0
     assert rows() == live
+    # The HNSW index is built after the fold, not kept up row by row during it.
+    assert folded and all("al_memory_hnsw" not in names for names in folded)
+    assert indexes() == made
 
 
 def test_another_embedder_rebuilds_the_view_and_the_view_says_which(stores: Any) -> None:
