@@ -12,6 +12,7 @@ from typing import Any
 
 from agentledger.domain.conversation import Conversation
 from agentledger.domain.graphs.run import GraphRun
+from agentledger.domain.orchestration.scratchpad import Scratchpad
 from agentledger.domain.rejection import TaskRejection
 from agentledger.domain.routing.decision import RouteDecision, RouterModel
 from agentledger.domain.run import AgentRun
@@ -25,6 +26,7 @@ _AGGREGATES: tuple[type[Any], ...] = (
     GraphRun,
     RouteDecision,
     RouterModel,
+    Scratchpad,
 )
 
 

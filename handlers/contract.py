@@ -16,6 +16,7 @@ from faststream.specification import AsyncAPI
 
 from agentledger.domain.event_registry import event_shapes
 from agentledger.domain.graphs.tasks import CancelGraph, GraphOutcome, ResumeGraph, RunGraph
+from agentledger.domain.orchestration.messages import AgentMessage
 from agentledger.domain.routing.tasks import RouteOutcome, RouteTask
 from agentledger.domain.tasks import RunAgent, RunOutcome
 from agentledger.handlers.queries import VIEWS
@@ -33,6 +34,7 @@ def json_schemas() -> dict[str, Any]:
         "GraphOutcome": GraphOutcome.model_json_schema(),
         "RouteTask": RouteTask.model_json_schema(),
         "RouteOutcome": RouteOutcome.model_json_schema(),
+        "AgentMessage": AgentMessage.model_json_schema(),
     }
 
 

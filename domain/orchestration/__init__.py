@@ -1,0 +1,1 @@
+"""Multi-agent orchestration: the message envelope and the shared scratchpad."""
