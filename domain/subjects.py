@@ -51,6 +51,11 @@ def graph_cancel_subject(prefix: str) -> str:
     return f"{prefix}.tasks.graph.cancel"
 
 
+def graph_child_subject(prefix: str) -> str:
+    """Where a worker reports that a child task a graph run dispatched has ended."""
+    return f"{prefix}.tasks.graph.child"
+
+
 def route_subject(prefix: str) -> str:
     """Where a `RouteTask` is published."""
     return f"{prefix}.tasks.route"

@@ -8,11 +8,16 @@ from typing import Any
 import structlog
 from faststream.nats import NatsBroker
 
-from agentledger.domain.graphs.tasks import GraphOutcome
+from agentledger.domain.graphs.tasks import ChildDone, GraphOutcome
 from agentledger.domain.ids import graph_run_id_for, run_id_for
+from agentledger.domain.orchestration.messages import PARENT_KEY
 from agentledger.domain.rejection import TaskRejection
-from agentledger.domain.subjects import reply_subject_problem, results_subject
-from agentledger.domain.tasks import RunError, RunOutcome
+from agentledger.domain.subjects import (
+    graph_child_subject,
+    reply_subject_problem,
+    results_subject,
+)
+from agentledger.domain.tasks import RunAgent, RunError, RunOutcome
 from agentledger.handlers.intake import RawTask, Rejection
 from agentledger.infra.event_store import AsyncEventStore, ConcurrencyConflict, StoreUnavailable
 
@@ -89,6 +94,23 @@ class TaskAnswers:
             agent=rejection.agent,
             status="rejected",
             error=RunError(kind=str(rejection.kind), message=rejection.reason, retryable=False),
+        )
+
+    async def child_done(self, task: RunAgent | None, outcome: RunOutcome) -> None:
+        """If `task` is a child a graph run dispatched (`call_agents`), report its outcome
+        to that run (`<prefix>.tasks.graph.child`; once per child and ending)."""
+        parent = None if task is None else task.metadata.get(PARENT_KEY)
+        if task is None or not parent:
+            return
+        try:
+            done = ChildDone(task_id=parent, child_task_id=task.task_id, outcome=outcome)
+        except ValueError:
+            return  # not an id: not a child any graph run dispatched
+        kind = outcome.error.kind if outcome.error else ""
+        await self.broker.connection.jetstream().publish(
+            graph_child_subject(self.prefix),
+            done.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": f"child:{task.task_id}:{outcome.status}:{kind}"},
         )
 
     async def publish(

@@ -42,6 +42,7 @@ from agentledger.handlers.operations.readiness import (
     projector_readiness,
     worker_readiness,
 )
+from agentledger.handlers.orchestration.dispatch import nats_dispatcher
 from agentledger.handlers.projector import Projector
 from agentledger.handlers.queries import QueryService
 from agentledger.handlers.relay import EventRelay
@@ -275,7 +276,12 @@ class WorkerService:
             settings=settings,
             broker=broker,
             store=self.store,
-            runner=GraphRunner(store=self.store, catalog=catalog, agents=runner),
+            runner=GraphRunner(
+                store=self.store,
+                catalog=catalog,
+                agents=runner,
+                dispatcher=nats_dispatcher(broker, settings.subject_prefix),
+            ),
         )
         await self.graph_worker.start()
         if catalog.router.routes:

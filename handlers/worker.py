@@ -151,6 +151,15 @@ def _trace_task(task: RunAgent, delivered: int) -> None:
         span.set_attribute("agentledger.session_id", task.session_id)
 
 
+def _as_task(body: bytes) -> RunAgent | None:
+    """A rejected message as a `RunAgent` if it is a well-formed one (its agent unknown,
+    say), else None: only to tell a graph run that its child was rejected."""
+    try:
+        return RunAgent.model_validate_json(body)
+    except Exception:
+        return None
+
+
 def _subject_agent(subject: str) -> str:
     """The agent a task subject names (untrusted: only a metric label once checked)."""
     return subject.rsplit(".", 1)[-1]
@@ -262,10 +271,14 @@ class TaskWorker:
             seconds = time.perf_counter() - started
             trace.get_current_span().set_attribute("agentledger.status", outcome.status)
             await self.answers.publish(outcome, reply_to)
+            await self.answers.child_done(task, outcome)
             await msg.ack()
             self.metrics.run_finished(task.agent, outcome.status, seconds)
         except Rejection as rejection:
-            await self._reject(msg, rejection, task_raw, reply_to, delivered, bound)
+            answered = await self._reject(msg, rejection, task_raw, reply_to, delivered, bound)
+            if answered is not None:  # a child task of a graph run: e.g. for no agent
+                with contextlib.suppress(Exception):
+                    await self.answers.child_done(task or _as_task(task_raw.body), answered)
         except BrokenStream as e:
             # Never heals by waiting: give up now rather than after every redelivery.
             bound.error("run cannot be loaded; giving up", error=str(e))
@@ -301,6 +314,8 @@ class TaskWorker:
                 log.warning("cannot record the failure; dead-lettering", error=str(e))
             else:
                 await self.answers.publish(outcome, reply_to)
+                with contextlib.suppress(Exception):
+                    await self.answers.child_done(task, outcome)
                 await msg.reject()
                 self.metrics.run_finished(task.agent, outcome.status, None)
                 return
@@ -354,6 +369,8 @@ class TaskWorker:
             )
             with contextlib.suppress(Exception):
                 await self.answers.publish(outcome, reply_to)
+            with contextlib.suppress(Exception):  # a dead-lettered child fails its step
+                await self.answers.child_done(task, outcome)
         await msg.reject()
 
     async def _reject(
@@ -364,16 +381,17 @@ class TaskWorker:
         reply_to: str | None,
         delivered: int,
         bound: Any,
-    ) -> None:
+    ) -> RunOutcome | None:
         """Record the rejection, answer it, terminate the message (or retry the whole
-        thing later if the store is down: a rejection is never dropped unrecorded)."""
+        thing later if the store is down: a rejection is never dropped unrecorded); the
+        rejection's outcome once recorded."""
         try:
             outcome = await self.answers.record_rejection(rejection, raw)
         except StoreUnavailable as e:
             if delivered < self.settings.max_deliveries:
                 bound.warning("cannot record rejection yet; will retry", error=str(e))
                 await msg.nack(delay=backoff_s(delivered))
-                return
+                return None
             # The last delivery: keep the message as a dead letter instead.
             await self._dead_letter(
                 msg,
@@ -383,7 +401,7 @@ class TaskWorker:
                 f"rejected ({rejection.reason}), but the rejection could not be recorded: {e}",
                 reply_to,
             )
-            return
+            return None
         await self.answers.publish(
             outcome, reply_to, store=await self.answers.speaks_for(rejection, raw)
         )
@@ -392,6 +410,7 @@ class TaskWorker:
         self.metrics.task_rejected(
             rejection.agent or _subject_agent(raw.subject), str(rejection.kind)
         )
+        return outcome
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking runs; wait up to `grace_s` for in-flight ones; release the rest

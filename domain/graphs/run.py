@@ -28,7 +28,9 @@ __all__ = [
     "graph_run_of",
 ]
 
-GraphRunStatus = Literal["running", "paused", "completed", "failed"]
+GraphRunStatus = Literal["running", "paused", "waiting", "completed", "failed"]
+"""`waiting`: a step dispatched child tasks (`call_agents`) and waits for their
+outcomes; the run holds no worker while it waits."""
 
 JSON = Any
 """A JSON-compatible value."""
@@ -130,6 +132,25 @@ class GraphRun(Aggregate):
         input: JSON
         resume_id: str
 
+    class ChildrenDispatched(Event):
+        """A step dispatched child agent tasks over NATS; the run waits for them."""
+
+        TOPIC = "agentledger.GraphRun.ChildrenDispatched"
+        class_version = 1
+        key: str
+        node_id: str
+        children: list[dict[str, Any]]
+        """Each: task_id, agent, prompt, message_id (the request's), causation_id."""
+
+    class ChildFinished(Event):
+        """A dispatched child's outcome arrived (once per child)."""
+
+        TOPIC = "agentledger.GraphRun.ChildFinished"
+        class_version = 1
+        key: str
+        child_task_id: str
+        outcome: JSON
+
     class GraphCompleted(Event):
         TOPIC = "agentledger.GraphRun.GraphCompleted"
         class_version = 1
@@ -172,6 +193,10 @@ class GraphRun(Aggregate):
         self.paused_prompt: JSON = None
         self.duration_ms: float | None = None
         self.resume_ids: set[str] = set()
+        self.waiting_on: dict[str, set[str]] = {}
+        """Step key -> child task ids dispatched and not finished yet."""
+        self.children: dict[str, str] = {}
+        """Child task id -> the key of the step that dispatched it."""
         self.output: JSON = None
         self.error_kind: str | None = None
         self.error_message: str | None = None
@@ -254,6 +279,36 @@ class GraphRun(Aggregate):
         self.paused_prompt = None
         self.resume_ids.add(resume_id)
 
+    def dispatch_children(self, key: str, node_id: str, children: list[dict[str, Any]]) -> None:
+        self._require("dispatch children", "running")
+        self._trigger_dispatched(key=key, node_id=node_id, children=children)
+
+    @event(ChildrenDispatched)
+    def _trigger_dispatched(self, key: str, node_id: str, children: list[dict[str, Any]]) -> None:
+        self.status = "waiting"
+        self.waiting_on[key] = {c["task_id"] for c in children}
+        for child in children:
+            self.children[child["task_id"]] = key
+
+    def finish_child(self, child_task_id: str, outcome: JSON) -> bool:
+        """Record a dispatched child's outcome; False if it is not a child still awaited
+        (unknown, or recorded before). The run runs again once a step has them all."""
+        key = self.children.get(child_task_id)
+        if key is None or child_task_id not in self.waiting_on.get(key, set()):
+            return False
+        self._require("record a child's outcome", "waiting")
+        self._trigger_child_finished(key=key, child_task_id=child_task_id, outcome=outcome)
+        return True
+
+    @event(ChildFinished)
+    def _trigger_child_finished(self, key: str, child_task_id: str, outcome: JSON) -> None:
+        waiting = self.waiting_on.get(key, set())
+        waiting.discard(child_task_id)
+        if not waiting:
+            self.waiting_on.pop(key, None)
+        if not self.waiting_on:
+            self.status = "running"
+
     def complete(self, output: JSON, duration_ms: float) -> None:
         self._require("complete the run", "running")
         self._trigger_completed(output=output, duration_ms=duration_ms)
@@ -265,8 +320,9 @@ class GraphRun(Aggregate):
         self.duration_ms = duration_ms
 
     def fail(self, error_kind: str, message: str, duration_ms: float) -> None:
-        """End the run as failed (also from `paused`: a cancellation or a deadline)."""
-        self._require("fail the run", "running", "paused")
+        """End the run as failed (also from `paused` or `waiting`: a cancellation or a
+        deadline)."""
+        self._require("fail the run", "running", "paused", "waiting")
         self._trigger_failed(error_kind=error_kind, message=message, duration_ms=duration_ms)
 
     @event(GraphFailed)
@@ -276,6 +332,7 @@ class GraphRun(Aggregate):
         self.error_message = message
         self.duration_ms = duration_ms
         self.paused_key = self.paused_node = self.paused_prompt = None
+        self.waiting_on = {}
 
 
 @dataclass(frozen=True)
@@ -297,6 +354,10 @@ class GraphHistory:
     joins: dict[str, JSON] = field(default_factory=dict)
     inputs: dict[str, JSON] = field(default_factory=dict)
     """Human input by the key of the step that waited for it."""
+    dispatched: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Child tasks by the key of the step that dispatched them."""
+    child_outcomes: dict[str, JSON] = field(default_factory=dict)
+    """Child outcomes (RunOutcome as JSON) by child task id."""
     state: JSON = None
     """The state after the last finished step (the initial state if none)."""
     path: list[str] = field(default_factory=list)
@@ -325,6 +386,10 @@ class GraphHistory:
                 history.joins[e.key] = e.value
             elif isinstance(e, GraphRun.GraphResumed):
                 history.inputs[e.key] = e.input
+            elif isinstance(e, GraphRun.ChildrenDispatched):
+                history.dispatched[e.key] = list(e.children)
+            elif isinstance(e, GraphRun.ChildFinished):
+                history.child_outcomes[e.child_task_id] = e.outcome
         return history
 
 
@@ -354,3 +419,7 @@ def copy_graph_steps(run: GraphRun, events: Iterable[object]) -> None:
             run.pause(e.key, e.node_id, e.prompt)
         elif isinstance(e, GraphRun.GraphResumed):
             run.resume(e.input, e.resume_id)
+        elif isinstance(e, GraphRun.ChildrenDispatched):
+            run.dispatch_children(e.key, e.node_id, e.children)
+        elif isinstance(e, GraphRun.ChildFinished):
+            run.finish_child(e.child_task_id, e.outcome)

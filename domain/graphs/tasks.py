@@ -27,12 +27,14 @@ from agentledger.domain.tasks import (
     METADATA_MAX_KEYS,
     METADATA_VALUE_MAX_CHARS,
     RunError,
+    RunOutcome,
     rfc3339_deadline,
 )
 
 __all__ = [
     "RESERVED_GRAPH_NAMES",
     "CancelGraph",
+    "ChildDone",
     "GraphOutcome",
     "GraphOutcomeStatus",
     "ResumeGraph",
@@ -40,12 +42,14 @@ __all__ = [
     "WaitingFor",
 ]
 
-RESERVED_GRAPH_NAMES = frozenset({"resume", "cancel"})
-"""Names a graph cannot have: they are the resume and cancel subjects."""
+RESERVED_GRAPH_NAMES = frozenset({"resume", "cancel", "child"})
+"""Names a graph cannot have: they are the resume, cancel and child-outcome subjects."""
 
 MAX_STEPS_LIMIT = 100_000
 
-GraphOutcomeStatus = Literal["completed", "failed", "paused", "rejected"]
+GraphOutcomeStatus = Literal["completed", "failed", "paused", "waiting", "rejected"]
+"""`waiting`: the run waits for child tasks it dispatched (never published as a result:
+the result comes when the run ends or pauses)."""
 
 
 class RunGraph(BaseModel):
@@ -93,6 +97,18 @@ class CancelGraph(BaseModel):
 
     task_id: str = Field(pattern=ID_PATTERN)
     reason: str = Field(default="cancelled by request", max_length=1000)
+
+
+class ChildDone(BaseModel):
+    """A child task a graph run dispatched has ended (`<prefix>.tasks.graph.child`, sent by
+    the worker that ran the child). Recorded only for a child the run is still waiting
+    for: a child task id is unguessable, so this cannot be forged for another run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_id: str = Field(pattern=ID_PATTERN, description="The parent graph run's task id.")
+    child_task_id: str = Field(pattern=ID_PATTERN)
+    outcome: RunOutcome
 
 
 class WaitingFor(BaseModel):

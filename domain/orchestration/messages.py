@@ -25,8 +25,11 @@ from agentledger.domain.tasks import ID_PATTERN
 __all__ = [
     "BROADCAST",
     "CAUSATION_HEADER",
+    "CAUSATION_KEY",
     "CORRELATION_HEADER",
+    "CORRELATION_KEY",
     "MAX_CONTENT_CHARS",
+    "PARENT_KEY",
     "AgentMessage",
     "MessageKind",
     "child_headers",
@@ -40,6 +43,9 @@ CORRELATION_HEADER = "Agentledger-Correlation-Id"
 CAUSATION_HEADER = "Agentledger-Causation-Id"
 CORRELATION_KEY = "correlation_id"
 CAUSATION_KEY = "causation_id"
+PARENT_KEY = "parent_graph_task_id"
+"""Metadata of a child task: the graph task that dispatched it (its outcome is reported
+there, `<prefix>.tasks.graph.child`)."""
 MAX_CONTENT_CHARS = 32_768
 """A message's content, as JSON, at most this long (as a task's prompt)."""
 

@@ -28,7 +28,7 @@ from agentledger.domain.tasks import (
 
 __all__ = ["RouteChoice", "RouteOutcome", "RouteOutcomeStatus", "RouteTask"]
 
-RouteOutcomeStatus = Literal["completed", "failed", "rejected", "paused"]
+RouteOutcomeStatus = Literal["completed", "failed", "rejected", "paused", "waiting"]
 
 
 class RouteTask(BaseModel):

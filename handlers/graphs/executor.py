@@ -42,7 +42,8 @@ import dataclasses
 import hashlib
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,15 +64,18 @@ from pydantic_graph.step import NodeStep
 
 from agentledger.domain.errors import first_problem
 from agentledger.domain.graphs.run import GraphHistory, GraphRun
+from agentledger.domain.tasks import RunAgent, RunOutcome
 from agentledger.infra.event_store import RunSuperseded, StoreUnavailable
 
 __all__ = [
     "GraphDiverged",
     "GraphExecutor",
     "GraphPausedForInput",
+    "GraphWaitingForChildren",
     "StepLimitExceeded",
     "UnstorableValue",
     "agent_step",
+    "call_agents",
     "wait_for_input",
 ]
 
@@ -85,6 +89,15 @@ class GraphPausedForInput(Exception):
     def __init__(self, key: str, node_id: str, prompt: Any) -> None:
         super().__init__(f"step {node_id} waits for input")
         self.key, self.node_id, self.prompt = key, node_id, prompt
+
+
+class GraphWaitingForChildren(Exception):
+    """Raised inside a step by `call_agents` while its child tasks have not all ended:
+    `new` children are to be recorded and dispatched; otherwise they were before."""
+
+    def __init__(self, key: str, node_id: str, children: list[dict[str, Any]], new: bool) -> None:
+        super().__init__(f"step {node_id} waits for {len(children)} child tasks")
+        self.key, self.node_id, self.children, self.new = key, node_id, children, new
 
 
 class StepLimitExceeded(Exception):
@@ -159,6 +172,65 @@ async def agent_step(agent: str, prompt: str) -> Any:
     if executor.agent_runner is None:
         raise RuntimeError("this graph executor has no agent runner")
     return await executor.agent_runner(agent, prompt, executor.task_id, current.key)
+
+
+def _child_task_id(graph_task_id: str, index: int) -> str:
+    """Unguessable (a child's outcome is accepted only for a recorded child id)."""
+    return f"{graph_task_id[:120]}:child-{index}-{uuid.uuid4().hex[:16]}"
+
+
+async def call_agents(calls: Sequence[tuple[str, str]]) -> list[RunOutcome]:
+    """Inside a step: run each `(agent, prompt)` as a child task over NATS, in parallel,
+    on any worker, and return their outcomes in order (completed or not: the step
+    decides what a failed child means).
+
+    The first execution records the dispatch (`ChildrenDispatched`: each child's task
+    id, agent, prompt and request message id), publishes the child tasks and ends the
+    delivery with the run `waiting`: the run holds no worker slot while its children
+    run. Each child's outcome is recorded as it arrives (`ChildFinished`); when the last
+    one is in, the run goes on and this step runs again from its start, now getting
+    the recorded outcomes. Code before this call runs again then: call it first, or
+    keep that code idempotent. Replay serves the recorded outcomes."""
+    current = _current("call_agents")
+    executor = current.executor
+    recorded = executor.history.dispatched.get(current.key)
+    if recorded is None:
+        if executor.replay:
+            raise GraphDiverged(
+                current.key, current.node_id, "the dispatch is not recorded", "unrecorded_step"
+            )
+        if not calls:
+            return []
+        children = []
+        for i, (agent, prompt) in enumerate(calls):
+            task_id = _child_task_id(executor.task_id, i)
+            # A child that could not be a task fails the step now, before any dispatch.
+            RunAgent(task_id=task_id, agent=str(agent), prompt=str(prompt))
+            children.append(
+                {
+                    "task_id": task_id,
+                    "agent": str(agent),
+                    "prompt": str(prompt),
+                    "message_id": f"req-{uuid.uuid4().hex[:20]}",
+                }
+            )
+        raise GraphWaitingForChildren(current.key, current.node_id, children, new=True)
+    wanted = [(str(a), str(p)) for a, p in calls]
+    if wanted != [(c["agent"], c["prompt"]) for c in recorded]:
+        raise GraphDiverged(
+            current.key,
+            current.node_id,
+            "the step asks other agents or prompts than it dispatched",
+            "unrecorded_step",
+        )
+    outcomes = [executor.history.child_outcomes.get(c["task_id"]) for c in recorded]
+    if any(o is None for o in outcomes):
+        if executor.replay:
+            raise GraphDiverged(
+                current.key, current.node_id, "a child's outcome is not recorded", "unrecorded_step"
+            )
+        raise GraphWaitingForChildren(current.key, current.node_id, recorded, new=False)
+    return [RunOutcome.model_validate(o) for o in outcomes]
 
 
 def _step_key(path: str, node_id: str) -> str:
@@ -404,7 +476,7 @@ class GraphExecutor:
         token = _CURRENT.set(_Current(self, key, node.id))
         try:
             output = await call(ctx)
-        except (GraphPausedForInput, StoreUnavailable, RunSuperseded):
+        except (GraphPausedForInput, GraphWaitingForChildren, StoreUnavailable, RunSuperseded):
             raise  # not the step's failure: it is left for a resume (or the new driver)
         except Exception as e:
             self.run.fail_step(key, node.id, f"{type(e).__name__}: {e}")

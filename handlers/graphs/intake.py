@@ -5,7 +5,9 @@ fields) before anything runs.
 - `<prefix>.tasks.graph.<graph>`: a `RunGraph` whose `graph` is that name;
 - `<prefix>.tasks.graph.resume`: a `ResumeGraph` (its `resume_id` defaults to the
   message's `Nats-Msg-Id`);
-- `<prefix>.tasks.graph.cancel`: a `CancelGraph`.
+- `<prefix>.tasks.graph.cancel`: a `CancelGraph`;
+- `<prefix>.tasks.graph.child`: a `ChildDone` (a dispatched child task ended; sent by
+  the worker that ran it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 from pydantic import ValidationError
 
 from agentledger.domain.errors import ErrorKind
-from agentledger.domain.graphs.tasks import CancelGraph, ResumeGraph, RunGraph
+from agentledger.domain.graphs.tasks import CancelGraph, ChildDone, ResumeGraph, RunGraph
 from agentledger.domain.rejection import valid_id_or_none
 from agentledger.handlers.intake import (
     RawTask,
@@ -32,16 +34,19 @@ GRAPH_MAX_NESTING = 32
 GRAPH_MAX_BODY_BYTES = 256 * 1024
 """The largest graph message accepted (inputs are stored with the run)."""
 
-GraphMessage = RunGraph | ResumeGraph | CancelGraph
+GraphMessage = RunGraph | ResumeGraph | CancelGraph | ChildDone
 
 
 def parse_graph_message(raw: RawTask) -> GraphMessage:
     """The graph message in `raw`, or a `Rejection` saying exactly what is wrong."""
     key = valid_id_or_none(raw.msg_id) or raw.fallback_key
     kind = raw.subject.rsplit(".", 1)[-1]
-    model: type[GraphMessage] = (
-        ResumeGraph if kind == "resume" else CancelGraph if kind == "cancel" else RunGraph
-    )
+    models: dict[str, type[GraphMessage]] = {
+        "resume": ResumeGraph,
+        "cancel": CancelGraph,
+        "child": ChildDone,
+    }
+    model = models.get(kind, RunGraph)
     what = model.__name__
     if len(raw.body) > GRAPH_MAX_BODY_BYTES:
         raise Rejection(

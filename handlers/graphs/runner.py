@@ -15,7 +15,7 @@ run's metadata links it to the graph run (`graph_task_id`, `graph_step`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,21 +24,30 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
 from agentledger.domain.errors import ErrorKind, first_problem
-from agentledger.domain.graphs.run import GraphHistory, GraphRun, graph_run_of
+from agentledger.domain.graphs.run import GraphHistory, GraphRun, GraphRunStatus, graph_run_of
 from agentledger.domain.graphs.tasks import (
     CancelGraph,
+    ChildDone,
     GraphOutcome,
     ResumeGraph,
     RunGraph,
     WaitingFor,
 )
 from agentledger.domain.ids import graph_run_id_for
+from agentledger.domain.orchestration.messages import (
+    CAUSATION_KEY,
+    CORRELATION_KEY,
+    PARENT_KEY,
+    AgentMessage,
+    MessageKind,
+)
 from agentledger.domain.tasks import RunAgent, RunError
 from agentledger.handlers.graphs.catalog import GraphEntry
 from agentledger.handlers.graphs.executor import (
     GraphDiverged,
     GraphExecutor,
     GraphPausedForInput,
+    GraphWaitingForChildren,
     StepLimitExceeded,
 )
 from agentledger.infra.event_store import (
@@ -52,7 +61,13 @@ if TYPE_CHECKING:
     from agentledger.handlers.catalog import Catalog
     from agentledger.handlers.runner import AgentRunner
 
-__all__ = ["AgentStepFailed", "GraphRejected", "GraphRunner", "graph_outcome_of"]
+__all__ = [
+    "AgentStepFailed",
+    "ChildDispatcher",
+    "GraphRejected",
+    "GraphRunner",
+    "graph_outcome_of",
+]
 
 log = structlog.get_logger("agentledger.graphs")
 
@@ -100,13 +115,55 @@ def agent_step_task_id(graph_task_id: str, key: str) -> str:
     return f"graph-step:{digest}"
 
 
+ChildDispatcher = Callable[[list[RunAgent], list[AgentMessage]], Awaitable[None]]
+"""Publishes child tasks (and the request messages for them) over NATS."""
+
+
+def child_tasks(run: GraphRun, children: list[dict[str, Any]]) -> list[RunAgent]:
+    return [
+        RunAgent(
+            task_id=c["task_id"],
+            agent=c["agent"],
+            prompt=c["prompt"],
+            metadata={
+                CORRELATION_KEY: run.task_id,
+                CAUSATION_KEY: c["message_id"],
+                PARENT_KEY: run.task_id,
+            },
+        )
+        for c in children
+    ]
+
+
+def request_messages(run: GraphRun, children: list[dict[str, Any]]) -> list[AgentMessage]:
+    return [
+        AgentMessage(
+            message_id=c["message_id"],
+            correlation_id=run.task_id,
+            sender=run.graph,
+            receiver=c["agent"],
+            kind=MessageKind.REQUEST,
+            content=c["prompt"],
+        )
+        for c in children
+    ]
+
+
 class GraphRunner:
     def __init__(
-        self, *, store: AsyncEventStore, catalog: Catalog, agents: AgentRunner | None = None
+        self,
+        *,
+        store: AsyncEventStore,
+        catalog: Catalog,
+        agents: AgentRunner | None = None,
+        dispatcher: ChildDispatcher | None = None,
     ) -> None:
+        """`dispatcher` publishes the child tasks of `call_agents` (none: a step that
+        dispatches fails, saying so)."""
         self._store = store
         self._catalog = catalog
         self._agents = agents
+        self._dispatcher = dispatcher
 
     def entry(self, name: str) -> GraphEntry:
         try:
@@ -150,9 +207,59 @@ class GraphRunner:
             except ConcurrencyConflict:  # another delivery created it first
                 run, events = await self._load(task.task_id)
                 assert run is not None
+        if run.status == "waiting":
+            # A redelivery of the task while it waits: the children's publish may have
+            # been lost with a crashed worker (they are idempotent by task id).
+            await self._dispatch(run, GraphHistory.fold(events), only_missing=True)
         if run.status != "running":
             return graph_outcome_of(run)
         return await self._drive(run, events, entry, guard)
+
+    async def record_child(self, done: ChildDone) -> GraphRunStatus | None:
+        """Record a child's outcome (once, and only for a child the run awaits); the
+        run's status after (None: no such run). Conflicting saves are retried: children
+        of one run end together on several workers."""
+        for _ in range(20):
+            run, _events = await self._load(done.task_id)
+            if run is None:
+                return None
+            if not run.finish_child(done.child_task_id, done.outcome.model_dump(mode="json")):
+                return run.status
+            try:
+                await self._store.save(run)
+            except ConcurrencyConflict:
+                continue
+            log.info(
+                "child task ended",
+                task_id=run.task_id,
+                child_task_id=done.child_task_id,
+                status=done.outcome.status,
+                waiting_for=sum(len(v) for v in run.waiting_on.values()),
+            )
+            return run.status
+        raise ConcurrencyConflict(f"graph run of task {done.task_id!r} kept changing")
+
+    async def go_on(self, task_id: str, guard: Guard | None = None) -> GraphOutcome:
+        """Drive a run whose children have all ended (what `record_child` made ready)."""
+        run, events = await self._existing(task_id, "go on with")
+        if run.status != "running":
+            return graph_outcome_of(run)
+        return await self._drive(run, events, self.entry(run.graph), guard)
+
+    async def _dispatch(
+        self, run: GraphRun, history: GraphHistory, only_missing: bool = False
+    ) -> None:
+        children = [
+            c
+            for key in run.waiting_on
+            for c in history.dispatched.get(key, [])
+            if not only_missing or c["task_id"] in run.waiting_on[key]
+        ]
+        if not children:
+            return
+        if self._dispatcher is None:
+            raise RuntimeError("this graph runner cannot dispatch child tasks (no NATS)")
+        await self._dispatcher(child_tasks(run, children), request_messages(run, children))
 
     async def resume(self, resume: ResumeGraph, guard: Guard | None = None) -> GraphOutcome:
         """Record the input of a paused run (once per `resume_id`) and drive it on."""
@@ -228,6 +335,18 @@ class GraphRunner:
         inputs = TypeAdapter(entry.graph.input_type).validate_python(history.started.inputs)
         try:
             output = await executor.execute(inputs)
+        except GraphWaitingForChildren as waiting:
+            if self._dispatcher is None:
+                return await self._fail(
+                    run, ErrorKind.STEP_ERROR, "call_agents needs a worker that can dispatch"
+                )
+            if waiting.new:
+                run.dispatch_children(waiting.key, waiting.node_id, waiting.children)
+                await self._store.save(run)
+                history.dispatched[waiting.key] = waiting.children
+                await self._dispatch(run, history)
+                bound.info("graph run waits for child tasks", children=len(waiting.children))
+            return graph_outcome_of(run)
         except GraphPausedForInput as paused:
             run.pause(paused.key, paused.node_id, to_jsonable_python(paused.prompt))
             await self._store.save(run)

@@ -25,7 +25,7 @@ from faststream.nats import NatsBroker
 from agentledger.domain.errors import ErrorKind
 from agentledger.domain.graphs.run import GraphRun
 from agentledger.domain.graphs.tasks import (
-    CancelGraph,
+    ChildDone,
     GraphOutcome,
     ResumeGraph,
     RunGraph,
@@ -33,7 +33,7 @@ from agentledger.domain.graphs.tasks import (
 from agentledger.domain.ids import graph_run_id_for
 from agentledger.domain.subjects import graph_workers_consumer
 from agentledger.domain.tasks import RunError
-from agentledger.handlers.graphs.intake import parse_graph_message
+from agentledger.handlers.graphs.intake import GraphMessage, parse_graph_message
 from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner, graph_outcome_of
 from agentledger.handlers.intake import RawTask, Rejection
 from agentledger.handlers.kind_worker import KindWorker, Received
@@ -81,9 +81,12 @@ class GraphWorker(KindWorker):
             received.delivered,
             received.bound,
         )
-        message: RunGraph | ResumeGraph | CancelGraph | None = None
+        message: GraphMessage | None = None
         try:
             message = parse_graph_message(raw)
+            if isinstance(message, ChildDone):
+                await self._child_done(message, msg, received)
+                return
             guard = None  # a cancel takes no lease: it must work while a run is driven
             if isinstance(message, RunGraph | ResumeGraph):
                 run_id = str(graph_run_id_for(message.task_id))
@@ -97,7 +100,8 @@ class GraphWorker(KindWorker):
                 outcome = await self.runner.resume(message, guard)
             else:
                 outcome = await self.runner.cancel(message)
-            await self.answers.publish(outcome, reply_to)
+            if outcome.status != "waiting":  # the answer comes when the children end
+                await self.answers.publish(outcome, reply_to)
             await msg.ack()
         except Rejection as rejection:
             await self._reject(msg, rejection, received, message)
@@ -112,12 +116,28 @@ class GraphWorker(KindWorker):
             if give_up is not None:
                 await self._give_up(msg, raw, message, *give_up, reply_to)
 
+    async def _child_done(self, done: ChildDone, msg: Delivery, received: Received) -> None:
+        """Record a child's outcome; when it was the last one awaited, drive the run on
+        (under its lease) and answer its task if it ended or paused."""
+        status = await self.runner.record_child(done)
+        if status == "running":
+            run_id = str(graph_run_id_for(done.task_id))
+            proceed, lease = await take_lease(msg, run_id, received.final, received.bound)
+            if not proceed:
+                return
+            outcome = await self.runner.go_on(done.task_id, None if lease is None else lease.check)
+            if outcome.status != "waiting":
+                await self.answers.publish(outcome, None)
+        elif status is None:
+            received.bound.warning("child outcome for an unknown graph run", task_id=done.task_id)
+        await msg.ack()
+
     async def _reject(
         self,
         msg: Delivery,
         rejection: Rejection,
         received: Received,
-        message: RunGraph | ResumeGraph | CancelGraph | None,
+        message: GraphMessage | None,
     ) -> None:
         """Record the rejection and answer it; on the results subject only when it is
         the outcome of a new graph task (never over a run's own outcome)."""
@@ -139,11 +159,11 @@ class GraphWorker(KindWorker):
         self,
         rejection: Rejection,
         raw: RawTask,
-        message: RunGraph | ResumeGraph | CancelGraph | None,
+        message: GraphMessage | None,
     ) -> bool:
         """A resume or cancel never speaks for the task it names; a start does when no
         run (agent or graph) has that task id."""
-        if raw.subject.rsplit(".", 1)[-1] in ("resume", "cancel"):
+        if raw.subject.rsplit(".", 1)[-1] in ("resume", "cancel", "child"):
             return False
         return await self.answers.speaks_for(rejection, raw)
 
@@ -151,7 +171,7 @@ class GraphWorker(KindWorker):
         self,
         msg: Delivery,
         raw: RawTask,
-        message: RunGraph | ResumeGraph | CancelGraph | None,
+        message: GraphMessage | None,
         kind: ErrorKind,
         reason: str,
         reply_to: str | None,
@@ -161,7 +181,7 @@ class GraphWorker(KindWorker):
         if task_id is not None:
             try:
                 run = await self.store.get(graph_run_id_for(task_id), GraphRun)
-                if run is not None and run.status in ("running", "paused"):
+                if run is not None and run.status in ("running", "paused", "waiting"):
                     run.fail(str(kind), reason, 0.0)
                     await self.store.save(run)
                 if run is not None:
@@ -176,7 +196,7 @@ class GraphWorker(KindWorker):
         self,
         msg: Delivery,
         raw: RawTask,
-        message: RunGraph | ResumeGraph | CancelGraph | None,
+        message: GraphMessage | None,
         kind: str,
         reason: str,
         reply_to: str | None,

@@ -184,7 +184,9 @@ class RouteWorker(KindWorker):
             task = parse_route_task(raw, max_prompt_chars=self.settings.max_prompt_chars)
             decision = await decide_and_record(self.store, self.router, task)
             outcome = await self._run(decision, received.final)
-            await self.answers.publish(outcome, reply_to)  # type: ignore[arg-type]
+            if outcome.status != "waiting":  # a graph waiting for its children: the
+                # graph worker answers when it ends (same task id)
+                await self.answers.publish(outcome, reply_to)  # type: ignore[arg-type]
             await msg.ack()
         except Rejection as rejection:
             await self._reject(msg, rejection, received)

@@ -22,6 +22,7 @@ from agentledger.domain.graphs.run import GraphHistory, GraphRun
 from agentledger.handlers.graphs.executor import (
     GraphExecutor,
     GraphPausedForInput,
+    call_agents,
     wait_for_input,
 )
 
@@ -286,3 +287,34 @@ async def blow_up(ctx: StepContext[None, None, float]) -> float:
 
 o.add(o.edge_from(o.start_node).to(blow_up), o.edge_from(blow_up).to(o.end_node))
 overflow_graph = o.build()
+
+
+# Orchestration: one step fans a prompt out to child agent tasks over NATS (any worker
+# runs them), the next merges their answers. Input: [agent, prompt] pairs.
+o = GraphBuilder(state_type=State, input_type=list[list[str]], output_type=dict[str, Any])
+
+
+@o.step
+async def fan_out(ctx: StepContext[State, None, list[list[str]]]) -> list[dict[str, Any]]:
+    outcomes = await call_agents([(agent, prompt) for agent, prompt in ctx.inputs])
+    CALLS.append("fan_out")
+    return [
+        {"task_id": x.task_id, "status": x.status, "output": x.output, "error": x.error}
+        for x in outcomes
+    ]
+
+
+@o.step
+async def merge(ctx: StepContext[State, None, list[dict[str, Any]]]) -> dict[str, Any]:
+    CALLS.append("merge")
+    done = [r["output"] for r in ctx.inputs if r["status"] == "completed"]
+    failed = [r for r in ctx.inputs if r["status"] != "completed"]
+    return {"outputs": done, "failed": len(failed), "children": [r["task_id"] for r in ctx.inputs]}
+
+
+o.add(
+    o.edge_from(o.start_node).to(fan_out),
+    o.edge_from(fan_out).to(merge),
+    o.edge_from(merge).to(o.end_node),
+)
+fanout_graph = o.build()

@@ -1,0 +1,1 @@
+"""Multi-agent orchestration over the bus: child tasks dispatched by graph runs."""
