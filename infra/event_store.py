@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -481,8 +483,131 @@ class UnsafeDelete(Exception):
     """Removing these events would let the store reuse a notification id."""
 
 
+class _Save:
+    """One save waiting for the writer thread: its events and where to answer."""
+
+    __slots__ = ("events", "future", "loop")
+
+    def __init__(self, events: list[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.events = events
+        self.loop = loop
+        self.future: asyncio.Future[int | None] = loop.create_future()
+
+
+def _answer(answers: list[tuple[_Save, int | None, BaseException | None]]) -> None:
+    """Settle the futures of one committed batch (on their event loop)."""
+    for pending, result, error in answers:
+        if pending.future.done():  # its caller was cancelled meanwhile
+            continue
+        if error is None:
+            pending.future.set_result(result)
+        else:
+            pending.future.set_exception(error)
+
+
+MAX_BATCH_EVENTS = 1000
+"""At most this many events in one group commit (the saves queued meanwhile)."""
+WRITER_IDLE_S = 2.0
+"""The writer thread ends after this long without a save (the next save starts one)."""
+
+
+class _Writer:
+    """The thread that commits saves: all the saves queued while it was busy go in one
+    transaction (group commit), and their callers are answered with one wake-up of
+    their event loop. Under load that is one thread hop and one commit for many saves
+    instead of one of each per save; alone, a save costs what it did.
+
+    A batch that fails for any reason but an unreachable database is retried one save
+    at a time, so each save gets its own outcome (a conflict or a bad event of one run
+    never fails another's). An unreachable database fails them all with
+    `StoreUnavailable`, which each caller retries on its own."""
+
+    def __init__(self, save: Callable[..., int | None]) -> None:
+        self._save = save
+        self._queue: queue.SimpleQueue[_Save | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, pending: _Save) -> None:
+        with self._lock:
+            self._queue.put(pending)
+            if self._thread is None:  # started on demand, ended when idle
+                self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        with self._lock:
+            thread = self._thread
+            if thread is not None:
+                self._queue.put(None)
+        if thread is not None:
+            thread.join()
+            with self._lock:
+                self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=WRITER_IDLE_S)
+            except queue.Empty:
+                with self._lock:  # submit() starts another thread after this
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            if first is None:
+                return
+            batch = [first]
+            size = len(first.events)
+            closing = False
+            while size < MAX_BATCH_EVENTS:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    closing = True
+                    break
+                batch.append(more)
+                size += len(more.events)
+            self._commit(batch)
+            if closing:
+                return
+
+    def _commit(self, batch: list[_Save]) -> None:
+        answers: list[tuple[_Save, int | None, BaseException | None]] = []
+        try:
+            last = self._save(*(e for pending in batch for e in pending.events))
+        except StoreUnavailable as e:
+            # Nothing (or, its answer lost, everything) was committed: each caller
+            # retries its own save (`_save_events`).
+            answers.append((batch[0], None, e))
+            answers += [(pending, None, StoreUnavailable(str(e))) for pending in batch[1:]]
+        except Exception as e:
+            if len(batch) == 1:
+                answers.append((batch[0], None, e))
+            else:  # nothing was committed: find whose save it was
+                answers = [self._alone(pending) for pending in batch]
+        else:
+            # The batch's last notification id: at or after each save's own.
+            answers = [(pending, last, None) for pending in batch]
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for answer in answers:
+            by_loop.setdefault(answer[0].loop, []).append(answer)
+        for loop, theirs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_answer, theirs)
+
+    def _alone(self, pending: _Save) -> tuple[_Save, int | None, BaseException | None]:
+        try:
+            return pending, self._save(*pending.events), None
+        except Exception as e:
+            return pending, None, e
+
+
 class AsyncEventStore:
-    """`EventStore` for the event loop: each call in a bounded thread pool.
+    """`EventStore` for the event loop: reads in a bounded thread pool, saves on one
+    writer thread that commits the saves queued meanwhile together (`_Writer`).
 
     A save that fails because the database is unreachable is retried with backoff for
     up to `retry_s` with the very same events, so a short outage does not force work
@@ -497,12 +622,22 @@ class AsyncEventStore:
         self._pool = (
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store") if threads else None
         )
+        self._writer = _Writer(store.save)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._pool is None:
             return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+
+    async def _commit(self, events: list[Any]) -> int | None:
+        """Save `events` atomically through the writer thread (on the loop without a
+        pool)."""
+        if self._pool is None:
+            return self.sync.save(*events)
+        pending = _Save(events, asyncio.get_running_loop())
+        self._writer.submit(pending)
+        return await pending.future
 
     async def get(self, aggregate_id: UUID, cls: type[A], version: int | None = None) -> A | None:
         return await self._call(self.sync.get, aggregate_id, cls, version)
@@ -542,7 +677,7 @@ class AsyncEventStore:
         retried = False
         while True:
             try:
-                return await self._call(self.sync.save, *events)
+                return await self._commit(events)
             except StoreUnavailable:
                 if loop.time() + delay > deadline:
                     raise
@@ -566,6 +701,7 @@ class AsyncEventStore:
         return True
 
     def close(self) -> None:
+        self._writer.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self.sync.close()
