@@ -96,11 +96,11 @@ class TaskAnswers:
             error=RunError(kind=str(rejection.kind), message=rejection.reason, retryable=False),
         )
 
-    async def child_done(self, task: RunAgent | None, outcome: RunOutcome) -> None:
+    async def _child_done(self, task: RunAgent, outcome: RunOutcome) -> None:
         """If `task` is a child a graph run dispatched (`call_agents`), report its outcome
         to that run (`<prefix>.tasks.graph.child`; once per child and ending)."""
-        parent = None if task is None else task.metadata.get(PARENT_KEY)
-        if task is None or not parent:
+        parent = task.metadata.get(PARENT_KEY)
+        if not parent:
             return
         try:
             done = ChildDone(task_id=parent, child_task_id=task.task_id, outcome=outcome)
@@ -114,10 +114,16 @@ class TaskAnswers:
         )
 
     async def publish(
-        self, outcome: RunOutcome | GraphOutcome, reply_to: str | None, *, store: bool = True
+        self,
+        outcome: RunOutcome | GraphOutcome,
+        reply_to: str | None,
+        *,
+        store: bool = True,
+        task: RunAgent | None = None,
     ) -> None:
         """Publish the outcome on `<prefix>.results.<task_id>` (kept, last one per task)
-        unless `store` is false, and to the reply subject if there is one.
+        unless `store` is false, and to the reply subject if there is one; when `task`
+        (whose outcome it is) is a child of a graph run, report it to that run too.
 
         The results stream drops a republished identical outcome (a redelivery of a
         finished task) by its `Nats-Msg-Id`, which names the run and its ending: a
@@ -136,3 +142,5 @@ class TaskAnswers:
             )
         if reply_to:
             await nc.publish(reply_to, payload)
+        if task is not None and isinstance(outcome, RunOutcome):
+            await self._child_done(task, outcome)

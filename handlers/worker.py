@@ -270,15 +270,11 @@ class TaskWorker:
                 ) from None
             seconds = time.perf_counter() - started
             trace.get_current_span().set_attribute("agentledger.status", outcome.status)
-            await self.answers.publish(outcome, reply_to)
-            await self.answers.child_done(task, outcome)
+            await self.answers.publish(outcome, reply_to, task=task)
             await msg.ack()
             self.metrics.run_finished(task.agent, outcome.status, seconds)
         except Rejection as rejection:
-            answered = await self._reject(msg, rejection, task_raw, reply_to, delivered, bound)
-            if answered is not None:  # a child task of a graph run: e.g. for no agent
-                with contextlib.suppress(Exception):
-                    await self.answers.child_done(task or _as_task(task_raw.body), answered)
+            await self._reject(msg, rejection, task_raw, reply_to, delivered, bound, task)
         except BrokenStream as e:
             # Never heals by waiting: give up now rather than after every redelivery.
             bound.error("run cannot be loaded; giving up", error=str(e))
@@ -313,9 +309,7 @@ class TaskWorker:
             except Exception as e:
                 log.warning("cannot record the failure; dead-lettering", error=str(e))
             else:
-                await self.answers.publish(outcome, reply_to)
-                with contextlib.suppress(Exception):
-                    await self.answers.child_done(task, outcome)
+                await self.answers.publish(outcome, reply_to, task=task)
                 await msg.reject()
                 self.metrics.run_finished(task.agent, outcome.status, None)
                 return
@@ -367,10 +361,8 @@ class TaskWorker:
                     retryable=status == "failed",
                 ),
             )
-            with contextlib.suppress(Exception):
-                await self.answers.publish(outcome, reply_to)
-            with contextlib.suppress(Exception):  # a dead-lettered child fails its step
-                await self.answers.child_done(task, outcome)
+            with contextlib.suppress(Exception):  # a dead-lettered child fails its step too
+                await self.answers.publish(outcome, reply_to, task=task)
         await msg.reject()
 
     async def _reject(
@@ -381,17 +373,19 @@ class TaskWorker:
         reply_to: str | None,
         delivered: int,
         bound: Any,
-    ) -> RunOutcome | None:
+        task: RunAgent | None = None,
+    ) -> None:
         """Record the rejection, answer it, terminate the message (or retry the whole
-        thing later if the store is down: a rejection is never dropped unrecorded); the
-        rejection's outcome once recorded."""
+        thing later if the store is down: a rejection is never dropped unrecorded). A
+        rejected child of a graph run (e.g. for an agent not in the catalog, refused
+        before `task` is parsed) is reported to that run."""
         try:
             outcome = await self.answers.record_rejection(rejection, raw)
         except StoreUnavailable as e:
             if delivered < self.settings.max_deliveries:
                 bound.warning("cannot record rejection yet; will retry", error=str(e))
                 await msg.nack(delay=backoff_s(delivered))
-                return None
+                return
             # The last delivery: keep the message as a dead letter instead.
             await self._dead_letter(
                 msg,
@@ -401,16 +395,18 @@ class TaskWorker:
                 f"rejected ({rejection.reason}), but the rejection could not be recorded: {e}",
                 reply_to,
             )
-            return None
+            return
         await self.answers.publish(
-            outcome, reply_to, store=await self.answers.speaks_for(rejection, raw)
+            outcome,
+            reply_to,
+            store=await self.answers.speaks_for(rejection, raw),
+            task=task or _as_task(raw.body),
         )
         await msg.reject()
         # Terminated: JetStream will not deliver it again.
         self.metrics.task_rejected(
             rejection.agent or _subject_agent(raw.subject), str(rejection.kind)
         )
-        return outcome
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking runs; wait up to `grace_s` for in-flight ones; release the rest

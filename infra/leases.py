@@ -142,16 +142,19 @@ class RunLeases:
             )
         return cls(kv, actual, holder)
 
-    def _value(self, run_id: str) -> tuple[str, bytes]:
+    def _holder(self) -> str:
+        """This process's holder name for one more lease (each delivery its own)."""
         self._serial += 1
-        holder = f"{self.holder}#{self._serial}"
-        body = {"holder": holder, "run_id": run_id, "ttl_s": self.ttl_s}
-        return holder, json.dumps(body).encode()
+        return f"{self.holder}#{self._serial}"
+
+    def _value(self, run_id: str, holder: str) -> bytes:
+        return json.dumps({"holder": holder, "run_id": run_id, "ttl_s": self.ttl_s}).encode()
 
     async def acquire(self, run_id: str) -> Lease | Held:
         """Take the run's lease, or say who holds it."""
         key = f"run.{run_id}"
-        holder, value = self._value(run_id)
+        holder = self._holder()
+        value = self._value(run_id, holder)
         for _ in range(3):
             try:
                 revision = await self.kv.create(key, value)
@@ -176,11 +179,8 @@ class RunLeases:
             return
         started = time.monotonic()
         try:
-            _, value = self._value(lease.run_id)
-            body = json.loads(value)
-            body["holder"] = lease.holder
             lease.revision = await self.kv.update(
-                lease.key, json.dumps(body).encode(), last=lease.revision
+                lease.key, self._value(lease.run_id, lease.holder), last=lease.revision
             )
             lease.renewed_at = started
         except KeyWrongLastSequenceError:

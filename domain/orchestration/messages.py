@@ -14,6 +14,7 @@ message subject can never be widened or split by what a sender chose.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -86,7 +87,6 @@ class AgentMessage(BaseModel):
     @field_validator("content")
     @classmethod
     def _bounded(cls, value: Any) -> Any:
-        import json
 
         try:
             size = len(json.dumps(value, allow_nan=False, ensure_ascii=False))

@@ -15,6 +15,8 @@ Concurrent writers are resolved by optimistic concurrency, twice over:
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -50,8 +52,6 @@ class ScratchpadConflict(Exception):
 
 
 def _checked(key: str, value: JSON) -> None:
-    import json
-    import re
 
     if not isinstance(key, str) or not re.fullmatch(KEY_PATTERN, key):
         raise ValueError(f"a scratchpad key is 1 to {MAX_KEY_CHARS} of A-Z a-z 0-9 _ - : ({key!r})")

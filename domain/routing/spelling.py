@@ -33,6 +33,8 @@ __all__ = ["Speller", "english_words"]
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['\u2019][A-Za-z]+)*")
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 MIN_LENGTH = 4
+RECENT = 256
+"""Corrected texts remembered (oldest out first)."""
 FAR_LENGTH = 6
 """Words this long may be corrected two edits away (to the routes' own words only)."""
 CONTRACTIONS = frozenset(
@@ -127,6 +129,7 @@ class Speller:
                 word = match.group(0)
                 if word.isalpha() and len(word) > 1:
                     self.own.setdefault(word, len(self.own))
+        self._recent: dict[str, str] = {}
         self._far: dict[str, set[str]] = {}
         for word in self.own:
             if len(word) >= FAR_LENGTH - 1:
@@ -166,4 +169,12 @@ class Speller:
         return None
 
     def correct(self, text: str) -> str:
-        return _WORD.sub(lambda m: self.correct_word(m.group(0), m.start() == 0), text)
+        """`text` with its misspelt words corrected. Remembered for the last texts: a
+        decision corrects its prompt twice (its vector and its lexical score)."""
+        fixed = self._recent.get(text)
+        if fixed is None:
+            fixed = _WORD.sub(lambda m: self.correct_word(m.group(0), m.start() == 0), text)
+            if len(self._recent) >= RECENT:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[text] = fixed
+        return fixed
