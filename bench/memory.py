@@ -568,7 +568,8 @@ def batch_rows(batch: list[object], runs: dict[str, tuple[str, ...]]) -> list[tu
 
 def raw_ddl(projection: MemoryProjection) -> list[str]:
     """The projection's DDL for an identical table `bench_raw` (indexes included)."""
-    return [s.replace("al_memory", "bench_raw") for s in projection.ddl if "al_memory" in s]
+    statements = (*projection.ddl, *projection.deferred_ddl)
+    return [s.replace("al_memory", "bench_raw") for s in statements if "al_memory" in s]
 
 
 class Postgres:
@@ -671,7 +672,7 @@ def search_postgres(
             )
         )
         conn.execute(f"SET maintenance_work_mem = '{args.maintenance_work_mem}'")
-        build = next(s for s in projection.ddl if "USING hnsw" in s)
+        build = next(s for s in projection.deferred_ddl if "USING hnsw" in s)
         t0 = time.perf_counter()
         conn.execute(build)
         build_s = time.perf_counter() - t0
