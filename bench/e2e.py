@@ -679,6 +679,20 @@ async def bare_baseline(args: argparse.Namespace, results: Results) -> None:
     await timed(args.bare_concurrency, args.warmup)
     results.bare["sequential"] = await timed(1, args.tasks)
     results.bare["concurrent"] = await timed(args.bare_concurrency, args.tasks)
+    # The same, with the garbage-collector settings `agentledger worker` applies once
+    # started (AGENTLEDGER_GC_THRESHOLD): what bare pydantic-ai would gain from them too.
+    import gc
+
+    from agentledger.handlers.cli_support import tune_gc
+    from agentledger.infra.settings import Settings
+
+    before = gc.get_threshold()
+    tune_gc(Settings().gc_threshold)
+    try:
+        results.bare["concurrent_gc"] = await timed(args.bare_concurrency, args.tasks)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 # -- section: throughput ------------------------------------------------------------------
@@ -1158,6 +1172,7 @@ def report(args: argparse.Namespace, results: Results) -> list[tuple[str, bool, 
         for key, label in (
             ("sequential", "bare agent.run, sequential"),
             ("concurrent", f"bare agent.run, {args.bare_concurrency} concurrent"),
+            ("concurrent_gc", f"bare agent.run, {args.bare_concurrency} concurrent, worker's GC"),
         ):
             if key in bare:
                 b = bare[key]

@@ -34,6 +34,7 @@ from agentledger.handlers.cli_support import (
     resolve,
     run,
     settings_from_env,
+    tune_gc,
     until_signal,
 )
 from agentledger.handlers.graphs.cli import register as register_graph_commands
@@ -118,6 +119,7 @@ def worker(
 
     async def serve() -> None:
         service = await WorkerService(settings=settings).start()
+        tune_gc(settings.gc_threshold)
         try:
             await until_signal()
         finally:
@@ -139,6 +141,7 @@ def project(
 
     async def serve() -> None:
         service = await ProjectorService(settings=settings, relay=relay, queries=queries).start()
+        tune_gc(settings.gc_threshold)
         try:
             await until_signal()
         finally:

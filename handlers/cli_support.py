@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import json
 import shutil
 import signal
@@ -136,6 +137,25 @@ def invalid_input(e: ValidationError, flags: dict[str, str]) -> CliError:
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+def tune_gc(threshold: int) -> None:
+    """Garbage-collector settings for a long-running process, once it has started.
+
+    An agent run allocates tens of thousands of short-lived objects (pydantic-ai's graph,
+    messages, validators). With Python's default threshold (a young collection every 700
+    net allocations, an old one every 100 young ones) a worker's collector walked the
+    tens of thousands of objects every import left behind over and over: measured with
+    `bench/e2e.py`, 0.6-0.9 ms of CPU per run (5.6-5.8 ms -> 4.7-4.9 ms on SQLite). So:
+    collect once, freeze what start-up built (it is never garbage: modules, the
+    catalog's agents, schemas), and collect young objects every `threshold`
+    allocations. Cycles are still collected; they live a little longer. 0 leaves
+    Python's settings alone (`AGENTLEDGER_GC_THRESHOLD`)."""
+    if threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(threshold, 20, 20)
 
 
 async def until_signal() -> None:

@@ -83,6 +83,13 @@ class Settings(BaseSettings):
         description="How long a run lease outlives its last renewal (unset: the AckWait);"
         " fixed when the lease bucket is created.",
     )
+    gc_threshold: int = Field(
+        default=20_000,
+        ge=0,
+        description="Long-running processes (worker, projector) freeze the objects left"
+        " after start-up out of the garbage collector and collect young objects every this"
+        " many allocations (Python's default 700); 0 keeps Python's defaults.",
+    )
     max_prompt_chars: int = Field(default=32_768, ge=1)
     catalog: str = DEFAULT_CATALOG
     app_dir: Path | None = Field(

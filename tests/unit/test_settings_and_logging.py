@@ -82,3 +82,31 @@ def test_only_faststreams_empty_fetch_report_is_silenced() -> None:
     )
     assert pull_filter.filter(record(RuntimeError("x"), "Task-11 raised an exception, retrying..."))
     assert pull_filter.filter(record(TimeoutError(), "handler failed"))
+
+
+def test_a_long_running_process_freezes_start_up_objects_and_collects_less_often() -> None:
+    """`agentledger worker` / `project` call tune_gc once started; 0 keeps Python's GC."""
+    import gc
+
+    from agentledger.handlers.cli_support import tune_gc
+    from agentledger.infra.settings import Settings
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(0)
+        assert gc.get_threshold() == before
+        assert gc.get_freeze_count() == 0
+
+        tune_gc(Settings().gc_threshold)
+        assert gc.get_threshold() == (20_000, 20, 20)
+        assert gc.get_freeze_count() > 1000  # the modules and objects start-up built
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_the_gc_threshold_comes_from_the_environment(monkeypatch) -> None:
+    from agentledger.handlers.cli_support import settings_from_env
+
+    monkeypatch.setenv("AGENTLEDGER_GC_THRESHOLD", "0")
+    assert settings_from_env().gc_threshold == 0
