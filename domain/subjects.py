@@ -24,6 +24,7 @@ __all__ = [
     "task_subject",
     "tasks_stream",
     "workers_consumer",
+    "workflow_cancel_subject",
 ]
 
 REPLY_SUBJECT_MAX_CHARS = 256
@@ -49,6 +50,13 @@ def graph_resume_subject(prefix: str) -> str:
 def graph_cancel_subject(prefix: str) -> str:
     """Where a `CancelGraph` is published."""
     return f"{prefix}.tasks.graph.cancel"
+
+
+def workflow_cancel_subject(prefix: str) -> str:
+    """Where a workflow (a graph run that dispatches child tasks) is cancelled: a
+    `CancelGraph` that also cancels the children it still waits for (as does one on
+    `graph_cancel_subject`)."""
+    return f"{prefix}.tasks.workflow.cancel"
 
 
 def graph_child_subject(prefix: str) -> str:
@@ -83,7 +91,12 @@ def task_stream_subjects(prefix: str) -> list[str]:
     `ledger.tasks.run.a.b`) finds no stream and fails at once, instead of being stored
     where nothing ever answers it.
     """
-    return [f"{prefix}.tasks.run.*", f"{prefix}.tasks.graph.*", route_subject(prefix)]
+    return [
+        f"{prefix}.tasks.run.*",
+        f"{prefix}.tasks.graph.*",
+        route_subject(prefix),
+        workflow_cancel_subject(prefix),
+    ]
 
 
 def tasks_stream(prefix: str) -> str:

@@ -58,12 +58,15 @@ class KindWorker(ABC):
         subject: str,
         durable: str,
         logger: Any,
+        extra_subjects: tuple[str, ...] = (),
     ) -> None:
+        """`extra_subjects`: more subjects the same durable consumer takes."""
         self.settings = settings
         self.broker = broker
         self.store = store
         self.prefix = settings.subject_prefix
         self.subject = subject
+        self.extra_subjects = extra_subjects
         self.durable = durable
         self.log = logger
         self.answers = TaskAnswers(broker=broker, store=store, prefix=self.prefix)
@@ -78,6 +81,7 @@ class KindWorker(ABC):
             subject=self.subject,
             durable=self.durable,
             handle=self.handle,
+            extra_subjects=self.extra_subjects,
         )
         await self.consumer.start()
 

@@ -261,6 +261,29 @@ class AgentRunner:
         bound = self._log.bind(task_id=task.task_id, agent=task.agent, run_id=str(run.id))
         return await self._fail(run, _Failure(kind=kind, message=message, retryable=True), bound)
 
+    async def cancel(self, task: RunAgent, reason: str) -> RunOutcome:
+        """End the task's run as failed (`cancelled`, not retryable), creating it first if
+        no worker has started it, so a worker that takes the task later finds it
+        finished and runs nothing. A worker driving it meets a conflict at its next
+        save and stops (`RunSuperseded`). A finished run keeps its outcome."""
+        for _ in range(10):
+            run = await self._store.get(run_id_for(task.task_id), AgentRun)
+            if run is None:
+                created = await self._create(task)
+                if created is None:
+                    continue  # a worker created it meanwhile: load it again
+                run = created[0]
+            if run.status != "running":
+                return outcome_of(run)
+            run.fail(str(ErrorKind.CANCELLED), reason, False, self._duration_ms(run))
+            try:
+                await self._store.save(run)
+            except ConcurrencyConflict:
+                continue  # a step was saved meanwhile: load again and retry
+            self._log.info("run cancelled", task_id=task.task_id, run_id=str(run.id))
+            return outcome_of(run)
+        raise ConcurrencyConflict(f"run of task {task.task_id!r} kept changing")
+
     async def _create(
         self, task: RunAgent, recall: RecallSpec | None = None
     ) -> tuple[AgentRun, list[Any]] | None:

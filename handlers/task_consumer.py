@@ -369,6 +369,7 @@ class TaskConsumer:
                 self._subject, durable=self._durable, stream=self._stream, config=self._config
             )
             await self._follow_ack_wait(subscription)
+            await self._follow_filters(nc, subscription)
             if self._lease_ttl_s is not None:
                 self.leases = await RunLeases.open(
                     nc.jetstream(),
@@ -422,6 +423,33 @@ class TaskConsumer:
             setting_ack_wait_s=self._config.ack_wait,
         )
         self._heartbeat_s = min(self._heartbeat_s, max(0.2, actual / 3))
+
+    async def _follow_filters(self, nc: Any, subscription: Any) -> None:
+        """Bring an existing durable consumer's subjects to this version's.
+
+        A durable consumer keeps the subjects it was created with; a newer worker that
+        takes one more subject (the graph workers' `<prefix>.tasks.workflow.cancel`)
+        would otherwise never receive it. Other settings are left as the operator has
+        them."""
+        wanted = self._config.filter_subjects
+        if not wanted:
+            return
+        try:
+            info = await subscription.consumer_info()
+            config = info.config
+            have = config.filter_subjects or (
+                [config.filter_subject] if config.filter_subject else []
+            )
+            if sorted(have) == sorted(wanted):
+                return
+            config.filter_subject = None
+            config.filter_subjects = list(wanted)
+            await nc.jetstream().add_consumer(self._stream, config=config)
+            log.info("consumer subjects updated", consumer=self._durable, subjects=wanted)
+        except Exception as e:  # the consumer keeps working on its old subjects
+            log.warning(
+                "could not update the consumer's subjects", consumer=self._durable, error=str(e)
+            )
 
     async def _pull(self, subscription: Any) -> None:
         assert self._freed is not None and self._loop is not None
@@ -491,10 +519,11 @@ def worker_consumer(
     durable: str,
     handle: Handler,
     tracer: Tracer | None = None,
+    extra_subjects: tuple[str, ...] = (),
 ) -> TaskConsumer:
-    """A worker's consumer of `subject` on the tasks stream: the shared durable
-    `durable`, explicit acks, AckWait and max deliveries from settings, at most
-    `worker_concurrency` tasks in hand, heartbeats every AckWait / 3."""
+    """A worker's consumer of `subject` (and `extra_subjects`) on the tasks stream: the
+    shared durable `durable`, explicit acks, AckWait and max deliveries from settings,
+    at most `worker_concurrency` tasks in hand, heartbeats every AckWait / 3."""
     return TaskConsumer(
         settings=settings,
         name=name,
@@ -508,6 +537,7 @@ def worker_consumer(
             max_deliver=settings.max_deliveries,
             max_ack_pending=max(1000, settings.worker_concurrency * 4),
             deliver_policy=DeliverPolicy.ALL,
+            filter_subjects=[subject, *extra_subjects] if extra_subjects else None,
         ),
         capacity=settings.worker_concurrency,
         handle=handle,

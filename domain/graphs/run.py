@@ -140,7 +140,8 @@ class GraphRun(Aggregate):
         key: str
         node_id: str
         children: list[dict[str, Any]]
-        """Each: task_id, agent, prompt, message_id (the request's), causation_id."""
+        """Each: task_id, agent, prompt, message_id (the request's); optionally kind
+        (`handoff`), session_id, fail_fast (true) and deadline (ISO 8601)."""
 
     class ChildFinished(Event):
         """A dispatched child's outcome arrived (once per child)."""
@@ -197,6 +198,8 @@ class GraphRun(Aggregate):
         """Step key -> child task ids dispatched and not finished yet."""
         self.children: dict[str, str] = {}
         """Child task id -> the key of the step that dispatched it."""
+        self.fail_fast: set[str] = set()
+        """Keys of the steps whose dispatch stops waiting at the first failed child."""
         self.output: JSON = None
         self.error_kind: str | None = None
         self.error_message: str | None = None
@@ -287,6 +290,8 @@ class GraphRun(Aggregate):
     def _trigger_dispatched(self, key: str, node_id: str, children: list[dict[str, Any]]) -> None:
         self.status = "waiting"
         self.waiting_on[key] = {c["task_id"] for c in children}
+        if any(c.get("fail_fast") for c in children):
+            self.fail_fast.add(key)
         for child in children:
             self.children[child["task_id"]] = key
 
@@ -304,7 +309,9 @@ class GraphRun(Aggregate):
     def _trigger_child_finished(self, key: str, child_task_id: str, outcome: JSON) -> None:
         waiting = self.waiting_on.get(key, set())
         waiting.discard(child_task_id)
-        if not waiting:
+        failed = not (isinstance(outcome, dict) and outcome.get("status") == "completed")
+        if not waiting or (failed and key in self.fail_fast):
+            # Fail-fast: the first failure ends the wait; the rest are not awaited.
             self.waiting_on.pop(key, None)
         if not self.waiting_on:
             self.status = "running"

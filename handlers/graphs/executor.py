@@ -46,7 +46,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
@@ -68,6 +68,7 @@ from agentledger.domain.tasks import RunAgent, RunOutcome
 from agentledger.infra.event_store import RunSuperseded, StoreUnavailable
 
 __all__ = [
+    "ChildTaskFailed",
     "GraphDiverged",
     "GraphExecutor",
     "GraphPausedForInput",
@@ -179,18 +180,48 @@ def _child_task_id(graph_task_id: str, index: int) -> str:
     return f"{graph_task_id[:120]}:child-{index}-{uuid.uuid4().hex[:16]}"
 
 
-async def call_agents(calls: Sequence[tuple[str, str]]) -> list[RunOutcome]:
+class ChildTaskFailed(Exception):
+    """A `call_agents(..., fail_fast=True)` child did not complete: the step fails."""
+
+    def __init__(self, failures: list[RunOutcome], agents: list[str]) -> None:
+        parts = []
+        for outcome, agent in zip(failures, agents, strict=True):
+            error = outcome.error
+            why = f"{error.kind}: {error.message}" if error else outcome.status
+            parts.append(f"{agent} ({outcome.task_id}): {why}")
+        super().__init__(f"{len(failures)} child task(s) failed: " + "; ".join(parts))
+        self.failures = failures
+
+
+async def call_agents(
+    calls: Sequence[tuple[str, str]],
+    *,
+    session_id: str | None = None,
+    kind: Literal["request", "handoff"] = "request",
+    fail_fast: bool = False,
+    timeout_s: float | None = None,
+) -> list[RunOutcome]:
     """Inside a step: run each `(agent, prompt)` as a child task over NATS, in parallel,
     on any worker, and return their outcomes in order (completed or not: the step
     decides what a failed child means).
 
+    - `session_id`: the children run in that conversation (a handoff passes the
+      conversation, with its history, to the next agent this way);
+    - `kind`: what the request messages are (`handoff` for a transfer);
+    - `fail_fast`: the first child that does not complete fails the step at once
+      (`ChildTaskFailed`, listing the failures); the children still running are
+      cancelled. Without it the step gets every outcome (best effort);
+    - `timeout_s`: each child must finish within this long of the dispatch (its task's
+      deadline): one that does not ends `failed` with `deadline_exceeded`.
+
     The first execution records the dispatch (`ChildrenDispatched`: each child's task
-    id, agent, prompt and request message id), publishes the child tasks and ends the
-    delivery with the run `waiting`: the run holds no worker slot while its children
-    run. Each child's outcome is recorded as it arrives (`ChildFinished`); when the last
-    one is in, the run goes on and this step runs again from its start, now getting
-    the recorded outcomes. Code before this call runs again then: call it first, or
-    keep that code idempotent. Replay serves the recorded outcomes."""
+    id, agent, prompt, request message id and these options), publishes the child
+    tasks and ends the delivery with the run `waiting`: the run holds no worker slot
+    while its children run. Each child's outcome is recorded as it arrives
+    (`ChildFinished`); when the last one is in (or, fail-fast, a failure), the run goes
+    on and this step runs again from its start, now getting the recorded outcomes.
+    Code before this call runs again then: call it first, or keep that code
+    idempotent. Replay serves the recorded outcomes."""
     current = _current("call_agents")
     executor = current.executor
     recorded = executor.history.dispatched.get(current.key)
@@ -201,19 +232,37 @@ async def call_agents(calls: Sequence[tuple[str, str]]) -> list[RunOutcome]:
             )
         if not calls:
             return []
+        deadline = None
+        if timeout_s is not None:
+            if not (math.isfinite(timeout_s) and timeout_s > 0):
+                raise ValueError(f"timeout_s must be a positive number of seconds: {timeout_s}")
+            deadline = (datetime.now(UTC) + timedelta(seconds=timeout_s)).isoformat()
         children = []
         for i, (agent, prompt) in enumerate(calls):
             task_id = _child_task_id(executor.task_id, i)
             # A child that could not be a task fails the step now, before any dispatch.
-            RunAgent(task_id=task_id, agent=str(agent), prompt=str(prompt))
-            children.append(
-                {
-                    "task_id": task_id,
-                    "agent": str(agent),
-                    "prompt": str(prompt),
-                    "message_id": f"req-{uuid.uuid4().hex[:20]}",
-                }
+            RunAgent(
+                task_id=task_id,
+                agent=str(agent),
+                prompt=str(prompt),
+                session_id=session_id,
+                deadline=deadline,
             )
+            child: dict[str, Any] = {
+                "task_id": task_id,
+                "agent": str(agent),
+                "prompt": str(prompt),
+                "message_id": f"req-{uuid.uuid4().hex[:20]}",
+            }
+            if kind != "request":
+                child["kind"] = kind
+            if session_id is not None:
+                child["session_id"] = session_id
+            if fail_fast:
+                child["fail_fast"] = True
+            if deadline is not None:
+                child["deadline"] = deadline
+            children.append(child)
         raise GraphWaitingForChildren(current.key, current.node_id, children, new=True)
     wanted = [(str(a), str(p)) for a, p in calls]
     if wanted != [(c["agent"], c["prompt"]) for c in recorded]:
@@ -223,14 +272,23 @@ async def call_agents(calls: Sequence[tuple[str, str]]) -> list[RunOutcome]:
             "the step asks other agents or prompts than it dispatched",
             "unrecorded_step",
         )
-    outcomes = [executor.history.child_outcomes.get(c["task_id"]) for c in recorded]
-    if any(o is None for o in outcomes):
+    found = {
+        c["task_id"]: RunOutcome.model_validate(o)
+        for c in recorded
+        if (o := executor.history.child_outcomes.get(c["task_id"])) is not None
+    }
+    failed = [
+        c for c in recorded if c["task_id"] in found and found[c["task_id"]].status != "completed"
+    ]
+    if failed and any(c.get("fail_fast") for c in recorded):
+        raise ChildTaskFailed([found[c["task_id"]] for c in failed], [c["agent"] for c in failed])
+    if len(found) < len(recorded):
         if executor.replay:
             raise GraphDiverged(
                 current.key, current.node_id, "a child's outcome is not recorded", "unrecorded_step"
             )
         raise GraphWaitingForChildren(current.key, current.node_id, recorded, new=False)
-    return [RunOutcome.model_validate(o) for o in outcomes]
+    return [found[c["task_id"]] for c in recorded]
 
 
 def _step_key(path: str, node_id: str) -> str:

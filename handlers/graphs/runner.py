@@ -34,12 +34,12 @@ from agentledger.domain.graphs.tasks import (
     WaitingFor,
 )
 from agentledger.domain.ids import graph_run_id_for
+from agentledger.domain.orchestration.flow import request_message, response_message
 from agentledger.domain.orchestration.messages import (
     CAUSATION_KEY,
     CORRELATION_KEY,
     PARENT_KEY,
     AgentMessage,
-    MessageKind,
 )
 from agentledger.domain.tasks import RunAgent, RunError
 from agentledger.handlers.graphs.catalog import GraphEntry
@@ -125,6 +125,8 @@ def child_tasks(run: GraphRun, children: list[dict[str, Any]]) -> list[RunAgent]
             task_id=c["task_id"],
             agent=c["agent"],
             prompt=c["prompt"],
+            session_id=c.get("session_id"),
+            deadline=c.get("deadline"),
             metadata={
                 CORRELATION_KEY: run.task_id,
                 CAUSATION_KEY: c["message_id"],
@@ -136,17 +138,7 @@ def child_tasks(run: GraphRun, children: list[dict[str, Any]]) -> list[RunAgent]
 
 
 def request_messages(run: GraphRun, children: list[dict[str, Any]]) -> list[AgentMessage]:
-    return [
-        AgentMessage(
-            message_id=c["message_id"],
-            correlation_id=run.task_id,
-            sender=run.graph,
-            receiver=c["agent"],
-            kind=MessageKind.REQUEST,
-            content=c["prompt"],
-        )
-        for c in children
-    ]
+    return [request_message(run.task_id, run.graph, c) for c in children]
 
 
 class GraphRunner:
@@ -215,16 +207,22 @@ class GraphRunner:
             return graph_outcome_of(run)
         return await self._drive(run, events, entry, guard)
 
-    async def record_child(self, done: ChildDone) -> GraphRunStatus | None:
-        """Record a child's outcome (once, and only for a child the run awaits); the
-        run's status after (None: no such run). Conflicting saves are retried: children
-        of one run end together on several workers."""
+    async def record_child(
+        self, done: ChildDone
+    ) -> tuple[GraphRunStatus | None, AgentMessage | None]:
+        """Record a child's outcome (once, and only for a child the run awaits): the
+        run's status after (None: no such run) and the response message recorded (None:
+        nothing was). Conflicting saves are retried: children of one run end together
+        on several workers."""
         for _ in range(20):
-            run, _events = await self._load(done.task_id)
+            run, events = await self._load(done.task_id)
             if run is None:
-                return None
-            if not run.finish_child(done.child_task_id, done.outcome.model_dump(mode="json")):
-                return run.status
+                return None, None
+            outcome = done.outcome.model_dump(mode="json")
+            key = run.children.get(done.child_task_id, "")
+            others = run.waiting_on.get(key, set()) - {done.child_task_id}
+            if not run.finish_child(done.child_task_id, outcome):
+                return run.status, None
             try:
                 await self._store.save(run)
             except ConcurrencyConflict:
@@ -236,7 +234,15 @@ class GraphRunner:
                 status=done.outcome.status,
                 waiting_for=sum(len(v) for v in run.waiting_on.values()),
             )
-            return run.status
+            history = GraphHistory.fold(events)
+            dispatched = history.dispatched.get(key, [])
+            child = next(c for c in dispatched if c["task_id"] == done.child_task_id)
+            if others and key not in run.waiting_on:  # fail-fast: the rest are not awaited
+                abandoned = [c for c in dispatched if c["task_id"] in others]
+                await self.cancel_children(
+                    run, abandoned, f"fail-fast: child {done.child_task_id} did not complete"
+                )
+            return run.status, response_message(run.task_id, run.graph, child, outcome)
         raise ConcurrencyConflict(f"graph run of task {done.task_id!r} kept changing")
 
     async def go_on(self, task_id: str, guard: Guard | None = None) -> GraphOutcome:
@@ -278,22 +284,57 @@ class GraphRunner:
         return await self._drive(run, events, self.entry(run.graph), guard)
 
     async def cancel(self, cancel: CancelGraph) -> GraphOutcome:
-        """End a running or paused run as failed (`cancelled`). A worker driving it stops
-        at its next save, which conflicts."""
+        """End a running, paused or waiting run as failed (`cancelled`, with the reason).
+        A worker driving it stops at its next save, which conflicts. The children it
+        still waits for are cancelled too (`cancel_children`)."""
         for _ in range(5):
-            run, _ = await self._existing(cancel.task_id, "cancel")
+            run, events = await self._existing(cancel.task_id, "cancel")
+            if run.status == "failed" and run.error_kind == str(ErrorKind.CANCELLED):
+                # Cancelled before: its children may not all have been (a store error
+                # between the two; this is the redelivery). Cancelling is idempotent.
+                history = GraphHistory.fold(events)
+                unfinished = [
+                    c
+                    for children in history.dispatched.values()
+                    for c in children
+                    if c["task_id"] not in history.child_outcomes
+                ]
+                await self.cancel_children(run, unfinished, run.error_message or cancel.reason)
             if run.status in ("completed", "failed"):
                 raise GraphRejected(
                     ErrorKind.RUN_FINISHED,
                     f"graph run of task {cancel.task_id!r} is already {run.status}",
                 )
+            history = GraphHistory.fold(events)
+            outstanding = [
+                c
+                for key, ids in run.waiting_on.items()
+                for c in history.dispatched.get(key, [])
+                if c["task_id"] in ids
+            ]
             run.fail(str(ErrorKind.CANCELLED), cancel.reason, _elapsed_ms(run))
             try:
                 await self._store.save(run)
             except ConcurrencyConflict:
                 continue  # a step was recorded meanwhile: load again and retry
+            await self.cancel_children(run, outstanding, cancel.reason)
             return graph_outcome_of(run)
         raise ConcurrencyConflict(f"graph run of task {cancel.task_id!r} kept changing")
+
+    async def cancel_children(
+        self, run: GraphRun, children: list[dict[str, Any]], reason: str
+    ) -> None:
+        """Cancel each child's agent run (`AgentRunner.cancel`): one not started yet is
+        recorded as cancelled, so the worker that takes its task runs nothing; one being
+        driven stops at its next save. Their outcomes still reach the run (ignored: it
+        has ended). Store errors propagate (the cancel is retried; cancelling is
+        idempotent)."""
+        if not children or self._agents is None:
+            return
+        why = f"workflow {run.task_id} cancelled: {reason}"
+        for task in child_tasks(run, children):
+            await self._agents.cancel(task, why)
+        log.info("child tasks cancelled", task_id=run.task_id, children=len(children))
 
     async def _load(self, task_id: str) -> tuple[GraphRun | None, list[Any]]:
         """The task's run and its events, from one read: the executor folds the same

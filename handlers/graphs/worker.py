@@ -31,7 +31,8 @@ from agentledger.domain.graphs.tasks import (
     RunGraph,
 )
 from agentledger.domain.ids import graph_run_id_for
-from agentledger.domain.subjects import graph_workers_consumer
+from agentledger.domain.orchestration.messages import AgentMessage, message_subject
+from agentledger.domain.subjects import graph_workers_consumer, workflow_cancel_subject
 from agentledger.domain.tasks import RunError
 from agentledger.handlers.graphs.intake import GraphMessage, parse_graph_message
 from agentledger.handlers.graphs.runner import GraphRejected, GraphRunner, graph_outcome_of
@@ -71,6 +72,7 @@ class GraphWorker(KindWorker):
             subject=f"{prefix}.tasks.graph.*",
             durable=graph_workers_consumer(prefix),
             logger=log,
+            extra_subjects=(workflow_cancel_subject(prefix),),
         )
         self.runner = runner
 
@@ -119,7 +121,9 @@ class GraphWorker(KindWorker):
     async def _child_done(self, done: ChildDone, msg: Delivery, received: Received) -> None:
         """Record a child's outcome; when it was the last one awaited, drive the run on
         (under its lease) and answer its task if it ended or paused."""
-        status = await self.runner.record_child(done)
+        status, response = await self.runner.record_child(done)
+        if response is not None:
+            await self.publish_message(response)
         if status == "running":
             run_id = str(graph_run_id_for(done.task_id))
             proceed, lease = await take_lease(msg, run_id, received.final, received.bound)
@@ -131,6 +135,16 @@ class GraphWorker(KindWorker):
         elif status is None:
             received.bound.warning("child outcome for an unknown graph run", task_id=done.task_id)
         await msg.ack()
+
+    async def publish_message(self, message: AgentMessage) -> None:
+        """Publish a recorded workflow message on `<prefix>.messages.<workflow>.<receiver>`
+        (core NATS, for whoever follows the workflow; the record is the event)."""
+        try:
+            await self.broker.connection.publish(
+                message_subject(self.prefix, message), message.model_dump_json().encode()
+            )
+        except Exception as e:  # recorded already; the feed is best effort
+            log.warning("could not publish a workflow message", error=str(e))
 
     async def _reject(
         self,

@@ -108,12 +108,26 @@ async def test_a_fan_out_runs_children_as_tasks_and_merges_their_answers(
         assert names.count("StepFinished") == 2
     finally:
         store.close()
-    # The request messages went out on <prefix>.messages.<workflow>.<receiver>.
-    assert sorted((r["subject"], r["kind"], r["content"]) for r in requests) == sorted(
-        (f"{prefix}.messages.wf-1.{c['agent']}", "request", c["prompt"]) for c in children
+    # The request messages went out on <prefix>.messages.<workflow>.<receiver>, and each
+    # child's response on <prefix>.messages.<workflow>.<graph>, caused by its request.
+    sent = [r for r in requests if r["kind"] == "request"]
+    answers = [r for r in requests if r["kind"] == "response"]
+    assert len(sent) + len(answers) == len(requests)
+    assert sorted((r["subject"], r["content"]) for r in sent) == sorted(
+        (f"{prefix}.messages.wf-1.{c['agent']}", c["prompt"]) for c in children
     )
-    assert {r["causation_id"] for r in requests} == {None}
-    assert {r["message_id"] for r in requests} == {c["message_id"] for c in children}
+    assert {r["causation_id"] for r in sent} == {None}
+    assert {r["message_id"] for r in sent} == {c["message_id"] for c in children}
+    by_request = {r["causation_id"]: r for r in answers}
+    assert set(by_request) == {c["message_id"] for c in children}
+    for c in children:
+        answer = by_request[c["message_id"]]
+        assert answer["subject"] == f"{prefix}.messages.wf-1.fanout"
+        assert (answer["sender"], answer["receiver"]) == (c["agent"], "fanout")
+        assert answer["correlation_id"] == "wf-1"
+        assert answer["message_id"] == "res-" + c["message_id"].removeprefix("req-")
+    assert by_request[children[0]["message_id"]]["content"] == "turn 1: part 0"
+    assert by_request[children[4]["message_id"]]["content"]["error"]["kind"] == "unknown_agent"
 
 
 async def test_a_waiting_parent_holds_no_worker_slot(

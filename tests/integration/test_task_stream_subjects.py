@@ -52,6 +52,7 @@ async def test_publishes_no_worker_consumes_are_refused(settings: Settings, exis
             f"{prefix}.tasks.run.*",
             f"{prefix}.tasks.graph.*",
             f"{prefix}.tasks.route",
+            f"{prefix}.tasks.workflow.cancel",
         ]
         assert info.state.messages == (1 if existing else 0)  # narrowing keeps messages
         for subject in (

@@ -17,6 +17,7 @@ def test_the_tasks_stream_holds_exactly_the_subjects_workers_consume() -> None:
         "ledger.tasks.run.*",
         "ledger.tasks.graph.*",
         "ledger.tasks.route",
+        "ledger.tasks.workflow.cancel",
     ]
     assert task_subject("ledger", "greeter").startswith("ledger.tasks.run.")
 
