@@ -112,8 +112,8 @@ def workflow_messages(events: Iterable[object]) -> list[AgentMessage]:
                 children[child["task_id"]] = child
                 messages.append(request_message(task_id, graph, child, e.timestamp))
         elif isinstance(e, GraphRun.ChildFinished):
-            child = children.get(e.child_task_id)
-            if child is not None:
+            found = children.get(e.child_task_id)
+            if found is not None:
                 outcome = e.outcome if isinstance(e.outcome, dict) else {}
-                messages.append(response_message(task_id, graph, child, outcome, e.timestamp))
+                messages.append(response_message(task_id, graph, found, outcome, e.timestamp))
     return messages

@@ -241,12 +241,14 @@ async def call_agents(
         for i, (agent, prompt) in enumerate(calls):
             task_id = _child_task_id(executor.task_id, i)
             # A child that could not be a task fails the step now, before any dispatch.
-            RunAgent(
-                task_id=task_id,
-                agent=str(agent),
-                prompt=str(prompt),
-                session_id=session_id,
-                deadline=deadline,
+            RunAgent.model_validate(
+                {
+                    "task_id": task_id,
+                    "agent": str(agent),
+                    "prompt": str(prompt),
+                    "session_id": session_id,
+                    "deadline": deadline,
+                }
             )
             child: dict[str, Any] = {
                 "task_id": task_id,
