@@ -26,6 +26,7 @@ from agentledger.domain.memory.recall import RecallSpec
 from agentledger.domain.pricing import ModelPrice
 from agentledger.domain.routing.routes import RouterSpec
 from agentledger.handlers.graphs.catalog import GraphEntry, check_graphs, graph_entries
+from agentledger.handlers.orchestration.catalog import workflow_entries
 from agentledger.handlers.refs import CatalogError, load_ref
 from agentledger.handlers.routing.catalog import router_spec
 
@@ -159,6 +160,7 @@ class Catalog:
             for agent, prompt, session in data.get("demo", {}).get("tasks", [])
         ]
         graphs = graph_entries(path, data)
+        graphs.update(workflow_entries(path, data, set(entries), set(graphs)))
         router = router_spec(path, data, set(entries), set(graphs))
         return cls(path=path, entries=entries, graphs=graphs, demo_tasks=demo, router=router)
 

@@ -77,6 +77,7 @@ __all__ = [
     "UnstorableValue",
     "agent_step",
     "call_agents",
+    "current_task_id",
     "wait_for_input",
 ]
 
@@ -173,6 +174,11 @@ async def agent_step(agent: str, prompt: str) -> Any:
     if executor.agent_runner is None:
         raise RuntimeError("this graph executor has no agent runner")
     return await executor.agent_runner(agent, prompt, executor.task_id, current.key)
+
+
+def current_task_id() -> str:
+    """Inside a step: the graph run's task id (the workflow's correlation id)."""
+    return _current("current_task_id").executor.task_id
 
 
 def _child_task_id(graph_task_id: str, index: int) -> str:
