@@ -370,6 +370,18 @@ class GraphHistory:
     path: list[str] = field(default_factory=list)
     """Node ids of finished steps, in the order they finished."""
     started: GraphRun.GraphStarted | None = None
+    started_versions: dict[str, int] = field(default_factory=dict)
+    """The version of each step's last `StepStarted`, by key."""
+
+    def state_before(self, key: str) -> JSON:
+        """The graph state the last execution of step `key` started from: the state
+        after the step that finished last before it started (the initial state if
+        none did)."""
+        started = self.started_versions.get(key)
+        before = [s for s in self.steps.values() if started is None or s.version < started]
+        if not before:
+            return None if self.started is None else self.started.state
+        return max(before, key=lambda s: s.version).state
 
     @classmethod
     def fold(cls, events: Iterable[object]) -> GraphHistory:
@@ -387,6 +399,8 @@ class GraphHistory:
                 if e.originator_version > copied_up_to:
                     history.state = e.state
                 history.path.append(e.node_id)
+            elif isinstance(e, GraphRun.StepStarted):
+                history.started_versions[e.key] = e.originator_version
             elif isinstance(e, GraphRun.BranchTaken):
                 history.branches[e.key] = e.branch
             elif isinstance(e, GraphRun.JoinCompleted):

@@ -50,7 +50,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
-from pydantic_graph import Decision, EndMarker, Graph, Join, Step
+from pydantic_graph import Decision, EndMarker, Graph, Join, Step, StepContext
 from pydantic_graph.basenode import End
 from pydantic_graph.graph_builder import (  # private: pinned and tested
     GraphTask,
@@ -114,9 +114,12 @@ class GraphDiverged(Exception):
         self.key, self.node_id, self.message, self.reason = key, node_id, message, reason
 
 
-DivergenceReason = Literal["unrecorded_step", "branch", "unrecorded_branch", "unrecorded_join"]
+DivergenceReason = Literal[
+    "unrecorded_step", "branch", "unrecorded_branch", "unrecorded_join", "step_output"
+]
 """Why a re-execution left the record: a step, a decision or a join without a record (a
-new path, or where the recording stops), or a decision taking another branch."""
+new path, or where the recording stops), a decision taking another branch, or a step
+re-executed in a replay (one that dispatched child tasks) returning something else."""
 
 
 @dataclass
@@ -464,7 +467,10 @@ class GraphExecutor:
     # -- public --------------------------------------------------------------------
 
     def initial_state(self) -> Any:
-        recorded = self.history.state
+        return self._state_from(self.history.state)
+
+    def _state_from(self, recorded: Any) -> Any:
+        """A state object from its recorded JSON (None: the state type's default)."""
         if recorded is not None:
             return self._state_adapter.validate_python(recorded)
         state_type = self.graph.state_type
@@ -524,6 +530,8 @@ class GraphExecutor:
                 )
         recorded = self.history.steps.get(key)
         if recorded is not None:
+            if self.replay and key in self.history.dispatched and isinstance(ctx, StepContext):
+                await self._re_execute(key, node, call, adapter, ctx, recorded.output)
             self.served.append(node.id)
             self.served_keys.append(key)
             return adapter.validate_python(recorded.output)
@@ -567,6 +575,40 @@ class GraphExecutor:
         )
         await self._save()
         return output
+
+    async def _re_execute(
+        self, key: str, node: Any, call: Any, adapter: Any, ctx: Any, recorded: Any
+    ) -> None:
+        """Replay of a step that dispatched child tasks: run its body again on a copy of
+        the state it started from, with `call_agents` serving the recorded outcomes (no
+        child runs, no model call), and check it returns what it returned then. Its
+        output is then served as recorded, like any step's."""
+        state = self._state_from(self.history.state_before(key))
+        again = StepContext(state=state, deps=ctx.deps, inputs=ctx.inputs)
+        token = _CURRENT.set(_Current(self, key, node.id))
+        try:
+            output = await call(again)
+        except GraphDiverged:
+            raise
+        except Exception as e:
+            raise GraphDiverged(
+                key,
+                node.id,
+                f"re-executed on its recorded child outcomes, the step raised"
+                f" {type(e).__name__}: {e}",
+                "step_output",
+            ) from None
+        finally:
+            _CURRENT.reset(token)
+        dumped = adapter.dump_python(output, mode="json")
+        if dumped != recorded:
+            raise GraphDiverged(
+                key,
+                node.id,
+                f"re-executed on its recorded child outcomes, the step returns {dumped!r};"
+                f" the record has {recorded!r}",
+                "step_output",
+            )
 
     def _branch_taken(self, path: str, decision: Any, tasks: Any) -> None:
         destination = tasks[0].node_id if tasks else ""

@@ -345,3 +345,52 @@ async def test_cancelling_a_workflow_stops_its_outstanding_children(
         store.close()
     model_calls = [line for line in journal.read_text().splitlines() if "model" in line]
     assert len(model_calls) == 1  # only the child that was running when it was cancelled
+
+
+async def test_replay_re_executes_the_workflow_on_its_recorded_child_outcomes(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A replay runs the steps that dispatched children again, with `call_agents`
+    serving the recorded outcomes: no child runs and no model call (any model call
+    raises here), and a changed step shows as a divergence at that step."""
+    from pydantic_ai.models.function import FunctionModel
+
+    from agentledger.handlers.catalog import Catalog
+    from agentledger.handlers.graphs.replay import recorded_graph_run, replay_graph_run
+
+    for graph, task_id, inputs in (
+        ("report", "rp-1", "tides"),
+        ("opinions", "rp-2", "a four-day week"),
+        ("helpdesk", "rp-3", "my login fails with an error"),
+    ):
+        result, _ = await run_workflow(settings, graph, task_id, inputs)
+        assert result["status"] == "completed", result
+
+    async def no_model(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a replay called a model")
+
+    monkeypatch.setattr(FunctionModel, "request", no_model)
+    catalog = Catalog.load(settings.catalog)
+    store = EventStore(settings)
+    try:
+        for task_id in ("rp-1", "rp-2", "rp-3"):
+            report = await replay_graph_run(
+                recorded_graph_run(store, graph_run_id_for(task_id)), catalog
+            )
+            assert report.verdict == "identical", report
+            assert report.served_steps == report.recorded_steps
+        # The same record, replayed with the parallel workflow's policy changed.
+        changed = tmp_path / "changed.toml"
+        changed.write_text(
+            Path(settings.catalog)
+            .read_text()
+            .replace('policy = "best_effort"', 'policy = "fail_fast"', 1)
+        )
+        report = await replay_graph_run(
+            recorded_graph_run(store, graph_run_id_for("rp-2")), Catalog.load(changed)
+        )
+    finally:
+        store.close()
+    assert report.verdict == "diverged"
+    assert report.divergence is not None and report.divergence.node_id == "fan_out"
+    assert "re-executed on its recorded child outcomes" in report.divergence.message
