@@ -371,6 +371,7 @@ async def test_replay_re_executes_the_workflow_on_its_recorded_child_outcomes(
 
     monkeypatch.setattr(FunctionModel, "request", no_model)
     catalog = Catalog.load(settings.catalog)
+    text = catalog.path.read_text()  # noqa: ASYNC240 (a small file, in a test)
     store = EventStore(settings)
     try:
         for task_id in ("rp-1", "rp-2", "rp-3"):
@@ -381,11 +382,7 @@ async def test_replay_re_executes_the_workflow_on_its_recorded_child_outcomes(
             assert report.served_steps == report.recorded_steps
         # The same record, replayed with the parallel workflow's policy changed.
         changed = tmp_path / "changed.toml"
-        changed.write_text(
-            Path(settings.catalog)
-            .read_text()
-            .replace('policy = "best_effort"', 'policy = "fail_fast"', 1)
-        )
+        changed.write_text(text.replace('policy = "best_effort"', 'policy = "fail_fast"', 1))
         report = await replay_graph_run(
             recorded_graph_run(store, graph_run_id_for("rp-2")), Catalog.load(changed)
         )
