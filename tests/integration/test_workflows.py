@@ -371,7 +371,7 @@ async def test_replay_re_executes_the_workflow_on_its_recorded_child_outcomes(
 
     monkeypatch.setattr(FunctionModel, "request", no_model)
     catalog = Catalog.load(settings.catalog)
-    text = catalog.path.read_text()  # noqa: ASYNC240 (a small file, in a test)
+    text = catalog.path.read_text()
     store = EventStore(settings)
     try:
         for task_id in ("rp-1", "rp-2", "rp-3"):
