@@ -64,6 +64,8 @@ MAX_BATCH = 64
 """At most this many tasks per fetch (and never more than the free slots)."""
 FETCH_WAIT_S = 1.0
 """How long one pull request waits on an empty stream."""
+DRAIN_WAIT_S = 0.05
+"""After the first message, how long the fetch of what else is waiting may take."""
 _IN_PROGRESS = b"+WPI"
 RELEASE_DELAY_S = 3.0
 """Redelivery delay of a task released by a draining worker."""
@@ -462,9 +464,11 @@ class TaskConsumer:
                     await asyncio.wait_for(self._freed.wait(), FETCH_WAIT_S)
                 continue
             try:
-                messages = await subscription.fetch(
-                    batch=min(free, MAX_BATCH), timeout=FETCH_WAIT_S
-                )
+                # One message first: a batch pull that got its first message waits for
+                # the rest of the batch until its deadline, so a task arriving at an
+                # idle worker could sit for up to FETCH_WAIT_S (seen as 1 s steps in a
+                # workflow whose children end one after the other).
+                messages = await subscription.fetch(batch=1, timeout=FETCH_WAIT_S)
             except (NatsTimeoutError, TimeoutError):
                 continue  # an empty stream
             except (ConnectionClosedError, NoServersError):
@@ -474,16 +478,33 @@ class TaskConsumer:
                 log.warning("task fetch failed; retrying", error=str(e))
                 await asyncio.sleep(1.0)
                 continue
-            for msg in messages:
-                token = next(self._tokens)
-                with self._lock:
-                    self._in_hand += 1
-                    if msg.reply:
-                        self._beating[token] = msg.reply
+            if not self._hand_over(messages):
+                return
+            if free > 1:  # then what else is waiting, at once (a no-wait pull)
                 try:
-                    self._loop.call_soon_threadsafe(self._spawn, msg, token)
-                except RuntimeError:  # the worker's loop has closed: redelivered later
+                    more = await subscription.fetch(
+                        batch=min(free - 1, MAX_BATCH), timeout=DRAIN_WAIT_S
+                    )
+                except Exception:  # nothing more now (or a hiccup): the loop goes on
+                    more = []
+                if not self._hand_over(more):
                     return
+
+    def _hand_over(self, messages: list[Msg]) -> bool:
+        """Start beating for each message and spawn its handler on the worker's loop;
+        False once that loop has closed (the messages are redelivered later)."""
+        assert self._loop is not None
+        for msg in messages:
+            token = next(self._tokens)
+            with self._lock:
+                self._in_hand += 1
+                if msg.reply:
+                    self._beating[token] = msg.reply
+            try:
+                self._loop.call_soon_threadsafe(self._spawn, msg, token)
+            except RuntimeError:  # the worker's loop has closed: redelivered later
+                return False
+        return True
 
     async def _beat(self, nc: Any) -> None:
         """`+WPI` every heartbeat interval for each message in hand, and a renewal of
