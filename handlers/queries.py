@@ -29,6 +29,7 @@ from nats.aio.subscription import Subscription
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
+from agentledger.domain.graphs.run import GraphRunStatus
 from agentledger.infra.event_store import StoreUnavailable
 from agentledger.infra.view_store import ViewStore
 from agentledger.projections.conversations import get_conversation
@@ -93,7 +94,7 @@ class GraphRunQuery(_Query):
 
 class GraphRunsQuery(_Query):
     graph: str | None = None
-    status: Literal["running", "paused", "completed", "failed"] | None = None
+    status: GraphRunStatus | None = None
     limit: int = Field(default=50, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)
 
