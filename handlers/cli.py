@@ -39,6 +39,7 @@ from agentledger.handlers.cli_support import (
 )
 from agentledger.handlers.graphs.cli import register as register_graph_commands
 from agentledger.handlers.memory.cli import register as register_memory_commands
+from agentledger.handlers.orchestration.cli import register as register_workflow_commands
 from agentledger.handlers.routing.cli import register as register_route_commands
 from agentledger.infra.settings import Settings
 
@@ -254,17 +255,21 @@ def query(
     view: str = typer.Argument(
         ...,
         help="conversation | run | runs | metrics | snapshots | graph_run | graph_runs"
-        " | route_decisions (memory: `agentledger memory search`)",
+        " | workflow | workflows | workflow_messages | route_decisions"
+        " (memory: `agentledger memory search`)",
     ),
     session: str = typer.Option(None, "--session", "-s", help="Session id (conversation, runs)."),
-    run_id: str = typer.Option(None, help="Run id (run)."),
-    task_id: str = typer.Option(None, help="Task id (run)."),
-    agent: str = typer.Option(None, help="Agent filter (runs, metrics)."),
-    status: str = typer.Option(None, help="Status filter (runs)."),
-    limit: int = typer.Option(
-        None, help="Max rows (runs, snapshots: 50; metrics: 100 agents; at most 1000)."
+    run_id: str = typer.Option(None, help="Run id (run, graph_run, workflow)."),
+    task_id: str = typer.Option(
+        None, help="Task id (run, graph_run, workflow; workflow_messages: the workflow's)."
     ),
-    offset: int = typer.Option(None, help="Rows to skip first (runs, snapshots, metrics)."),
+    agent: str = typer.Option(None, help="Agent filter (runs, metrics)."),
+    status: str = typer.Option(None, help="Status filter (runs, graph_runs, workflows)."),
+    limit: int = typer.Option(
+        None,
+        help="Max rows (lists: 50; metrics: 100 agents; workflow_messages: 200; at most 1000).",
+    ),
+    offset: int = typer.Option(None, help="Rows to skip first (any list)."),
     via_nats: bool = typer.Option(False, help="Ask the query responder over NATS."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -281,6 +286,9 @@ def query(
         "snapshots": page,
         "graph_run": {"run_id": run_id, "task_id": task_id},
         "graph_runs": {"status": status, **page},
+        "workflow": {"run_id": run_id, "task_id": task_id},
+        "workflows": {"status": status, **page},
+        "workflow_messages": {"correlation_id": task_id, **page},
         "route_decisions": page,
     }
     arguments = {k: v for k, v in by_view.get(view, {}).items() if v is not None}
@@ -371,7 +379,7 @@ def rebuild(
     view: str = typer.Argument(
         ...,
         help="runs | conversations | metrics | snapshots | graph_runs | route_decisions"
-        " | memory | all",
+        " | workflows | memory | all",
     ),
 ) -> None:
     """Drop a projection and refold it from the event log (with a progress bar)."""
@@ -484,6 +492,7 @@ def schema(
 register_history_commands(app)
 register_dead_commands(app)
 register_graph_commands(app)
+register_workflow_commands(app)
 register_memory_commands(app)
 register_route_commands(app)
 

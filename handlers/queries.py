@@ -5,8 +5,11 @@ session_id, limit, offset}, `metrics` {agent, limit, offset}, `snapshots` {kind,
 offset}, `graph_run` {run_id | task_id}, `graph_runs` {graph, status, limit, offset},
 `memory` {query, k, agent, session_id, since, until, role} (similarity search: a list of
 hits, best first, each with its score, text, run, session, agent, role and time),
-`route_decisions` {with_feedback, limit, offset} (newest first). Every list is paged: `limit` (default 50; 100 agents for metrics; at most 1000)
-and `offset`. The reply is `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.
+`route_decisions` {with_feedback, limit, offset} (newest first), `workflow` {run_id | task_id}
+(a graph run that dispatched child tasks, with its children), `workflows` {graph, status,
+limit, offset}, `workflow_messages` {correlation_id (the workflow's task id), limit,
+offset} (in order). Every list is paged: `limit` (default 50; 100 agents for metrics,
+200 messages for workflow_messages; at most 1000) and `offset`. The reply is `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.
 An error of the query itself (unknown view, bad arguments, nothing found) is said as it
 is; any other is logged with an id and answered `internal error (logged as <id>)`, so
 nothing of the service's internals reaches a client. A reply larger than the server's
@@ -29,11 +32,17 @@ from nats.aio.subscription import Subscription
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_jsonable_python
 
+from agentledger.domain.graphs.run import GraphRunStatus
 from agentledger.infra.event_store import StoreUnavailable
 from agentledger.infra.view_store import ViewStore
 from agentledger.projections.conversations import get_conversation
 from agentledger.projections.graphs.runs import get_graph_run, list_graph_runs
 from agentledger.projections.metrics import agent_metrics
+from agentledger.projections.orchestration import (
+    get_workflow,
+    list_workflows,
+    workflow_messages_of,
+)
 from agentledger.projections.routing import list_route_decisions
 from agentledger.projections.runs import get_run, list_runs
 from agentledger.projections.snapshots import list_snapshots
@@ -93,8 +102,26 @@ class GraphRunQuery(_Query):
 
 class GraphRunsQuery(_Query):
     graph: str | None = None
-    status: Literal["running", "paused", "completed", "failed"] | None = None
+    status: GraphRunStatus | None = None
     limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class WorkflowQuery(_Query):
+    run_id: str | None = None
+    task_id: str | None = None
+
+
+class WorkflowsQuery(_Query):
+    graph: str | None = None
+    status: GraphRunStatus | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class WorkflowMessagesQuery(_Query):
+    correlation_id: str
+    limit: int = Field(default=200, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)
 
 
@@ -122,6 +149,9 @@ VIEWS: dict[str, type[_Query]] = {
     "snapshots": SnapshotsQuery,
     "graph_run": GraphRunQuery,
     "graph_runs": GraphRunsQuery,
+    "workflow": WorkflowQuery,
+    "workflows": WorkflowsQuery,
+    "workflow_messages": WorkflowMessagesQuery,
     "memory": MemoryQuery,
     "route_decisions": RouteDecisionsQuery,
 }
@@ -199,6 +229,30 @@ def answer(
             )
             if result is None:
                 raise QueryError(f"no graph run {query.run_id or query.task_id!r}")
+        elif isinstance(query, WorkflowQuery):
+            if not (query.run_id or query.task_id):
+                raise QueryError("workflow needs run_id or task_id")
+            result = get_workflow(
+                cursor, run_id=query.run_id, task_id=query.task_id, sealer=views.sealer
+            )
+            if result is None:
+                raise QueryError(f"no workflow {query.run_id or query.task_id!r}")
+        elif isinstance(query, WorkflowsQuery):
+            result = list_workflows(
+                cursor,
+                graph=query.graph,
+                status=query.status,
+                limit=query.limit,
+                offset=query.offset,
+            )
+        elif isinstance(query, WorkflowMessagesQuery):
+            result = workflow_messages_of(
+                cursor,
+                query.correlation_id,
+                limit=query.limit,
+                offset=query.offset,
+                sealer=views.sealer,
+            )
         elif isinstance(query, RouteDecisionsQuery):
             result = list_route_decisions(
                 cursor,

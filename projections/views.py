@@ -14,6 +14,12 @@ from agentledger.projections.conversations import (
 )
 from agentledger.projections.graphs.runs import GraphRunsProjection, GraphRunView
 from agentledger.projections.metrics import AgentMetrics, MetricsProjection
+from agentledger.projections.orchestration.workflows import (
+    WorkflowChildView,
+    WorkflowMessageView,
+    WorkflowsProjection,
+    WorkflowView,
+)
 from agentledger.projections.routing.decisions import RouteDecisionsProjection, RouteDecisionView
 from agentledger.projections.runs import RunsProjection, RunView
 from agentledger.projections.snapshots import PendingToolCall, SnapshotsProjection, SnapshotView
@@ -31,6 +37,9 @@ __all__ = [
     "TranscriptEntry",
     "TurnView",
     "UnknownView",
+    "WorkflowChildView",
+    "WorkflowMessageView",
+    "WorkflowView",
     "projection_by_name",
 ]
 
@@ -41,6 +50,7 @@ ALL_PROJECTIONS: tuple[type[Projection], ...] = (
     SnapshotsProjection,
     GraphRunsProjection,
     RouteDecisionsProjection,
+    WorkflowsProjection,
 )
 
 

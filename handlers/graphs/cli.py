@@ -214,7 +214,7 @@ def _graph_query(view: str, arguments: dict[str, Any]) -> Any:
 @one_line_errors
 def runs(
     graph: str = typer.Option(None, help="Only runs of this graph."),
-    status: str = typer.Option(None, help="running | paused | completed | failed"),
+    status: str = typer.Option(None, help="running | waiting | paused | completed | failed"),
     limit: int = typer.Option(50, min=1, max=1000, help="At most this many."),
     offset: int = typer.Option(0, min=0, help="Rows to skip first."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

@@ -1,6 +1,9 @@
 """The graph_runs view: one row per graph run (status, the node it is at, the path it
 took, what it waits for) and one row per step execution (when it ran, how long it took),
-rebuildable from the `GraphRun` events like every view."""
+rebuildable from the `GraphRun` events like every view.
+
+A run that dispatched child tasks (`call_agents`) is `waiting` until the last of them
+has ended (`children_waiting` counts the ones still out), then `running` again."""
 
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ _COLUMNS = (
     "steps",
     "paused_node",
     "paused_for",
+    "children_waiting",
     "output",
     "error_kind",
     "error_message",
@@ -99,6 +103,8 @@ class GraphRunView(BaseModel):
     paused_node: str | None
     paused_for: Any
     """The prompt of the input the run waits for."""
+    children_waiting: int
+    """Child tasks dispatched (`call_agents`) whose outcome is not recorded yet."""
     output: Any
     error_kind: str | None
     error_message: str | None
@@ -114,6 +120,8 @@ class GraphRunsProjection(Projection):
     """Folds `GraphRun` events into `al_graph_runs` and `al_graph_steps`."""
 
     name: ClassVar[str] = "graph_runs"
+    version: ClassVar[int] = 2
+    """2: the `waiting` status and `children_waiting`."""
     tables: ClassVar[tuple[str, ...]] = ("al_graph_runs", "al_graph_steps")
     ddl: ClassVar[tuple[str, ...]] = (
         """CREATE TABLE IF NOT EXISTS al_graph_runs (
@@ -127,6 +135,7 @@ class GraphRunsProjection(Projection):
             steps INTEGER NOT NULL,
             paused_node TEXT,
             paused_for TEXT,
+            children_waiting INTEGER NOT NULL,
             output TEXT,
             error_kind TEXT,
             error_message TEXT,
@@ -193,6 +202,7 @@ def _fold(
             "steps": 0,
             "paused_node": None,
             "paused_for": None,
+            "children_waiting": 0,
             "output": None,
             "error_kind": None,
             "error_message": None,
@@ -228,6 +238,17 @@ def _fold(
         )
     elif isinstance(event, GraphRun.GraphResumed):
         row.update(status="running", paused_node=None, paused_for=None)
+    elif isinstance(event, GraphRun.ChildrenDispatched):
+        row.update(
+            status="waiting",
+            current_node=event.node_id,
+            children_waiting=row["children_waiting"] + len(event.children),
+        )
+    elif isinstance(event, GraphRun.ChildFinished):
+        # Recorded once per awaited child (the aggregate refuses any other), so the run
+        # runs again when none is out, as `GraphRun` does.
+        waiting = max(row["children_waiting"] - 1, 0)
+        row.update(children_waiting=waiting, status="running" if waiting == 0 else "waiting")
     elif isinstance(event, GraphRun.GraphCompleted):
         row.update(
             status="completed",
@@ -242,6 +263,7 @@ def _fold(
             current_node=None,
             paused_node=None,
             paused_for=None,
+            children_waiting=0,
             error_kind=event.error_kind,
             error_message=event.message,
             finished_at=at,

@@ -36,6 +36,10 @@ COMMANDS = [
     "dead list",
     "dead show",
     "dead retry",
+    "workflow",
+    "workflow show",
+    "workflow messages",
+    "workflow list",
 ]
 
 

@@ -18,6 +18,7 @@ def test_projections_are_found_by_name() -> None:
         "snapshots",
         "graph_runs",
         "route_decisions",
+        "workflows",
     ]
     for projection in ALL_PROJECTIONS:
         assert projection_by_name(projection.name) is projection
