@@ -8,7 +8,10 @@ on deterministic `FunctionModel`s: no network, the same answer every time.
 - pipeline `names_etl`: `extractor` (-> `Extracted`) -> `normaliser` (-> `Normalised`) ->
   `loader` (-> `Loaded`);
 - handoff `helpdesk`: `triage` hands billing and technical questions to `billing` and
-  `tech_support`, who see the conversation so far, and answers the rest itself.
+  `tech_support`, who see the conversation so far, and answers the rest itself;
+- shared scratchpad `tally`: four `counter`s at once add one to the workflow's
+  scratchpad key `count` (read, then write with the revision read; on a conflict, read
+  again), and `tally_reader` reports it.
 """
 
 from __future__ import annotations
@@ -25,17 +28,20 @@ from pydantic_ai.messages import (
     ModelResponse,
     TextPart,
     ToolCallPart,
+    ToolReturnPart,
     UserPromptPart,
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agentledger.domain.orchestration.decisions import Delegate, FinalAnswer, Handoff
+from agentledger.handlers.orchestration.scratchpad import scratchpad_toolset
 
 __all__ = [
     "Extracted",
     "Loaded",
     "Normalised",
     "billing",
+    "counter",
     "drafter",
     "editor",
     "extractor",
@@ -48,6 +54,7 @@ __all__ = [
     "researcher",
     "skeptic",
     "stubborn_manager",
+    "tally_reader",
     "tech_support",
     "triage",
     "writer",
@@ -233,3 +240,49 @@ def _specialist(topic: str) -> Any:
 
 billing = _text_agent("billing", _specialist("Billing"))
 tech_support = _text_agent("tech_support", _specialist("Tech support"))
+
+
+# -- shared scratchpad --------------------------------------------------------------------
+
+
+def _last_tool_return(messages: list[ModelMessage]) -> ToolReturnPart | None:
+    last = messages[-1]
+    if isinstance(last, ModelRequest):
+        for part in last.parts:
+            if isinstance(part, ToolReturnPart):
+                return part
+    return None
+
+
+async def _count(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Read `count`, write it + 1 at the revision read; on a conflict, read again."""
+    returned = _last_tool_return(messages)
+    read = ToolCallPart("scratchpad_read", {"key": "count"})
+    if returned is None:
+        return ModelResponse(parts=[read])
+    result = returned.content if isinstance(returned.content, dict) else {}
+    if returned.tool_name == "scratchpad_read":
+        value = result.get("value") or 0
+        write = {"key": "count", "value": value + 1, "expected_revision": result.get("revision")}
+        return ModelResponse(parts=[ToolCallPart("scratchpad_write", write)])
+    if "conflict" in result:
+        return ModelResponse(parts=[read])
+    return ModelResponse(parts=[TextPart(f"counted (revision {result.get('revision')})")])
+
+
+async def _read_tally(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    returned = _last_tool_return(messages)
+    if returned is None:
+        return ModelResponse(parts=[ToolCallPart("scratchpad_read", {"key": "count"})])
+    result = returned.content if isinstance(returned.content, dict) else {}
+    return ModelResponse(parts=[TextPart(f"count = {result.get('value')}")])
+
+
+counter = Agent(
+    FunctionModel(_count, model_name="counter-fn"), name="counter", toolsets=[scratchpad_toolset()]
+)
+tally_reader = Agent(
+    FunctionModel(_read_tally, model_name="tally-fn"),
+    name="tally_reader",
+    toolsets=[scratchpad_toolset()],
+)

@@ -47,6 +47,7 @@ from agentledger.domain.memory.recall import MemoryHit, RecallSpec, recall_instr
 from agentledger.domain.run import AgentRun, RunHistory
 from agentledger.domain.tasks import RunAgent, RunError, RunOutcome, Usage
 from agentledger.handlers.catalog import Catalog, CatalogEntry
+from agentledger.handlers.orchestration.context import task_context
 from agentledger.handlers.recording import (
     StepRecorder,
     ToolCallError,
@@ -228,9 +229,10 @@ class AgentRunner:
         bound = bound.bind(run_id=str(run.id))
         recorder = StepRecorder(run=run, store=self._store)
         try:
-            return await self._drive(
-                task, entry, run, history, session_json, recorder, bound, guard
-            )
+            with task_context(task, self._store):  # what the run's tools may ask about
+                return await self._drive(
+                    task, entry, run, history, session_json, recorder, bound, guard
+                )
         except _Failure as failure:
             return await self._fail(run, failure, bound, recorder)
         except TransientRunError as e:

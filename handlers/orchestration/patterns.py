@@ -150,7 +150,8 @@ def parallel(
 ) -> Graph:
     """Every agent gets the input prompt at once; then `merge`:
     - a merger agent's name: it gets `{"results": {agent: output}, "failed": [...]}` as
-      JSON and its output is the workflow's;
+      JSON and its output is the workflow's (an agent named twice is `agent#<n>`, its
+      place in `agents` from 1);
     - a function of the outcomes (in `agents` order) -> the output (keep it pure: it
       runs again on a replay);
     - None: the output is that results object itself.
@@ -169,9 +170,10 @@ def parallel(
         )
         results = {}
         failed = []
-        for agent, outcome in zip(agents, outcomes, strict=True):
+        for i, (agent, outcome) in enumerate(zip(agents, outcomes, strict=True)):
+            name = agent if list(agents).count(agent) == 1 else f"{agent}#{i + 1}"
             if outcome.status == "completed":
-                results[agent] = outcome.output
+                results[name] = outcome.output
             else:
                 error = outcome.error
                 failed.append(

@@ -391,3 +391,34 @@ async def test_replay_re_executes_the_workflow_on_its_recorded_child_outcomes(
     assert report.verdict == "diverged"
     assert report.divergence is not None and report.divergence.node_id == "fan_out"
     assert "re-executed on its recorded child outcomes" in report.divergence.message
+
+
+async def test_participants_share_a_scratchpad_with_optimistic_concurrency(
+    settings: Settings,
+) -> None:
+    """Four counters at once read the workflow scratchpad's `count` and write it + 1 at
+    the revision they read; a write that lost the race is told so and retried. Every
+    increment lands once: the reader sees 4, and the pad's history is 1, 2, 3, 4."""
+    from agentledger.domain.orchestration.scratchpad import Scratchpad, scratchpad_id_for
+
+    result, _ = await run_workflow(settings, "tally", "tally-1", "count")
+    assert result["status"] == "completed", result
+    assert result["output"] == "count = 4"
+    store = EventStore(settings)
+    try:
+        pad = store.events(scratchpad_id_for("tally-1"))
+        events, _ = recorded(settings, "tally-1")
+        children = child_runs(settings, events)
+    finally:
+        store.close()
+    written = [e for e in pad if isinstance(e, Scratchpad.ValueWritten)]
+    assert [(e.key, e.value) for e in written] == [("count", n) for n in (1, 2, 3, 4)]
+    counters = {c["task_id"] for c, _ in children if c["agent"] == "counter"}
+    assert {e.writer.split(":", 1)[1] for e in written} == counters  # each wrote once
+
+
+async def test_the_scratchpad_tools_outside_a_workflow_say_so() -> None:
+    from agentledger.handlers.orchestration.scratchpad import scratchpad_read, scratchpad_write
+
+    assert (await scratchpad_read("k"))["error"].startswith("there is no scratchpad here")
+    assert "error" in await scratchpad_write("k", 1)
