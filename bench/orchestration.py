@@ -126,10 +126,10 @@ async def one_backend(
             figures["task_ms"] = statistics.median(tasks) * 1000
             figures["workflow1_ms"] = statistics.median(one) * 1000
             figures["fan32_per_child_ms"] = statistics.median(fan32) * 1000 / 32
-            console.print(f"  {backend}: fan-out growth {SIZES[0]}..{SIZES[-1]} ...")
+            console.print(f"  {backend}: fan-out growth {args.sizes[0]}..{args.sizes[-1]} ...")
             growth: dict[str, dict[int, float]] = {"quick": {}, "slow": {}}
             for agent in ("quick", "slow"):
-                for n in SIZES:
+                for n in args.sizes:
                     walls = [
                         await run_workflow(nc, collector, prefix, agent, n)
                         for _ in range(args.repeats)
@@ -199,7 +199,7 @@ def report(results: list[dict[str, Any]]) -> None:
     for r in results:
         table.add_column(f"{r['backend']}: instant agent", justify="right")
         table.add_column(f"{r['backend']}: {SLOW_S:g} s model", justify="right")
-    for n in SIZES:
+    for n in results[0]["growth"]["quick"]:
         cells = []
         for r in results:
             cells += [f"{r['growth']['quick'][n]:.2f}", f"{r['growth']['slow'][n]:.2f}"]
@@ -237,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, default=50, help="workflows per overhead figure")
     parser.add_argument("--repeats", type=int, default=3, help="workflows per fan-out size")
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=list(SIZES),
+        help="children per workflow in the fan-out growth (default 1,2,4,...,64)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="agentledger-orch-"))

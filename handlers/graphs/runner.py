@@ -14,6 +14,7 @@ run's metadata links it to the graph run (`graph_task_id`, `graph_step`).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -156,6 +157,9 @@ class GraphRunner:
         self._catalog = catalog
         self._agents = agents
         self._dispatcher = dispatcher
+        self._child_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        """Per parent task id: the lock its children's outcomes are recorded under, and
+        how many are waiting for it (the entry goes when none is)."""
 
     def entry(self, name: str) -> GraphEntry:
         try:
@@ -214,6 +218,23 @@ class GraphRunner:
         run's status after (None: no such run) and the response message recorded (None:
         nothing was). Conflicting saves are retried: children of one run end together
         on several workers."""
+        # Children of one run end together: record them one at a time in this process
+        # (a save racing another for the same run only conflicts and loads again).
+        lock, users = self._child_locks.get(done.task_id, (asyncio.Lock(), 0))
+        self._child_locks[done.task_id] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._record_child(done)
+        finally:
+            lock, users = self._child_locks[done.task_id]
+            if users == 1:
+                del self._child_locks[done.task_id]
+            else:
+                self._child_locks[done.task_id] = (lock, users - 1)
+
+    async def _record_child(
+        self, done: ChildDone
+    ) -> tuple[GraphRunStatus | None, AgentMessage | None]:
         for _ in range(20):
             run, events = await self._load(done.task_id)
             if run is None:
