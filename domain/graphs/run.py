@@ -133,15 +133,24 @@ class GraphRun(Aggregate):
         resume_id: str
 
     class ChildrenDispatched(Event):
-        """A step dispatched child agent tasks over NATS; the run waits for them."""
+        """A step dispatched child agent tasks over NATS; the run waits for them.
+
+        v2 added `reply_to`: v1 events are upcast with None."""
 
         TOPIC = "agentledger.GraphRun.ChildrenDispatched"
-        class_version = 1
+        class_version = 2
         key: str
         node_id: str
         children: list[dict[str, Any]]
         """Each: task_id, agent, prompt, message_id (the request's); optionally kind
         (`handoff`), session_id, fail_fast (true) and deadline (ISO 8601)."""
+        reply_to: str | None
+        """The (checked) reply subject of the delivery that dispatched: where the run's
+        outcome is also answered when it ends, since that delivery ended waiting."""
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["reply_to"] = None
 
     class ChildFinished(Event):
         """A dispatched child's outcome arrived (once per child)."""
@@ -198,6 +207,9 @@ class GraphRun(Aggregate):
         """Step key -> child task ids dispatched and not finished yet."""
         self.children: dict[str, str] = {}
         """Child task id -> the key of the step that dispatched it."""
+        self.reply_to: str | None = None
+        """Where the outcome is answered besides the results subject once the run ends:
+        the reply subject of the delivery that first dispatched children."""
         self.fail_fast: set[str] = set()
         """Keys of the steps whose dispatch stops waiting at the first failed child."""
         self.output: JSON = None
@@ -282,13 +294,23 @@ class GraphRun(Aggregate):
         self.paused_prompt = None
         self.resume_ids.add(resume_id)
 
-    def dispatch_children(self, key: str, node_id: str, children: list[dict[str, Any]]) -> None:
+    def dispatch_children(
+        self,
+        key: str,
+        node_id: str,
+        children: list[dict[str, Any]],
+        reply_to: str | None = None,
+    ) -> None:
         self._require("dispatch children", "running")
-        self._trigger_dispatched(key=key, node_id=node_id, children=children)
+        self._trigger_dispatched(key=key, node_id=node_id, children=children, reply_to=reply_to)
 
     @event(ChildrenDispatched)
-    def _trigger_dispatched(self, key: str, node_id: str, children: list[dict[str, Any]]) -> None:
+    def _trigger_dispatched(
+        self, key: str, node_id: str, children: list[dict[str, Any]], reply_to: str | None
+    ) -> None:
         self.status = "waiting"
+        if self.reply_to is None:
+            self.reply_to = reply_to
         self.waiting_on[key] = {c["task_id"] for c in children}
         if any(c.get("fail_fast") for c in children):
             self.fail_fast.add(key)
@@ -441,6 +463,6 @@ def copy_graph_steps(run: GraphRun, events: Iterable[object]) -> None:
         elif isinstance(e, GraphRun.GraphResumed):
             run.resume(e.input, e.resume_id)
         elif isinstance(e, GraphRun.ChildrenDispatched):
-            run.dispatch_children(e.key, e.node_id, e.children)
+            run.dispatch_children(e.key, e.node_id, e.children)  # a fork answers its own client
         elif isinstance(e, GraphRun.ChildFinished):
             run.finish_child(e.child_task_id, e.outcome)

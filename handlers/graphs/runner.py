@@ -170,14 +170,18 @@ class GraphRunner:
                 ErrorKind.UNKNOWN_GRAPH, f"unknown graph {name!r}; the catalog has: {known}"
             ) from None
 
-    async def run(self, task: RunGraph, guard: Guard | None = None) -> GraphOutcome:
+    async def run(
+        self, task: RunGraph, guard: Guard | None = None, reply_to: str | None = None
+    ) -> GraphOutcome:
         """Start (or resume, or look up) the graph task's run; its outcome once recorded.
 
         Raises `GraphRejected` before anything is recorded for an unknown graph or inputs
         that do not validate as the graph's input type; store errors propagate
         (`StoreUnavailable`, `ConcurrencyConflict`: retry later). `guard` (a run lease's
         check) is called before each live step and agent model request; what it raises
-        (`LeaseLost`) stops the drive with nothing more recorded."""
+        (`LeaseLost`) stops the drive with nothing more recorded. `reply_to` (the
+        delivery's checked reply subject) is recorded if the run goes waiting, to be
+        answered when it ends (`reply_subject`)."""
         entry = self.entry(task.graph)
         graph = entry.graph
         try:
@@ -209,7 +213,7 @@ class GraphRunner:
             await self._dispatch(run, GraphHistory.fold(events), only_missing=True)
         if run.status != "running":
             return graph_outcome_of(run)
-        return await self._drive(run, events, entry, guard)
+        return await self._drive(run, events, entry, guard, reply_to)
 
     async def record_child(
         self, done: ChildDone
@@ -266,12 +270,16 @@ class GraphRunner:
             return run.status, response_message(run.task_id, run.graph, child, outcome)
         raise ConcurrencyConflict(f"graph run of task {done.task_id!r} kept changing")
 
-    async def go_on(self, task_id: str, guard: Guard | None = None) -> GraphOutcome:
-        """Drive a run whose children have all ended (what `record_child` made ready)."""
+    async def go_on(
+        self, task_id: str, guard: Guard | None = None
+    ) -> tuple[GraphOutcome, str | None]:
+        """Drive a run whose children have all ended (what `record_child` made ready);
+        its outcome, and the reply subject recorded when it first went waiting (None:
+        none), where the outcome is owed too."""
         run, events = await self._existing(task_id, "go on with")
         if run.status != "running":
-            return graph_outcome_of(run)
-        return await self._drive(run, events, self.entry(run.graph), guard)
+            return graph_outcome_of(run), run.reply_to
+        return await self._drive(run, events, self.entry(run.graph), guard), run.reply_to
 
     async def _dispatch(
         self, run: GraphRun, history: GraphHistory, only_missing: bool = False
@@ -288,13 +296,15 @@ class GraphRunner:
             raise RuntimeError("this graph runner cannot dispatch child tasks (no NATS)")
         await self._dispatcher(child_tasks(run, children), request_messages(run, children))
 
-    async def resume(self, resume: ResumeGraph, guard: Guard | None = None) -> GraphOutcome:
+    async def resume(
+        self, resume: ResumeGraph, guard: Guard | None = None, reply_to: str | None = None
+    ) -> GraphOutcome:
         """Record the input of a paused run (once per `resume_id`) and drive it on."""
         run, events = await self._existing(resume.task_id, "resume")
         if resume.resume_id in run.resume_ids:  # applied before (a redelivery)
             if run.status != "running":
                 return graph_outcome_of(run)
-            return await self._drive(run, events, self.entry(run.graph), guard)
+            return await self._drive(run, events, self.entry(run.graph), guard, reply_to)
         if run.status != "paused":
             raise GraphRejected(
                 ErrorKind.RUN_FINISHED,
@@ -302,7 +312,7 @@ class GraphRunner:
             )
         run.resume(to_jsonable_python(resume.input), resume.resume_id)
         events += await self._save(run)
-        return await self._drive(run, events, self.entry(run.graph), guard)
+        return await self._drive(run, events, self.entry(run.graph), guard, reply_to)
 
     async def cancel(self, cancel: CancelGraph) -> GraphOutcome:
         """End a running, paused or waiting run as failed (`cancelled`, with the reason).
@@ -378,7 +388,12 @@ class GraphRunner:
         return run, events
 
     async def _drive(
-        self, run: GraphRun, events: list[Any], entry: GraphEntry, guard: Guard | None = None
+        self,
+        run: GraphRun,
+        events: list[Any],
+        entry: GraphEntry,
+        guard: Guard | None = None,
+        reply_to: str | None = None,
     ) -> GraphOutcome:
         history = GraphHistory.fold(events)
         assert history.started is not None
@@ -403,7 +418,7 @@ class GraphRunner:
                     run, ErrorKind.STEP_ERROR, "call_agents needs a worker that can dispatch"
                 )
             if waiting.new:
-                run.dispatch_children(waiting.key, waiting.node_id, waiting.children)
+                run.dispatch_children(waiting.key, waiting.node_id, waiting.children, reply_to)
                 await self._store.save(run)
                 history.dispatched[waiting.key] = waiting.children
                 await self._dispatch(run, history)

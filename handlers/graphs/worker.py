@@ -97,9 +97,9 @@ class GraphWorker(KindWorker):
                     return  # handed back: another worker drives the run
                 guard = None if lease is None else lease.check
             if isinstance(message, RunGraph):
-                outcome = await self.runner.run(message, guard)
+                outcome = await self.runner.run(message, guard, reply_to)
             elif isinstance(message, ResumeGraph):
-                outcome = await self.runner.resume(message, guard)
+                outcome = await self.runner.resume(message, guard, reply_to)
             else:
                 outcome = await self.runner.cancel(message)
             if outcome.status != "waiting":  # the answer comes when the children end
@@ -129,9 +129,11 @@ class GraphWorker(KindWorker):
             proceed, lease = await take_lease(msg, run_id, received.final, received.bound)
             if not proceed:
                 return
-            outcome = await self.runner.go_on(done.task_id, None if lease is None else lease.check)
-            if outcome.status != "waiting":
-                await self.answers.publish(outcome, None)
+            outcome, reply_to = await self.runner.go_on(
+                done.task_id, None if lease is None else lease.check
+            )
+            if outcome.status != "waiting":  # answered where the start asked, too
+                await self.answers.publish(outcome, reply_to)
         elif status is None:
             received.bound.warning("child outcome for an unknown graph run", task_id=done.task_id)
         await msg.ack()

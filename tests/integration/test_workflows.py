@@ -422,3 +422,26 @@ async def test_the_scratchpad_tools_outside_a_workflow_say_so() -> None:
 
     assert (await scratchpad_read("k"))["error"].startswith("there is no scratchpad here")
     assert "error" in await scratchpad_write("k", 1)
+
+
+async def test_a_workflow_answers_the_reply_subject_it_was_started_with(
+    settings: Settings,
+) -> None:
+    """The start's delivery ends with the workflow waiting; the outcome still reaches
+    the client's `Agentledger-Reply-To` once the last child ends (it used to reach the
+    results subject only: `agentledger publish-graph` waited until its timeout)."""
+    async with running_worker(settings), nats_client(settings) as nc:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, max_msgs=1)
+        payload = {"task_id": "reply-1", "graph": "write_up", "inputs": "a reply"}
+        await nc.jetstream().publish(
+            graph_task_subject(settings.subject_prefix, "write_up"),
+            json.dumps(payload).encode(),
+            headers={"Nats-Msg-Id": "reply-1", "Agentledger-Reply-To": inbox},
+        )
+        answer = json.loads((await sub.next_msg(timeout=30)).data)
+    assert answer["task_id"] == "reply-1"
+    assert (answer["status"], answer["output"]) == ("completed", "Edited: A reply.")
+    events, _ = recorded(settings, "reply-1")
+    dispatches = [e for e in events if isinstance(e, GraphRun.ChildrenDispatched)]
+    assert [d.reply_to for d in dispatches] == [inbox, None]  # the second: from a child's end
