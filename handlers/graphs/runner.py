@@ -367,6 +367,11 @@ class GraphRunner:
             await self._agents.cancel(task, why)
         log.info("child tasks cancelled", task_id=run.task_id, children=len(children))
 
+    async def reply_subject(self, task_id: str) -> str | None:
+        """The reply subject the run recorded when it first went waiting (None: none)."""
+        run, _ = await self._load(task_id)
+        return None if run is None else run.reply_to
+
     async def _load(self, task_id: str) -> tuple[GraphRun | None, list[Any]]:
         """The task's run and its events, from one read: the executor folds the same
         events into its history."""

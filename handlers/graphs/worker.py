@@ -102,6 +102,10 @@ class GraphWorker(KindWorker):
                 outcome = await self.runner.resume(message, guard, reply_to)
             else:
                 outcome = await self.runner.cancel(message)
+                # A workflow cancelled while it waited owes its start an answer too.
+                started = await self.runner.reply_subject(message.task_id)
+                if started is not None and started != reply_to:
+                    await self.answers.publish(outcome, started, store=False)
             if outcome.status != "waiting":  # the answer comes when the children end
                 await self.answers.publish(outcome, reply_to)
             await msg.ack()

@@ -137,7 +137,8 @@ class WorkflowChildView(BaseModel):
     kind: str
     """request or handoff."""
     status: str
-    """dispatched until its outcome is recorded; then completed, failed or rejected."""
+    """dispatched until its outcome is recorded; then completed, failed or rejected;
+    cancelled if the workflow ended (failed or cancelled) while it was outstanding."""
     dispatched_at: datetime
     finished_at: datetime | None
     duration_ms: float | None
@@ -253,7 +254,7 @@ class WorkflowsProjection(Projection):
         finishing = [
             run_id
             for run_id, run_events in groups.items()
-            if any(isinstance(e, GraphRun.ChildFinished) for e in run_events)
+            if any(isinstance(e, GraphRun.ChildFinished | GraphRun.GraphFailed) for e in run_events)
         ]
         fold = _Fold(self.sealer, _select_children(cursor, finishing))
         for run_id, run_events in groups.items():
@@ -411,6 +412,12 @@ class _Fold:
                 error_kind=event.error_kind,
                 error_message=event.message,
             )
+            # Children it still waited for are cancelled with it (the runner cancels
+            # their runs): no outcome will be recorded for them.
+            for key, child_row in self.children.items():
+                if key[0] == run_id and child_row["status"] == "dispatched":
+                    child_row.update(status="cancelled", finished_at=at)
+                    self.touched[key] = None
         return row
 
     def _seal(self, value: Any) -> str:

@@ -51,6 +51,11 @@ stages = [
   { agent = "drafter", output = "agentledger.catalog.example_team:Normalised" },
 ]
 
+[workflows.hasty]
+pattern = "parallel"
+agents = ["effect", "echo"]
+step_timeout_s = 0.5
+
 [workflows.strict_fan]
 pattern = "parallel"
 agents = ["echo", "exploding", "effect"]
@@ -445,3 +450,47 @@ async def test_a_workflow_answers_the_reply_subject_it_was_started_with(
     events, _ = recorded(settings, "reply-1")
     dispatches = [e for e in events if isinstance(e, GraphRun.ChildrenDispatched)]
     assert [d.reply_to for d in dispatches] == [inbox, None]  # the second: from a child's end
+
+
+async def test_a_cancelled_workflow_answers_the_reply_subject_it_was_started_with(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(MODEL_PAUSE_ENV, "3")
+    async with running_worker(settings), nats_client(settings) as nc:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, max_msgs=1)
+        payload = {"task_id": "reply-2", "graph": "slow_fan", "inputs": "slow"}
+        await nc.jetstream().publish(
+            graph_task_subject(settings.subject_prefix, "slow_fan"),
+            json.dumps(payload).encode(),
+            headers={"Nats-Msg-Id": "reply-2", "Agentledger-Reply-To": inbox},
+        )
+        for _ in range(100):  # until it waits for its children
+            events, _ = recorded(settings, "reply-2")
+            if any(isinstance(e, GraphRun.ChildrenDispatched) for e in events):
+                break
+            await asyncio.sleep(0.05)
+        cancel = {"task_id": "reply-2", "reason": "changed my mind"}
+        await nc.jetstream().publish(
+            workflow_cancel_subject(settings.subject_prefix), json.dumps(cancel).encode()
+        )
+        answer = json.loads((await sub.next_msg(timeout=30)).data)
+    assert (answer["task_id"], answer["status"]) == ("reply-2", "failed")
+    assert answer["error"]["kind"] == "cancelled"
+
+
+async def test_a_child_past_its_step_timeout_fails_the_step(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """step_timeout_s = 0.5 and a child whose model takes 3 s: the child ends failed
+    with deadline_exceeded (its run stops there), which fails the fail-fast step."""
+    monkeypatch.setenv(MODEL_PAUSE_ENV, "3")
+    result, _ = await run_workflow(settings, "hasty", "hasty-1", "slow")
+    assert result["status"] == "failed", result
+    assert result["error"]["kind"] == "step_error"
+    assert "deadline_exceeded" in result["error"]["message"]
+    events, _ = recorded(settings, "hasty-1")
+    finished = [e.outcome for e in events if isinstance(e, GraphRun.ChildFinished)]
+    assert [o["error"]["kind"] for o in finished if o["status"] != "completed"] == [
+        "deadline_exceeded"
+    ]

@@ -107,7 +107,7 @@ async def test_a_failed_child_is_counted_and_shows_its_error(cursor: sqlite3.Cur
     assert [w.task_id for w in list_workflows(cursor, status="completed")] == ["wf-f"]
 
 
-async def test_a_cancelled_workflow_keeps_its_unfinished_children_dispatched(
+async def test_a_cancelled_workflow_marks_its_unfinished_children_cancelled(
     cursor: sqlite3.Cursor,
 ) -> None:
     run, events = await recorded_workflow(
@@ -128,9 +128,9 @@ async def test_a_cancelled_workflow_keeps_its_unfinished_children_dispatched(
     )
     assert [(c.agent, c.status) for c in view.children] == [
         ("writer", "completed"),
-        ("critic", "dispatched"),
+        ("critic", "cancelled"),
     ]
-    assert view.children[1].finished_at is None and view.message_count == 3
+    assert view.children[1].finished_at is not None and view.message_count == 3
 
 
 async def test_a_graph_run_that_dispatches_nothing_is_no_workflow(cursor: sqlite3.Cursor) -> None:
