@@ -179,7 +179,6 @@ def report(results: list[dict[str, Any]]) -> None:
     table.add_column("measurement")
     for r in results:
         table.add_column(r["backend"], justify="right")
-    first = results[0]
     rows = [
         ("in-process `agent.run`, one at a time (baseline), ms", "in_process_ms"),
         ("the agent as a task over NATS (publish -> outcome), ms", "task_ms"),
@@ -222,7 +221,6 @@ def report(results: list[dict[str, Any]]) -> None:
             else "MISS: the 4 children did not all run at once",
         )
     console.print(table)
-    del first
 
 
 def main(argv: list[str] | None = None) -> int:
