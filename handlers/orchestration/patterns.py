@@ -110,6 +110,16 @@ def _step_id(i: int, agent: str) -> str:
     return f"{i + 1}_{agent}"
 
 
+def _on_decision(g: Any, node_id: str, kind: str, then: Any, otherwise: Any) -> Any:
+    """A decision on a deciding agent's step output (`{"kind": ..., "decision": ...}`):
+    to `then` for a decision of `kind` (labelled with it), else to `otherwise`."""
+    return (
+        g.decision(node_id=node_id)
+        .branch(g.match(dict, matches=lambda d: d.get("kind") == kind).label(kind.lower()).to(then))
+        .branch(g.match(dict).label("answer").to(otherwise))
+    )
+
+
 # -- sequential -------------------------------------------------------------------------
 
 
@@ -302,13 +312,7 @@ def supervisor(
     g.add(
         g.edge_from(g.start_node).to(supervise_step),
         g.edge_from(supervise_step).to(
-            g.decision(node_id="delegate_or_answer")
-            .branch(
-                g.match(dict, matches=lambda d: d.get("kind") == "Delegate")
-                .label("delegate")
-                .to(delegate_step)
-            )
-            .branch(g.match(dict).label("answer").to(answer_step))
+            _on_decision(g, "delegate_or_answer", "Delegate", delegate_step, answer_step)
         ),
         g.edge_from(delegate_step).to(supervise_step),
         g.edge_from(answer_step).to(g.end_node),
@@ -417,15 +421,7 @@ def handoff(
     done = g.step(answered, node_id="answered")
     g.add(
         g.edge_from(g.start_node).to(first),
-        g.edge_from(first).to(
-            g.decision(node_id="handoff_or_answer")
-            .branch(
-                g.match(dict, matches=lambda d: d.get("kind") == "Handoff")
-                .label("handoff")
-                .to(special)
-            )
-            .branch(g.match(dict).label("answer").to(done))
-        ),
+        g.edge_from(first).to(_on_decision(g, "handoff_or_answer", "Handoff", special, done)),
         g.edge_from(special).to(g.end_node),
         g.edge_from(done).to(g.end_node),
     )

@@ -14,16 +14,15 @@ from typing import Any
 import pytest
 from conftest import Backend, MakeSettings
 from nats.aio.client import Client
-from nats.js.errors import NotFoundError
 
 from agentledger.domain.graphs.run import GraphRun
 from agentledger.domain.ids import graph_run_id_for, run_id_for
 from agentledger.domain.run import AgentRun
-from agentledger.domain.subjects import graph_task_subject, results_stream, results_subject
+from agentledger.domain.subjects import graph_task_subject
 from agentledger.infra.event_store import EventStore
 from agentledger.infra.settings import Settings
 from support.agents import CATALOG, MODEL_PAUSE_ENV
-from support.harness import nats_client, running_worker
+from support.harness import nats_client, running_worker, stored_outcome
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -50,18 +49,7 @@ async def start(nc: Client, settings: Settings, task_id: str, calls: list[list[s
 
 
 async def outcome(nc: Client, settings: Settings, task_id: str, timeout: float = 60) -> Any:
-    prefix = settings.subject_prefix
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            msg = await nc.jetstream().get_last_msg(
-                results_stream(prefix), results_subject(prefix, task_id)
-            )
-            return json.loads(msg.data)
-        except NotFoundError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"no outcome for {task_id}") from None
-            await asyncio.sleep(0.1)
+    return await stored_outcome(nc, settings, task_id, timeout)
 
 
 async def test_a_fan_out_runs_children_as_tasks_and_merges_their_answers(

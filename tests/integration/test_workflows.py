@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from conftest import Backend, MakeSettings
 from nats.aio.client import Client
-from nats.js.errors import NotFoundError
 
 import agentledger.catalog
 from agentledger.domain.graphs.run import GraphRun
@@ -23,14 +22,12 @@ from agentledger.domain.orchestration.messages import AgentMessage
 from agentledger.domain.run import AgentRun
 from agentledger.domain.subjects import (
     graph_task_subject,
-    results_stream,
-    results_subject,
     workflow_cancel_subject,
 )
 from agentledger.infra.event_store import EventStore
 from agentledger.infra.settings import Settings
 from support.agents import CATALOG, JOURNAL_ENV, MODEL_PAUSE_ENV
-from support.harness import nats_client, running_worker
+from support.harness import nats_client, running_worker, stored_outcome
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -81,18 +78,7 @@ async def start(nc: Client, settings: Settings, graph: str, task_id: str, inputs
 
 
 async def outcome(nc: Client, settings: Settings, task_id: str, timeout: float = 60) -> Any:
-    prefix = settings.subject_prefix
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            msg = await nc.jetstream().get_last_msg(
-                results_stream(prefix), results_subject(prefix, task_id)
-            )
-            return json.loads(msg.data)
-        except NotFoundError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"no outcome for {task_id}") from None
-            await asyncio.sleep(0.05)
+    return await stored_outcome(nc, settings, task_id, timeout)
 
 
 async def run_workflow(

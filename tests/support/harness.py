@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -54,6 +55,27 @@ async def nats_client(settings: Settings) -> AsyncIterator[Client]:
         yield nc
     finally:
         await nc.drain()
+
+
+async def stored_outcome(nc: Client, settings: Settings, task_id: str, timeout: float = 60) -> Any:
+    """The task's outcome as stored on its results subject (JSON), once there."""
+    from nats.js.errors import NotFoundError
+
+    from agentledger.domain.subjects import results_stream, results_subject
+
+    prefix = settings.subject_prefix
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            msg = await nc.jetstream().get_last_msg(
+                results_stream(prefix), results_subject(prefix, task_id)
+            )
+            return json.loads(msg.data)
+        except NotFoundError:
+            if loop.time() > deadline:
+                raise TimeoutError(f"no outcome for {task_id} within {timeout} s") from None
+            await asyncio.sleep(0.05)
 
 
 def run_events(settings: Settings, task_id: str) -> list[str]:
