@@ -5,11 +5,12 @@ not stored twice: the events that drive the run are the record of them.
 
 - `ChildrenDispatched` holds one request (or handoff) message per child: its
   `message_id`, the child's agent (the receiver) and prompt (the content). The sender
-  is the workflow's graph.
+  is the workflow's graph. Children dispatched as a broadcast share one message
+  instead: its id is their `broadcast_id`, its receiver `all`.
 - `ChildFinished` is the child's response: its id is the request's with `res-` for
   `req-` (`response_id`), the sender the child's agent, the receiver the graph, the
   content the child's output (or `{"error": {...}}` for a child that did not complete),
-  and the causation id the request's.
+  and the causation id the request's (the broadcast's, for a broadcast).
 
 Both carry the event's timestamp as `at`. `workflow_messages` gives them in the order
 they were recorded; the same function serves the read side (`workflow messages`) and
@@ -24,13 +25,16 @@ from typing import Any
 
 from agentledger.domain.graphs.run import GraphRun
 from agentledger.domain.orchestration.messages import (
+    BROADCAST,
     MAX_CONTENT_CHARS,
     AgentMessage,
     MessageKind,
 )
 
 __all__ = [
+    "answer_message",
     "bounded",
+    "caused_by",
     "request_message",
     "response_id",
     "response_message",
@@ -55,17 +59,25 @@ def response_id(request_id: str) -> str:
     return "res-" + request_id.removeprefix("req-")
 
 
+def caused_by(child: dict[str, Any]) -> str:
+    """The message a dispatched child answers: its broadcast's, or its own request."""
+    return str(child.get("broadcast_id") or child["message_id"])
+
+
 def request_message(
     workflow_task_id: str, graph: str, child: dict[str, Any], at: Any = None
 ) -> AgentMessage:
-    """The request (or handoff) message a dispatched child entry stands for."""
+    """The request (or handoff, or broadcast) message a dispatched child entry stands
+    for (children of one broadcast stand for the same message)."""
+    kind = MessageKind(child.get("kind", MessageKind.REQUEST))
+    broadcast = kind == MessageKind.BROADCAST
     fields: dict[str, Any] = {
-        "message_id": child["message_id"],
+        "message_id": caused_by(child),
         "correlation_id": workflow_task_id,
         "causation_id": child.get("causation_id"),
         "sender": graph,
-        "receiver": child["agent"],
-        "kind": MessageKind(child.get("kind", MessageKind.REQUEST)),
+        "receiver": BROADCAST if broadcast else child["agent"],
+        "kind": kind,
         "content": bounded(child["prompt"]),
     }
     if at is not None:
@@ -81,15 +93,37 @@ def response_message(
     at: Any = None,
 ) -> AgentMessage:
     """The response of a child (`outcome`: its `RunOutcome` as JSON)."""
+    return answer_message(
+        workflow_task_id,
+        graph,
+        child["agent"],
+        response_id(child["message_id"]),
+        caused_by(child),
+        outcome,
+        at,
+    )
+
+
+def answer_message(
+    workflow_task_id: str,
+    graph: str,
+    agent: str,
+    message_id: str,
+    causation_id: str,
+    outcome: dict[str, Any],
+    at: Any = None,
+) -> AgentMessage:
+    """A child's response `message_id` to the message `causation_id`: its output, or
+    `{"error": ...}` when it did not complete."""
     if outcome.get("status") == "completed":
         content: Any = outcome.get("output")
     else:
         content = {"error": outcome.get("error") or {"kind": str(outcome.get("status"))}}
     fields: dict[str, Any] = {
-        "message_id": response_id(child["message_id"]),
+        "message_id": message_id,
         "correlation_id": workflow_task_id,
-        "causation_id": child["message_id"],
-        "sender": child["agent"],
+        "causation_id": causation_id,
+        "sender": agent,
         "receiver": graph,
         "kind": MessageKind.RESPONSE,
         "content": bounded(content),
@@ -108,9 +142,12 @@ def workflow_messages(events: Iterable[object]) -> list[AgentMessage]:
         if isinstance(e, GraphRun.GraphStarted):
             task_id, graph = e.task_id, e.graph
         elif isinstance(e, GraphRun.ChildrenDispatched):
+            sent: set[str] = set()
             for child in e.children:
                 children[child["task_id"]] = child
-                messages.append(request_message(task_id, graph, child, e.timestamp))
+                if caused_by(child) not in sent:  # a broadcast is one message
+                    sent.add(caused_by(child))
+                    messages.append(request_message(task_id, graph, child, e.timestamp))
         elif isinstance(e, GraphRun.ChildFinished):
             found = children.get(e.child_task_id)
             if found is not None:

@@ -206,7 +206,7 @@ async def call_agents(
     calls: Sequence[tuple[str, str]],
     *,
     session_id: str | None = None,
-    kind: Literal["request", "handoff"] = "request",
+    kind: Literal["request", "handoff", "broadcast"] = "request",
     fail_fast: bool = False,
     timeout_s: float | None = None,
 ) -> list[RunOutcome]:
@@ -216,7 +216,8 @@ async def call_agents(
 
     - `session_id`: the children run in that conversation (a handoff passes the
       conversation, with its history, to the next agent this way);
-    - `kind`: what the request messages are (`handoff` for a transfer);
+    - `kind`: what the request messages are (`handoff` for a transfer; `broadcast`: one
+      message to `all`, the same prompt to every child, each child answering it);
     - `fail_fast`: the first child that does not complete fails the step at once
       (`ChildTaskFailed`, listing the failures); the children still running are
       cancelled. Without it the step gets every outcome (best effort);
@@ -247,6 +248,9 @@ async def call_agents(
                 raise ValueError(f"timeout_s must be a positive number of seconds: {timeout_s}")
             deadline = (datetime.now(UTC) + timedelta(seconds=timeout_s)).isoformat()
         children = []
+        broadcast_id = f"bc-{uuid.uuid4().hex[:20]}" if kind == "broadcast" else None
+        if broadcast_id is not None and len({str(p) for _, p in calls}) > 1:
+            raise ValueError("a broadcast sends one prompt to every agent")
         for i, (agent, prompt) in enumerate(calls):
             task_id = _child_task_id(executor.task_id, i)
             # A child that could not be a task fails the step now, before any dispatch.
@@ -267,6 +271,8 @@ async def call_agents(
             }
             if kind != "request":
                 child["kind"] = kind
+            if broadcast_id is not None:
+                child["broadcast_id"] = broadcast_id
             if session_id is not None:
                 child["session_id"] = session_id
             if fail_fast:

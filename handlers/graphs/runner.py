@@ -35,7 +35,11 @@ from agentledger.domain.graphs.tasks import (
     WaitingFor,
 )
 from agentledger.domain.ids import graph_run_id_for
-from agentledger.domain.orchestration.flow import request_message, response_message
+from agentledger.domain.orchestration.flow import (
+    caused_by,
+    request_message,
+    response_message,
+)
 from agentledger.domain.orchestration.messages import (
     CAUSATION_KEY,
     CORRELATION_KEY,
@@ -130,7 +134,7 @@ def child_tasks(run: GraphRun, children: list[dict[str, Any]]) -> list[RunAgent]
             deadline=c.get("deadline"),
             metadata={
                 CORRELATION_KEY: run.task_id,
-                CAUSATION_KEY: c["message_id"],
+                CAUSATION_KEY: caused_by(c),
                 PARENT_KEY: run.task_id,
             },
         )
@@ -139,7 +143,11 @@ def child_tasks(run: GraphRun, children: list[dict[str, Any]]) -> list[RunAgent]
 
 
 def request_messages(run: GraphRun, children: list[dict[str, Any]]) -> list[AgentMessage]:
-    return [request_message(run.task_id, run.graph, c) for c in children]
+    """The messages the children were dispatched for (a broadcast once)."""
+    messages: dict[str, AgentMessage] = {}
+    for c in children:
+        messages.setdefault(caused_by(c), request_message(run.task_id, run.graph, c))
+    return list(messages.values())
 
 
 class GraphRunner:

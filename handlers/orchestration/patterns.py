@@ -8,7 +8,8 @@ with a `ref`, or declare it as `[workflows.<name>]`, see `handlers/orchestration
 and start it with a `RunGraph` task on `<prefix>.tasks.graph.<name>`.
 
 - `sequential([a, b, c])`: a chain; each agent gets the previous agent's output.
-- `parallel([a, b, c], merge=...)`: a fan-out to every agent with the same prompt, then
+- `parallel([a, b, c], merge=...)`: a fan-out (one broadcast message: every agent gets
+  the same prompt and answers it), then
   a merge by a merger agent (a name) or a function of the outcomes. `policy` decides
   what a failed child means: `fail_fast` fails the step at the first failure and
   cancels the others; `best_effort` merges what completed and lists the failures.
@@ -175,6 +176,7 @@ def parallel(
     async def fan_out(ctx: StepContext[None, None, str]) -> dict[str, Any]:
         outcomes = await call_agents(
             [(agent, ctx.inputs) for agent in agents],
+            kind="broadcast",  # one message to all of them
             fail_fast=policy == "fail_fast",
             timeout_s=step_timeout_s,
         )

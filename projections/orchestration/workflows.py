@@ -27,7 +27,12 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from agentledger.domain.graphs.run import GraphRun, GraphRunStatus
-from agentledger.domain.orchestration.flow import request_message, response_message
+from agentledger.domain.orchestration.flow import (
+    answer_message,
+    caused_by,
+    request_message,
+    response_id,
+)
 from agentledger.domain.orchestration.messages import AgentMessage, MessageKind
 from agentledger.projections.base import (
     PLAIN,
@@ -78,6 +83,7 @@ _CHILD_COLUMNS = (
     "step_key",
     "node_id",
     "message_id",
+    "response_id",
     "kind",
     "status",
     "dispatched_at",
@@ -133,9 +139,11 @@ class WorkflowChildView(BaseModel):
     node_id: str
     """The step that dispatched it."""
     message_id: str
-    """The request message it was dispatched for."""
+    """The request message it was dispatched for (its broadcast's, for a broadcast)."""
+    response_id: str
+    """The id its response has (once it has ended)."""
     kind: str
-    """request or handoff."""
+    """request, handoff or broadcast."""
     status: str
     """dispatched until its outcome is recorded; then completed, failed or rejected;
     cancelled if the workflow ended (failed or cancelled) while it was outstanding."""
@@ -197,6 +205,7 @@ class WorkflowsProjection(Projection):
     `al_workflow_messages` (and `al_workflow_pending`, graph runs not dispatching yet)."""
 
     name: ClassVar[str] = "workflows"
+    version: ClassVar[int] = 2  # 2: children's response_id; broadcasts
     tables: ClassVar[tuple[str, ...]] = (
         "al_workflows",
         "al_workflow_pending",
@@ -218,6 +227,7 @@ class WorkflowsProjection(Projection):
             step_key TEXT NOT NULL,
             node_id TEXT NOT NULL,
             message_id TEXT NOT NULL,
+            response_id TEXT NOT NULL,
             kind TEXT NOT NULL,
             status TEXT NOT NULL,
             dispatched_at TEXT NOT NULL,
@@ -346,6 +356,7 @@ class _Fold:
             return None
         row = dict(row, version=event.originator_version)
         if isinstance(event, GraphRun.ChildrenDispatched):
+            sent: set[str] = set()  # a broadcast's children share one message
             for child in event.children:
                 row["children_dispatched"] += 1
                 key = (run_id, view_key(child["task_id"]))
@@ -357,7 +368,8 @@ class _Fold:
                     "agent": view_key(child["agent"]),
                     "step_key": view_key(event.key),
                     "node_id": view_key(event.node_id),
-                    "message_id": view_key(child["message_id"]),
+                    "message_id": view_key(caused_by(child)),
+                    "response_id": view_key(response_id(child["message_id"])),
                     "kind": str(child.get("kind", MessageKind.REQUEST)),
                     "status": "dispatched",
                     "dispatched_at": at,
@@ -368,16 +380,23 @@ class _Fold:
                 }
                 self.touched[key] = None
                 message = request_message(row["task_id"], row["graph"], child, event.timestamp)
-                self._message(row, message)
+                if message.message_id not in sent:
+                    sent.add(message.message_id)
+                    self._message(row, message)
             row["status"] = "waiting"
         elif isinstance(event, GraphRun.ChildFinished):
             key = (run_id, view_key(event.child_task_id))
             child_row = self.children.get(key)
             if child_row is not None:  # as `workflow_messages`: only a dispatched child
                 outcome = event.outcome if isinstance(event.outcome, dict) else {}
-                child = {"agent": child_row["agent"], "message_id": child_row["message_id"]}
-                response = response_message(
-                    row["task_id"], row["graph"], child, outcome, event.timestamp
+                response = answer_message(
+                    row["task_id"],
+                    row["graph"],
+                    child_row["agent"],
+                    child_row["response_id"],
+                    child_row["message_id"],
+                    outcome,
+                    event.timestamp,
                 )
                 status = str(outcome.get("status"))
                 completed = status == "completed"

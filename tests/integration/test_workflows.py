@@ -125,15 +125,17 @@ def assert_linked(task_id: str, messages: list[AgentMessage], children: list[Any
     """Every message belongs to the workflow; every response answers a request of it;
     every child run carries the workflow and the request that caused it."""
     assert {m.correlation_id for m in messages} == {task_id}
-    requests = {m.message_id: m for m in messages if m.kind in ("request", "handoff")}
+    requests = {m.message_id: m for m in messages if m.kind != "response"}
     responses = [m for m in messages if m.kind == "response"]
-    assert len(responses) == len(requests)
+    assert len(responses) == len([c for c in children])
     for response in responses:
         request = requests[response.causation_id]  # type: ignore[index]
-        assert (response.sender, response.receiver) == (request.receiver, request.sender)
+        assert response.receiver == request.sender
+        if request.kind != "broadcast":  # a broadcast goes to `all`, each answers
+            assert response.sender == request.receiver
     for child, requested in children:
         assert requested.metadata["correlation_id"] == task_id
-        assert requested.metadata["causation_id"] == child["message_id"]
+        assert requested.metadata["causation_id"] == child.get("broadcast_id", child["message_id"])
         assert requested.metadata["parent_graph_task_id"] == task_id
 
 
@@ -170,9 +172,11 @@ async def test_parallel_fans_out_and_a_merger_agent_merges(settings: Settings) -
     )
     events, messages = recorded(settings, "par-1")
     kinds = flow(messages)
-    assert sorted(kinds[:3]) == [
-        ("request", "opinions", a) for a in ("optimist", "realist", "skeptic")
+    assert kinds[0] == ("broadcast", "opinions", "all")  # one message to the three
+    assert sorted(kinds[1:4]) == [
+        ("response", a, "opinions") for a in ("optimist", "realist", "skeptic")
     ]
+    assert {m.causation_id for m in messages[1:4]} == {messages[0].message_id}
     assert kinds[-2:] == [
         ("request", "opinions", "moderator"),
         ("response", "moderator", "opinions"),

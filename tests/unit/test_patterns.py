@@ -56,3 +56,23 @@ async def test_every_child_failing_fails_even_a_best_effort_step() -> None:
     graph = parallel(["b"], policy="best_effort")
     with pytest.raises(ChildTaskFailed):
         await recorded_workflow("go", dead_lettered("b"), graph=graph)  # type: ignore[arg-type]
+
+
+async def test_a_parallel_fan_out_is_one_broadcast_each_child_answers() -> None:
+    from agentledger.domain.orchestration.flow import workflow_messages
+
+    graph = parallel(["a", "b", "c"], policy="best_effort")
+    run, events = await recorded_workflow("go", graph=graph)  # type: ignore[arg-type]
+    assert run.status == "completed"
+    messages = workflow_messages(events)
+    broadcast = messages[0]
+    assert (broadcast.kind, broadcast.sender, broadcast.receiver, broadcast.content) == (
+        "broadcast",
+        "relay",
+        "all",
+        "go",
+    )
+    responses = messages[1:]
+    assert sorted(m.sender for m in responses) == ["a", "b", "c"]
+    assert {m.causation_id for m in responses} == {broadcast.message_id}
+    assert len({m.message_id for m in responses}) == 3
