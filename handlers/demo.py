@@ -15,9 +15,12 @@ from typing import Any
 
 from rich.console import Console
 
-from agentledger.domain.ids import run_id_for
+from agentledger.domain.graphs.tasks import GraphOutcome, RunGraph
+from agentledger.domain.ids import graph_run_id_for, run_id_for
+from agentledger.domain.orchestration.diagram import sequence_diagram
+from agentledger.domain.orchestration.flow import workflow_messages
 from agentledger.domain.routing.tasks import RouteOutcome, RouteTask
-from agentledger.domain.subjects import route_subject
+from agentledger.domain.subjects import graph_task_subject, route_subject
 from agentledger.domain.tasks import RunAgent, RunOutcome
 from agentledger.domain.timeline import event_record
 from agentledger.handlers.bootstrap import (
@@ -135,6 +138,41 @@ async def _route_and_recall(
         console.print(table)
 
 
+DEMO_WORKFLOW = "opinions"
+DEMO_WORKFLOW_INPUT = "a four-day week"
+
+
+async def _workflow(
+    settings: Settings, catalog: Catalog, store: Any, tag: str, console: Console
+) -> str | None:
+    """One workflow (the example catalog's parallel fan-out with a merger agent), run
+    over NATS like any graph task: its outcome and its messages as a Mermaid sequence
+    diagram. Returns its task id (None when the catalog has no such workflow)."""
+    if DEMO_WORKFLOW not in catalog.graphs:
+        return None
+    task_id = f"demo-{tag}-workflow"
+    nc = await connect_nats(settings, "agentledger-demo")
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, max_msgs=1)
+        task = RunGraph(task_id=task_id, graph=DEMO_WORKFLOW, inputs=DEMO_WORKFLOW_INPUT)
+        await nc.jetstream().publish(
+            graph_task_subject(settings.subject_prefix, DEMO_WORKFLOW),
+            task.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": task_id, "Agentledger-Reply-To": inbox},
+        )
+        outcome = GraphOutcome.model_validate_json((await sub.next_msg(timeout=30)).data)
+    finally:
+        await nc.drain()
+    events = await asyncio.to_thread(store.events, graph_run_id_for(task_id))
+    console.print(
+        f"[bold]Workflow {DEMO_WORKFLOW}[/] {DEMO_WORKFLOW_INPUT!r} -> {outcome.status}:"
+        f" {outcome.output if outcome.status == 'completed' else outcome.error}"
+    )
+    console.print(sequence_diagram(workflow_messages(events), title=f"{task_id}"), markup=False)
+    return task_id
+
+
 async def run_demo(settings: Settings, console: Console) -> DemoReport:
     """Run the demo end to end and print it; returns what it showed (for tests)."""
     server: EmbeddedNats | None = None
@@ -174,6 +212,7 @@ async def run_demo(settings: Settings, console: Console) -> DemoReport:
         metrics = await asyncio.to_thread(answer, views, "metrics", {})
         console.print(metrics_table(metrics))
         await _route_and_recall(settings, catalog, projector, tag, console)
+        workflow = await _workflow(settings, catalog, store, tag, console)
         with_tool = next((o for o in outcomes if o.usage.tool_calls), outcomes[0])
         assert with_tool.task_id is not None
         events = await asyncio.to_thread(store.events, run_id_for(with_tool.task_id))
@@ -187,6 +226,7 @@ async def run_demo(settings: Settings, console: Console) -> DemoReport:
             f" {with_tool.task_id} | agentledger fork {with_tool.task_id} --at 3"
             f" | agentledger query runs | agentledger state {with_tool.task_id} --at-version 2"
             ' | agentledger route test "hello" | agentledger memory search "deploy"'
+            + (f" | agentledger workflow show {workflow}" if workflow else "")
         )
         return DemoReport(
             outcomes=outcomes,

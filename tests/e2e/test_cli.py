@@ -101,6 +101,10 @@ def test_demo_runs_on_embedded_defaults_and_shows_everything(
     assert out.count("completed") >= 7
     assert "You told me: the deploy is on Friday; the DB password rotates monthly." in out
     assert "ToolCallFinished" in out and "RunCompleted" in out
+    # One workflow: a broadcast to three agents, merged by a fourth, and its diagram.
+    assert "Workflow opinions 'a four-day week' -> completed: 3 views." in out
+    assert "p1->>p2: broadcast: a four-day week" in out
+    assert out.count("-->>p1: response:") == 4
     assert (cwd / ".agentledger" / "ledger.db").exists()
 
 
@@ -110,7 +114,12 @@ def test_inspection_commands_after_demo(
     cwd, result, _ = demo_dir
     assert result.returncode == 0, result.stderr
     runs = json.loads(_cli(cwd, "query", "runs", "--json").stdout)
-    assert len(runs) == 7 and {r["status"] for r in runs} == {"completed"}  # 6 + 1 routed
+    # 6 tasks, 1 routed, and the 4 child runs of the demo's workflow
+    assert len(runs) == 11 and {r["status"] for r in runs} == {"completed"}
+    workflows = json.loads(_cli(cwd, "workflow", "list", "--json").stdout)
+    assert [(w["graph"], w["status"], w["children_dispatched"]) for w in workflows] == [
+        ("opinions", "completed", 4)
+    ]
     calc = next(r for r in runs if r["agent"] == "calculator")
     page = _cli(cwd, "query", "runs", "--limit", "2", "--offset", "1", "--json").stdout
     assert json.loads(page) == runs[1:3]
