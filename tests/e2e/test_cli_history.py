@@ -152,17 +152,19 @@ def test_store_size_then_archive_then_replay_points_at_the_archive(
     runs = json.loads(_cli(cwd, "query", "runs", "--json").stdout)
     calc = next(r["task_id"] for r in runs if r["prompt"] == "add 17 and 25")
     sizes = {s["aggregate_type"]: s for s in json.loads(_cli(cwd, "store-size", "--json").stdout)}
-    assert sizes["AgentRun"]["aggregates"] == 7 and sizes["Conversation"]["aggregates"] == 1
+    # 6 tasks, 1 routed, 4 children of the demo's workflow (and the workflow's GraphRun)
+    assert sizes["AgentRun"]["aggregates"] == 11 and sizes["Conversation"]["aggregates"] == 1
+    assert sizes["GraphRun"]["aggregates"] == 1
     assert sizes["RouteDecision"]["aggregates"] == 1  # the demo's routed task
     table = _cli(cwd, "store-size").stdout
     assert "AgentRun" in table and "total" in table
 
     dry = json.loads(_cli(cwd, "archive", "--older-than-days", "0", "--dry-run", "--json").stdout)
-    assert dry["candidates"] == 7 and dry["archived_runs"] == 0
+    assert dry["candidates"] == 11 and dry["archived_runs"] == 0
     archived = _cli(cwd, "archive", "--json", AGENTLEDGER_RETENTION_DAYS="0")  # the policy
     assert archived.returncode == 0, archived.stderr
     report = json.loads(archived.stdout)
-    assert report["archived_runs"] + len(report["kept"]) == 7 and len(report["files"]) == 1
+    assert report["archived_runs"] + len(report["kept"]) == 11 and len(report["files"]) == 1
     assert json.loads(_cli(cwd, "query", "runs", "--json").stdout) == runs  # views untouched
 
     gone = _cli(cwd, "replay", calc)
