@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
@@ -70,9 +71,15 @@ class ConversationQuery(_Query):
     session_id: str
 
 
-class RunQuery(_Query):
+class _ByIdQuery(_Query):
+    """One record by run id, or the newest of a task id."""
+
     run_id: str | None = None
     task_id: str | None = None
+
+
+class RunQuery(_ByIdQuery):
+    pass
 
 
 class RunsQuery(_Query):
@@ -95,9 +102,8 @@ class SnapshotsQuery(_Query):
     offset: int = Field(default=0, ge=0)
 
 
-class GraphRunQuery(_Query):
-    run_id: str | None = None
-    task_id: str | None = None
+class GraphRunQuery(_ByIdQuery):
+    pass
 
 
 class GraphRunsQuery(_Query):
@@ -107,9 +113,8 @@ class GraphRunsQuery(_Query):
     offset: int = Field(default=0, ge=0)
 
 
-class WorkflowQuery(_Query):
-    run_id: str | None = None
-    task_id: str | None = None
+class WorkflowQuery(_ByIdQuery):
+    pass
 
 
 class WorkflowsQuery(_Query):
@@ -156,6 +161,13 @@ VIEWS: dict[str, type[_Query]] = {
     "route_decisions": RouteDecisionsQuery,
 }
 
+_BY_ID: dict[type[_ByIdQuery], tuple[str, Callable[..., Any]]] = {
+    RunQuery: ("run", get_run),
+    GraphRunQuery: ("graph run", get_graph_run),
+    WorkflowQuery: ("workflow", get_workflow),
+}
+"""What each by-id query is called in its "not found" error, and the view function."""
+
 
 def answer(
     views: ViewStore,
@@ -199,14 +211,13 @@ def answer(
             result = get_conversation(cursor, query.session_id, views.sealer)
             if result is None:
                 raise QueryError(f"no conversation {query.session_id!r}")
-        elif isinstance(query, RunQuery):
+        elif isinstance(query, _ByIdQuery):
+            noun, get = _BY_ID[type(query)]
             if not (query.run_id or query.task_id):
-                raise QueryError("run needs run_id or task_id")
-            result = get_run(
-                cursor, run_id=query.run_id, task_id=query.task_id, sealer=views.sealer
-            )
+                raise QueryError(f"{view} needs run_id or task_id")
+            result = get(cursor, run_id=query.run_id, task_id=query.task_id, sealer=views.sealer)
             if result is None:
-                raise QueryError(f"no run {query.run_id or query.task_id!r}")
+                raise QueryError(f"no {noun} {query.run_id or query.task_id!r}")
         elif isinstance(query, RunsQuery):
             result = list_runs(
                 cursor,
@@ -221,22 +232,6 @@ def answer(
             result = agent_metrics(
                 cursor, agent=query.agent, limit=query.limit, offset=query.offset
             )
-        elif isinstance(query, GraphRunQuery):
-            if not (query.run_id or query.task_id):
-                raise QueryError("graph_run needs run_id or task_id")
-            result = get_graph_run(
-                cursor, run_id=query.run_id, task_id=query.task_id, sealer=views.sealer
-            )
-            if result is None:
-                raise QueryError(f"no graph run {query.run_id or query.task_id!r}")
-        elif isinstance(query, WorkflowQuery):
-            if not (query.run_id or query.task_id):
-                raise QueryError("workflow needs run_id or task_id")
-            result = get_workflow(
-                cursor, run_id=query.run_id, task_id=query.task_id, sealer=views.sealer
-            )
-            if result is None:
-                raise QueryError(f"no workflow {query.run_id or query.task_id!r}")
         elif isinstance(query, WorkflowsQuery):
             result = list_workflows(
                 cursor,

@@ -30,11 +30,14 @@ __all__ = [
     "ProjectionError",
     "Sealer",
     "ViewCursor",
+    "check_page",
     "dumps",
     "group_by_aggregate",
     "iso",
     "loads",
     "optional_key",
+    "select_by_run_or_task",
+    "select_page",
     "select_rows",
     "upsert_sql",
     "view_key",
@@ -165,6 +168,57 @@ def select_rows(
         for row in cursor.fetchall():
             rows[row[0]] = dict(zip(columns, row, strict=True))
     return rows
+
+
+def check_page(query: str, limit: int, offset: int) -> None:
+    """Refuse a page that cannot exist, naming the query: `limit` >= 1, `offset` >= 0."""
+    if limit < 1 or offset < 0:
+        raise ValueError(f"{query} needs limit >= 1 and offset >= 0, got {limit}, {offset}")
+
+
+def select_page(
+    cursor: ViewCursor,
+    select: str,
+    filters: Iterable[tuple[str, Any]],
+    *,
+    order_by: str,
+    limit: int,
+    offset: int,
+    query: str,
+) -> list[tuple[Any, ...]]:
+    """One page of `select` (a `SELECT ... FROM table`) where every filter whose value is
+    not None holds (`column = value`), in `order_by` order: the shape of every list query."""
+    check_page(query, limit, offset)
+    given = [(column, value) for column, value in filters if value is not None]
+    where = f" WHERE {' AND '.join(f'{c} = ?' for c, _ in given)}" if given else ""
+    cursor.execute(
+        f"{select}{where} ORDER BY {order_by} LIMIT ? OFFSET ?",
+        (*(value for _, value in given), limit, offset),
+    )
+    return list(cursor.fetchall())
+
+
+def select_by_run_or_task(
+    cursor: ViewCursor,
+    select: str,
+    *,
+    run_id: str | None,
+    task_id: str | None,
+    newest: str,
+    query: str,
+) -> tuple[Any, ...] | None:
+    """The row of `select` with this run id, or else the newest (by the `newest` column)
+    with this task id (a task's later runs, e.g. a retry after retention, win)."""
+    if run_id is not None:
+        cursor.execute(f"{select} WHERE run_id = ?", (run_id,))
+    elif task_id is not None:
+        cursor.execute(
+            f"{select} WHERE task_id = ? ORDER BY {newest} DESC LIMIT 1", (view_key(task_id),)
+        )
+    else:
+        raise ValueError(f"{query} needs run_id or task_id")
+    row: tuple[Any, ...] | None = cursor.fetchone()
+    return row
 
 
 def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:

@@ -37,6 +37,7 @@ from agentledger.projections.base import (
     group_by_aggregate,
     iso,
     optional_key,
+    select_page,
     select_rows,
     upsert_sql,
     view_key,
@@ -275,15 +276,15 @@ def agent_metrics(
     """Every agent's metrics (or one agent's), ordered by agent name: at most `limit`
     agents, after skipping `offset`. Reads the agents' rows and their histograms' buckets,
     never the runs."""
-    if limit < 1 or offset < 0:
-        raise ValueError(f"agent_metrics needs limit >= 1 and offset >= 0, got {limit}, {offset}")
-    where, params = (" WHERE agent = ?", (view_key(agent),)) if agent is not None else ("", ())
-    cursor.execute(
-        f"SELECT agent, {', '.join(_COUNTERS)} FROM al_agent_metrics{where}"
-        " ORDER BY agent LIMIT ? OFFSET ?",
-        (*params, limit, offset),
+    rows = select_page(
+        cursor,
+        f"SELECT agent, {', '.join(_COUNTERS)} FROM al_agent_metrics",
+        (("agent", optional_key(agent)),),
+        order_by="agent",
+        limit=limit,
+        offset=offset,
+        query="agent_metrics",
     )
-    rows = cursor.fetchall()
     histograms: dict[str, list[HistogramBucket]] = defaultdict(list)
     agents = [row[0] for row in rows]
     for start in range(0, len(agents), _IN_CHUNK):

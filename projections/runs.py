@@ -21,6 +21,8 @@ from agentledger.projections.base import (
     iso,
     loads,
     optional_key,
+    select_by_run_or_task,
+    select_page,
     select_rows,
     upsert_sql,
     view_key,
@@ -290,15 +292,9 @@ def get_run(
     sealer: Sealer = PLAIN,
 ) -> RunView | None:
     """One run by its run id, or the newest run of a task id; None if there is none."""
-    if run_id is not None:
-        cursor.execute(f"{_SELECT} WHERE run_id = ?", (run_id,))
-    elif task_id is not None:
-        cursor.execute(
-            f"{_SELECT} WHERE task_id = ? ORDER BY requested_at DESC LIMIT 1", (view_key(task_id),)
-        )
-    else:
-        raise ValueError("get_run needs run_id or task_id")
-    row = cursor.fetchone()
+    row = select_by_run_or_task(
+        cursor, _SELECT, run_id=run_id, task_id=task_id, newest="requested_at", query="get_run"
+    )
     return None if row is None else _view(row, sealer)
 
 
@@ -313,18 +309,17 @@ def list_runs(
     sealer: Sealer = PLAIN,
 ) -> list[RunView]:
     """Runs matching every given filter, newest first."""
-    if limit < 1 or offset < 0:
-        raise ValueError(f"list_runs needs limit >= 1 and offset >= 0, got {limit}, {offset}")
-    conditions: list[str] = []
-    params: list[Any] = []
-    keys = (("agent", optional_key(agent)), ("session_id", optional_key(session_id)))
-    for column, value in (*keys, ("status", status)):
-        if value is not None:
-            conditions.append(f"{column} = ?")
-            params.append(value)
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    cursor.execute(
-        f"{_SELECT}{where} ORDER BY requested_at DESC, run_id DESC LIMIT ? OFFSET ?",
-        (*params, limit, offset),
+    rows = select_page(
+        cursor,
+        _SELECT,
+        (
+            ("agent", optional_key(agent)),
+            ("session_id", optional_key(session_id)),
+            ("status", status),
+        ),
+        order_by="requested_at DESC, run_id DESC",
+        limit=limit,
+        offset=offset,
+        query="list_runs",
     )
-    return [_view(row, sealer) for row in cursor.fetchall()]
+    return [_view(row, sealer) for row in rows]

@@ -29,6 +29,7 @@ from agentledger.projections.base import (
     iso,
     loads,
     optional_key,
+    select_page,
     select_rows,
     upsert_sql,
     view_key,
@@ -263,11 +264,13 @@ def list_snapshots(
 ) -> list[SnapshotView]:
     """Snapshots (of one kind, or all), most recently updated first: at most `limit`,
     after skipping `offset`."""
-    if limit < 1 or offset < 0:
-        raise ValueError(f"list_snapshots needs limit >= 1 and offset >= 0, got {limit}, {offset}")
-    where, params = ("", ()) if kind is None else (" WHERE kind = ?", (kind,))
-    cursor.execute(
-        f"{_SELECT}{where} ORDER BY updated_at DESC, aggregate_id LIMIT ? OFFSET ?",
-        (*params, limit, offset),
+    rows = select_page(
+        cursor,
+        _SELECT,
+        (("kind", kind),),
+        order_by="updated_at DESC, aggregate_id",
+        limit=limit,
+        offset=offset,
+        query="list_snapshots",
     )
-    return [_view(row) for row in cursor.fetchall()]
+    return [_view(row) for row in rows]

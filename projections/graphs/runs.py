@@ -23,6 +23,9 @@ from agentledger.projections.base import (
     group_by_aggregate,
     iso,
     loads,
+    optional_key,
+    select_by_run_or_task,
+    select_page,
     select_rows,
     upsert_sql,
     view_key,
@@ -57,6 +60,7 @@ _COLUMNS = (
     "duration_ms",
     "version",
 )
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM al_graph_runs"
 _STEP_COLUMNS = (
     "run_id",
     "seq",
@@ -301,14 +305,9 @@ def get_graph_run(
     sealer: Sealer = PLAIN,
 ) -> GraphRunView | None:
     """One graph run by run id or task id, with its step executions."""
-    select = f"SELECT {', '.join(_COLUMNS)} FROM al_graph_runs"
-    if run_id is not None:
-        cursor.execute(f"{select} WHERE run_id = ?", (run_id,))
-    elif task_id is not None:
-        cursor.execute(f"{select} WHERE task_id = ? LIMIT 1", (view_key(task_id),))
-    else:
-        raise ValueError("get_graph_run needs run_id or task_id")
-    found = cursor.fetchone()
+    found = select_by_run_or_task(
+        cursor, _SELECT, run_id=run_id, task_id=task_id, newest="started_at", query="get_graph_run"
+    )
     if found is None:
         return None
     view = _view(found, sealer)
@@ -335,20 +334,13 @@ def list_graph_runs(
     sealer: Sealer = PLAIN,
 ) -> list[GraphRunView]:
     """Graph runs matching the filters, newest first (without their step rows)."""
-    if limit < 1 or offset < 0:
-        raise ValueError(f"list_graph_runs needs limit >= 1 and offset >= 0, got {limit}, {offset}")
-    conditions, params = [], []
-    for column, value in (
-        ("graph", None if graph is None else view_key(graph)),
-        ("status", status),
-    ):
-        if value is not None:
-            conditions.append(f"{column} = ?")
-            params.append(value)
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    cursor.execute(
-        f"SELECT {', '.join(_COLUMNS)} FROM al_graph_runs{where}"
-        " ORDER BY started_at DESC, run_id DESC LIMIT ? OFFSET ?",
-        (*params, limit, offset),
+    rows = select_page(
+        cursor,
+        _SELECT,
+        (("graph", optional_key(graph)), ("status", status)),
+        order_by="started_at DESC, run_id DESC",
+        limit=limit,
+        offset=offset,
+        query="list_graph_runs",
     )
-    return [_view(row, sealer) for row in cursor.fetchall()]
+    return [_view(row, sealer) for row in rows]

@@ -39,10 +39,14 @@ from agentledger.projections.base import (
     Projection,
     Sealer,
     ViewCursor,
+    check_page,
     dumps,
     group_by_aggregate,
     iso,
     loads,
+    optional_key,
+    select_by_run_or_task,
+    select_page,
     select_rows,
     upsert_sql,
     view_key,
@@ -74,6 +78,7 @@ _COLUMNS = (
     "error_message",
     "version",
 )
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM al_workflows"
 _CHILD_COLUMNS = (
     "run_id",
     "child_task_id",
@@ -481,14 +486,9 @@ def get_workflow(
     sealer: Sealer = PLAIN,
 ) -> WorkflowView | None:
     """One workflow by run id or task id, with its child tasks in dispatch order."""
-    select = f"SELECT {', '.join(_COLUMNS)} FROM al_workflows"
-    if run_id is not None:
-        cursor.execute(f"{select} WHERE run_id = ?", (run_id,))
-    elif task_id is not None:
-        cursor.execute(f"{select} WHERE task_id = ? LIMIT 1", (view_key(task_id),))
-    else:
-        raise ValueError("get_workflow needs run_id or task_id")
-    found = cursor.fetchone()
+    found = select_by_run_or_task(
+        cursor, _SELECT, run_id=run_id, task_id=task_id, newest="started_at", query="get_workflow"
+    )
     if found is None:
         return None
     view = _workflow(found)
@@ -512,23 +512,16 @@ def list_workflows(
     offset: int = 0,
 ) -> list[WorkflowView]:
     """Workflows matching the filters, newest first (without their children)."""
-    if limit < 1 or offset < 0:
-        raise ValueError(f"list_workflows needs limit >= 1 and offset >= 0, got {limit}, {offset}")
-    conditions, params = [], []
-    for column, value in (
-        ("graph", None if graph is None else view_key(graph)),
-        ("status", status),
-    ):
-        if value is not None:
-            conditions.append(f"{column} = ?")
-            params.append(value)
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    cursor.execute(
-        f"SELECT {', '.join(_COLUMNS)} FROM al_workflows{where}"
-        " ORDER BY started_at DESC, run_id DESC LIMIT ? OFFSET ?",
-        (*params, limit, offset),
+    rows = select_page(
+        cursor,
+        _SELECT,
+        (("graph", optional_key(graph)), ("status", status)),
+        order_by="started_at DESC, run_id DESC",
+        limit=limit,
+        offset=offset,
+        query="list_workflows",
     )
-    return [_workflow(row) for row in cursor.fetchall()]
+    return [_workflow(row) for row in rows]
 
 
 def workflow_messages_of(
@@ -540,10 +533,7 @@ def workflow_messages_of(
     sealer: Sealer = PLAIN,
 ) -> list[WorkflowMessageView]:
     """The messages of the workflow whose task id is `correlation_id`, in order."""
-    if limit < 1 or offset < 0:
-        raise ValueError(
-            f"workflow_messages_of needs limit >= 1 and offset >= 0, got {limit}, {offset}"
-        )
+    check_page("workflow_messages_of", limit, offset)
     columns = [c for c in _MESSAGE_COLUMNS if c != "run_id"]
     cursor.execute(
         f"SELECT {', '.join(columns)} FROM al_workflow_messages WHERE correlation_id = ?"
