@@ -30,10 +30,16 @@ through a model of its own)."""
 IGNORED_FIELDS: dict[str, frozenset[str]] = {
     "RunCompleted": frozenset({"duration_ms", "cost_usd"}),
     "RunFailed": frozenset({"duration_ms"}),
+    "ToolDecisionMade": frozenset({"waited_ms"}),
 }
 """Event fields that describe the execution, not the agent's behaviour."""
 
-_TOOL_EVENTS = frozenset({"ToolCallStarted", "ToolCallFinished", "ToolCallFailed"})
+_TOOL_EVENTS = frozenset(
+    {"ToolCallStarted", "ToolDecisionMade", "ToolCallFinished", "ToolCallFailed"}
+)
+_TOOL_EVENT_RANK = {"ToolCallStarted": 0, "ToolDecisionMade": 1}
+"""Within one call: started, then its middleware decisions (in their order), then its
+outcome."""
 _MESSAGE_EVENTS = frozenset({"ModelRequestSent", "ModelResponseReceived"})
 
 
@@ -121,7 +127,7 @@ def _call_order(response: EventRecord) -> dict[str, int]:
 
 def canonical_order(records: Sequence[EventRecord]) -> list[EventRecord]:
     """The records with each block of tool-call events in the order the model asked for
-    the calls (started before finished), other events where they are."""
+    the calls (started, then decisions, then the outcome), other events where they are."""
     ordered: list[EventRecord] = []
     block: list[EventRecord] = []
     order: dict[str, int] = {}
@@ -130,7 +136,7 @@ def canonical_order(records: Sequence[EventRecord]) -> list[EventRecord]:
         block.sort(
             key=lambda r: (
                 order.get(str(r.data.get("tool_call_id")), len(order)),
-                r.name != "ToolCallStarted",
+                _TOOL_EVENT_RANK.get(r.name, 2),
             )
         )
         ordered.extend(block)

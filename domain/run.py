@@ -127,6 +127,22 @@ class AgentRun(Aggregate):
         error: str
         retry: bool
 
+    class ToolDecisionMade(Event):
+        """A tool middleware decided something about a call (`agentledger.domain.tools`):
+        served it from the cache, held it for the rate limit, retried it, timed it out,
+        or refused it with the circuit open. Saved with the call's outcome; replay serves
+        the call's recorded decisions with its recorded outcome."""
+
+        TOPIC = "agentledger.AgentRun.ToolDecisionMade"
+        class_version = 1
+        tool_call_id: str
+        tool_name: str
+        decision: str
+        detail: JSON
+        waited_ms: float
+        """Time the decision cost the call (a rate-limit wait, a retry's back-off, the
+        time until a timeout): how it went, not what the agent decided."""
+
     class RunCompleted(Event):
         """The agent produced its output."""
 
@@ -268,6 +284,24 @@ class AgentRun(Aggregate):
     ) -> None:
         pass
 
+    def record_tool_decision(
+        self, tool_call_id: str, tool_name: str, decision: str, detail: JSON, waited_ms: float
+    ) -> None:
+        self._require_running("record a tool decision")
+        self._trigger_tool_decision(
+            tool_call_id=tool_call_id,
+            tool_name=tool_name,
+            decision=decision,
+            detail=detail,
+            waited_ms=waited_ms,
+        )
+
+    @event(ToolDecisionMade)
+    def _trigger_tool_decision(
+        self, tool_call_id: str, tool_name: str, decision: str, detail: JSON, waited_ms: float
+    ) -> None:
+        pass
+
     def complete(self, output: JSON, cost_usd: float | None, duration_ms: float) -> None:
         self._require_running("complete the run")
         self._trigger_completed(
@@ -385,6 +419,8 @@ def copy_steps(run: AgentRun, events: Iterable[object]) -> None:
             run.finish_tool_call(e.tool_call_id, e.tool_name, e.result)
         elif isinstance(e, AgentRun.ToolCallFailed):
             run.fail_tool_call(e.tool_call_id, e.tool_name, e.error, e.retry)
+        elif isinstance(e, AgentRun.ToolDecisionMade):
+            run.record_tool_decision(e.tool_call_id, e.tool_name, e.decision, e.detail, e.waited_ms)
 
 
 def task_of(requested: AgentRun.RunRequested) -> RunAgent:

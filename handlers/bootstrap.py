@@ -49,6 +49,7 @@ from agentledger.handlers.relay import EventRelay
 from agentledger.handlers.routing.router import Router, latest_fit
 from agentledger.handlers.routing.worker import RouteWorker
 from agentledger.handlers.runner import AgentRunner
+from agentledger.handlers.tools.middleware import use_tool_state
 from agentledger.handlers.worker import TaskWorker
 from agentledger.infra.event_store import AsyncEventStore, EventStore, StoreUnavailable
 from agentledger.infra.models import build_model
@@ -61,6 +62,7 @@ from agentledger.infra.nats import (
 )
 from agentledger.infra.settings import Settings
 from agentledger.infra.telemetry import tracer_provider_for
+from agentledger.infra.tools.state import NatsToolState
 from agentledger.infra.view_store import ViewStore, view_store_for
 from agentledger.projections.memory import MemoryProjection
 from agentledger.projections.views import ALL_PROJECTIONS
@@ -270,6 +272,14 @@ class WorkerService:
         except TimeoutError:
             raise NatsUnreachable(nats_url(settings), settings.nats_connect_timeout_s) from None
         await ensure_streams(broker.connection.jetstream(), settings)
+        # The tool middleware's cache and rate limits: shared by every worker (NATS KV).
+        use_tool_state(
+            NatsToolState(
+                broker.connection.jetstream(),
+                settings.subject_prefix,
+                replicas=settings.stream_replicas,
+            )
+        )
         await broker.start()
         await self.worker.start(tracer_provider)
         self.graph_worker = GraphWorker(

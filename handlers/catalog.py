@@ -25,10 +25,12 @@ from agentledger.domain.errors import first_problem
 from agentledger.domain.memory.recall import RecallSpec
 from agentledger.domain.pricing import ModelPrice
 from agentledger.domain.routing.routes import RouterSpec
+from agentledger.domain.tools.policies import MiddlewareSpec
 from agentledger.handlers.graphs.catalog import GraphEntry, check_graphs, graph_entries
 from agentledger.handlers.orchestration.catalog import workflow_entries
 from agentledger.handlers.refs import CatalogError, load_ref
 from agentledger.handlers.routing.catalog import router_spec
+from agentledger.handlers.tools.catalog import middleware_spec
 
 __all__ = [
     "Catalog",
@@ -67,6 +69,8 @@ class CatalogEntry:
     """A model that replaces the agent's own (from the entry's `model` / `base_url`)."""
     recall: RecallSpec | None = None
     """Past turns recalled from the memory view before each run (`recall = {...}`)."""
+    middleware: MiddlewareSpec | None = None
+    """Policies around the agent's tool calls (`[agents.<name>.middleware]`)."""
     _agent: Agent[Any, Any] | None = field(default=None, repr=False)
 
     @property
@@ -154,6 +158,7 @@ class Catalog:
                 price=ModelPrice(**price) if price else None,
                 model=model,
                 recall=_recall_spec(path, name, spec.get("recall")),
+                middleware=middleware_spec(path, name, spec.get("middleware")),
             )
         demo = [
             (agent, prompt, session or None)

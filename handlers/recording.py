@@ -6,6 +6,10 @@ per agent step. `LedgerToolset` wraps every toolset of the agent: a call whose o
 again); any other call is executed and its outcome saved before the run moves on. A call
 recorded as started whose outcome was not (the process died while it ran) runs again,
 without a second `ToolCallStarted`: a resumed run's events read as one uninterrupted run.
+
+While a call runs, `current_tool_call()` says which call of which run it is, and
+`record_tool_decision` lets the tool middleware (`agentledger.handlers.tools`) add its
+decisions to the call's record: they are saved with the call's outcome.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,10 +33,13 @@ __all__ = [
     "LedgerToolset",
     "StepRecorder",
     "ToolCallError",
+    "ToolCallScope",
     "ToolEffects",
     "append_messages",
+    "current_tool_call",
     "messages_from_json",
     "messages_to_json",
+    "record_tool_decision",
     "wrap_toolsets",
 ]
 
@@ -118,11 +126,55 @@ class StepRecorder:
             await self.store.save(self.run)
             self.saved_version = self.run.version
 
+    async def note_decision(
+        self, tool_call_id: str, tool_name: str, decision: str, detail: Any, waited_ms: float
+    ) -> None:
+        # Kept pending like the start: saved with the call's outcome.
+        async with self.lock:
+            self.run.record_tool_decision(tool_call_id, tool_name, decision, detail, waited_ms)
+
     async def fail_tool(self, tool_call_id: str, tool_name: str, error: str, retry: bool) -> None:
         async with self.lock:
             self.run.fail_tool_call(tool_call_id, tool_name, error, retry)
             await self.store.save(self.run)
             self.saved_version = self.run.version
+
+
+@dataclass(frozen=True)
+class ToolCallScope:
+    """The tool call being carried out, for the middleware around it."""
+
+    tool_call_id: str
+    tool_name: str
+    recorder: StepRecorder | None
+    """Where its decisions are recorded (None: a call outside a recorded run)."""
+
+    @property
+    def run_id(self) -> str | None:
+        return None if self.recorder is None else str(self.recorder.run.id)
+
+    @property
+    def task_id(self) -> str | None:
+        return None if self.recorder is None else self.recorder.run.task_id
+
+
+_SCOPE: ContextVar[ToolCallScope | None] = ContextVar("agentledger_tool_call", default=None)
+
+
+def current_tool_call() -> ToolCallScope | None:
+    """The recorded tool call this code runs in (None outside one)."""
+    return _SCOPE.get()
+
+
+async def record_tool_decision(decision: str, detail: Any = None, waited_ms: float = 0.0) -> None:
+    """Add a middleware decision to the current call's record (nothing outside a recorded
+    run). `detail` must be JSON-compatible."""
+    scope = _SCOPE.get()
+    if scope is None or scope.recorder is None:
+        return
+    await scope.recorder.note_decision(
+        scope.tool_call_id, scope.tool_name, decision, to_jsonable_python(detail), waited_ms
+    )
 
 
 @dataclass
@@ -153,10 +205,25 @@ class LedgerToolset(WrapperToolset[Any]):
             return WrapperToolset.call_tool(self, name, tool_args, ctx, tool)
 
         recorder = self.recorder
-        if recorder is None:
-            return await execute()
-        if call_id not in self.started:
-            await recorder.start_tool(call_id, name, tool_args)
+        token = _SCOPE.set(ToolCallScope(call_id, name, recorder))
+        try:
+            if recorder is None:
+                return await execute()
+            if call_id not in self.started:
+                await recorder.start_tool(call_id, name, tool_args)
+            return await self._record(recorder, call_id, name, tool_args, ctx, execute)
+        finally:
+            _SCOPE.reset(token)
+
+    async def _record(
+        self,
+        recorder: StepRecorder,
+        call_id: str,
+        name: str,
+        tool_args: dict[str, Any],
+        ctx: RunContext[Any],
+        execute: Execute,
+    ) -> Any:
         try:
             if self.effects is None:
                 result = await execute()

@@ -126,6 +126,12 @@ def _event_summary(record: EventRecord) -> str:
     if name.startswith("ToolCall"):
         extra = data.get("args", data.get("result", data.get("error")))
         return f"{data['tool_name']}({data['tool_call_id'][-8:]}) {_short(extra, 40)}"
+    if name == "ToolDecisionMade":
+        waited = f" after {data['waited_ms']:.0f} ms" if data.get("waited_ms") else ""
+        return (
+            f"{data['tool_name']}({data['tool_call_id'][-8:]}) {data['decision']}{waited}"
+            f" {_short(data['detail'], 30)}"
+        )
     if name == "RunCompleted":
         return f"output={_short(data['output'], 40)} ms={data['duration_ms']:.1f}"
     if name == "RunFailed":

@@ -40,7 +40,12 @@ from agentledger.domain.tasks import RunAgent
 from agentledger.domain.timeline import event_record
 from agentledger.handlers.catalog import Catalog, CatalogEntry, UnknownAgent
 from agentledger.handlers.memory.recall import RecordedRecall
-from agentledger.handlers.recording import Execute, ToolCallError, messages_from_json
+from agentledger.handlers.recording import (
+    Execute,
+    ToolCallError,
+    messages_from_json,
+    record_tool_decision,
+)
 from agentledger.handlers.runner import AgentRunner
 from agentledger.infra.event_store import AsyncEventStore, EventStore
 
@@ -210,7 +215,9 @@ class ReplayModel(Model):
 
 @dataclass(kw_only=True)
 class RecordedToolEffects:
-    """Serves recorded tool outcomes by `tool_call_id` instead of running the tools."""
+    """Serves recorded tool outcomes by `tool_call_id` instead of running the tools, each
+    with the middleware decisions recorded for it (a cache hit, a retry, a timeout), so
+    the replay reads the same whatever the cache or the rate limiter hold today."""
 
     results: dict[str, Any]
     failures: dict[str, tuple[str, bool]]
@@ -220,14 +227,19 @@ class RecordedToolEffects:
     started: frozenset[str] = frozenset()
     """Calls recorded as started: one with no outcome in a complete recording was still
     running when a sibling call failed and the run ended."""
+    decisions: dict[str, list[AgentRun.ToolDecisionMade]] = dataclasses.field(default_factory=dict)
+    """The recorded middleware decisions of each call, in order."""
 
     @classmethod
     def of(cls, events: Sequence[Any], *, complete: bool, run_tools: bool) -> RecordedToolEffects:
         results: dict[str, Any] = {}
         failures: dict[str, tuple[str, bool]] = {}
         started: set[str] = set()
+        decisions: dict[str, list[AgentRun.ToolDecisionMade]] = {}
         for e in events:
-            if isinstance(e, AgentRun.ToolCallStarted):
+            if isinstance(e, AgentRun.ToolDecisionMade):
+                decisions.setdefault(e.tool_call_id, []).append(e)
+            elif isinstance(e, AgentRun.ToolCallStarted):
                 started.add(e.tool_call_id)
             elif isinstance(e, AgentRun.ToolCallFinished):
                 results[e.tool_call_id] = e.result
@@ -239,6 +251,7 @@ class RecordedToolEffects:
             complete=complete,
             run_tools=run_tools,
             started=frozenset(started),
+            decisions=decisions,
         )
 
     async def __call__(
@@ -247,6 +260,8 @@ class RecordedToolEffects:
         call_id = ctx.tool_call_id or ""
         if self.run_tools:
             return await execute()
+        for d in self.decisions.get(call_id, ()):
+            await record_tool_decision(d.decision, d.detail, d.waited_ms)
         if call_id in self.results:
             return self.results[call_id]
         if call_id in self.failures:

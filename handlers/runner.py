@@ -17,7 +17,7 @@ call goes through pydantic-ai's tool execution) but the result comes from the le
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from pydantic_ai.exceptions import (
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.instrumented import InstrumentationSettings
 from pydantic_ai.run import AgentRun as PydanticAgentRun
+from pydantic_ai.toolsets import AbstractToolset
 from pydantic_ai.usage import RunUsage, UsageLimits
 from pydantic_core import to_jsonable_python
 
@@ -57,6 +58,7 @@ from agentledger.handlers.recording import (
     messages_to_json,
     wrap_toolsets,
 )
+from agentledger.handlers.tools.middleware import ToolMiddleware
 from agentledger.infra.event_store import (
     AsyncEventStore,
     ConcurrencyConflict,
@@ -143,6 +145,16 @@ def _recalled_instructions(run: AgentRun) -> str | None:
     if not run.recalled:
         return None
     return recall_instructions([MemoryHit.model_validate(hit) for hit in run.recalled])
+
+
+def _with_middleware(
+    toolsets: Sequence[AbstractToolset[Any]], entry: CatalogEntry
+) -> Sequence[AbstractToolset[Any]]:
+    """The agent's toolsets behind its catalog middleware (inside the ledger: a call
+    served from the record never meets the middleware again)."""
+    if entry.middleware is None:
+        return toolsets
+    return [ToolMiddleware(ts, spec=entry.middleware) for ts in toolsets]
 
 
 def _utcnow() -> datetime:
@@ -357,7 +369,12 @@ class AgentRunner:
                     overrides["model"] = entry.model
                 with agent.override(
                     tools=[],
-                    toolsets=wrap_toolsets(agent.toolsets, recorder, history, self._tool_effects),
+                    toolsets=wrap_toolsets(
+                        _with_middleware(agent.toolsets, entry),
+                        recorder,
+                        history,
+                        self._tool_effects,
+                    ),
                     **overrides,
                 ):
                     async with agent.iter(
