@@ -9,10 +9,14 @@
   and answers with the closest one it was given.
 - `divider` divides with a tool that fails on a zero divisor (the README's debugging
   example: a failing run, `events`, `replay`, `fork`).
+- `forecaster` calls a slow `forecast` tool that the catalog puts behind tool middleware
+  (cache, rate limit, retry, timeout, log): asked twice for a city, it is served from
+  the cache the second time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from pydantic_ai import Agent
@@ -193,3 +197,28 @@ async def librarian_model(messages: list[ModelMessage], info: AgentInfo) -> Mode
 
 
 librarian = Agent(FunctionModel(librarian_model, model_name="librarian-fn"), name="librarian")
+
+
+async def forecaster_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """Asks `forecast` for the city in the prompt, then reports what it said."""
+    returned = _tool_return(messages)
+    if returned is not None:
+        return ModelResponse(parts=[TextPart(f"Forecast: {returned.content}")])
+    words = re.findall(r"[A-Z][a-z]+", _last_user_prompt(messages))
+    city = words[-1] if words else "Oslo"
+    return ModelResponse(parts=[ToolCallPart("forecast", {"city": city})])
+
+
+forecaster = Agent(
+    FunctionModel(forecaster_model, model_name="forecaster-fn"),
+    name="forecaster",
+    instructions="You give weather forecasts with the forecast tool.",
+)
+
+
+@forecaster.tool_plain
+async def forecast(city: str) -> str:
+    """Tomorrow's weather for a city (a stand-in for a slow, rate-limited remote API)."""
+    await asyncio.sleep(0.05)
+    sky = ("sunny", "cloudy", "rainy", "windy")[sum(map(ord, city)) % 4]
+    return f"{city}: {sky}, {10 + sum(map(ord, city)) % 15} C"

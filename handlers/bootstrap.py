@@ -49,7 +49,7 @@ from agentledger.handlers.relay import EventRelay
 from agentledger.handlers.routing.router import Router, latest_fit
 from agentledger.handlers.routing.worker import RouteWorker
 from agentledger.handlers.runner import AgentRunner
-from agentledger.handlers.tools.middleware import use_tool_state
+from agentledger.handlers.tools.middleware import shared_tool_state, use_tool_state
 from agentledger.handlers.worker import TaskWorker
 from agentledger.infra.event_store import AsyncEventStore, EventStore, StoreUnavailable
 from agentledger.infra.models import build_model
@@ -237,6 +237,8 @@ class WorkerService:
     _store_check: OffLoopCheck[int] | None = field(default=None, init=False)
     _memory_views: ViewStore | None = field(default=None, init=False)
     """The view store recall searches (only when an agent of the catalog recalls)."""
+    _tool_state: NatsToolState | None = field(default=None, init=False)
+    """The tool middleware's shared cache and rate limits (set for the process)."""
 
     async def start(self) -> WorkerService:
         settings = self.settings
@@ -273,13 +275,12 @@ class WorkerService:
             raise NatsUnreachable(nats_url(settings), settings.nats_connect_timeout_s) from None
         await ensure_streams(broker.connection.jetstream(), settings)
         # The tool middleware's cache and rate limits: shared by every worker (NATS KV).
-        use_tool_state(
-            NatsToolState(
-                broker.connection.jetstream(),
-                settings.subject_prefix,
-                replicas=settings.stream_replicas,
-            )
+        self._tool_state = NatsToolState(
+            broker.connection.jetstream(),
+            settings.subject_prefix,
+            replicas=settings.stream_replicas,
         )
+        use_tool_state(self._tool_state)
         await broker.start()
         await self.worker.start(tracer_provider)
         self.graph_worker = GraphWorker(
@@ -379,6 +380,8 @@ class WorkerService:
                     with contextlib.suppress(Exception):
                         await connection.close()
         await self._stop_operations()
+        if self._tool_state is not None and shared_tool_state() is self._tool_state:
+            use_tool_state(None)  # its connection is closed
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
         if self._memory_views is not None:

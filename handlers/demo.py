@@ -20,6 +20,7 @@ from agentledger.domain.ids import graph_run_id_for, run_id_for
 from agentledger.domain.orchestration.diagram import sequence_diagram
 from agentledger.domain.orchestration.flow import workflow_messages
 from agentledger.domain.routing.tasks import RouteOutcome, RouteTask
+from agentledger.domain.run import AgentRun
 from agentledger.domain.subjects import graph_task_subject, route_subject
 from agentledger.domain.tasks import RunAgent, RunOutcome
 from agentledger.domain.timeline import event_record
@@ -94,14 +95,36 @@ DEMO_ROUTE_PROMPT = "what is 6 times 7?"
 DEMO_MEMORY_QUERY = "when do we ship?"
 
 
+def _tool_decisions(store: Any, outcomes: list[RunOutcome]) -> list[tuple[str, str]]:
+    """A row per run whose tool middleware decided something (the forecaster's second
+    call is served from the cache)."""
+    rows = []
+    for outcome in outcomes:
+        if outcome.agent != "forecaster" or outcome.task_id is None:
+            continue
+        decisions = [
+            e.decision
+            for e in store.events(run_id_for(outcome.task_id))
+            if isinstance(e, AgentRun.ToolDecisionMade)
+        ]
+        shown = ", ".join(decisions) if decisions else "none (the tool ran)"
+        rows.append((f"tool middleware of {outcome.task_id}", f"decisions: {shown}"))
+    return rows
+
+
 async def _route_and_recall(
-    settings: Settings, catalog: Catalog, projector: ProjectorService, tag: str, console: Console
+    settings: Settings,
+    catalog: Catalog,
+    projector: ProjectorService,
+    tag: str,
+    console: Console,
+    rows: list[tuple[str, str]],
 ) -> None:
-    """One routed task (when the catalog has routes) and one memory search (when the
-    memory view runs), printed as a small table."""
+    """One routed task (when the catalog has routes), one memory search (when the
+    memory view runs) and the given `rows`, printed as a small table."""
     from rich.table import Table
 
-    table = Table(title="Routing and memory")
+    table = Table(title="Routing, memory and tool middleware")
     table.add_column("what")
     table.add_column("result", overflow="fold")
     if catalog.router.routes:
@@ -134,6 +157,8 @@ async def _route_and_recall(
             f"memory search {DEMO_MEMORY_QUERY!r}",
             f"{hits[0].score:.3f} {hits[0].role}: {hits[0].text}" if hits else "no hits",
         )
+    for row in rows:
+        table.add_row(*row)
     if table.row_count:
         console.print(table)
 
@@ -211,7 +236,8 @@ async def run_demo(settings: Settings, console: Console) -> DemoReport:
             console.print(conversation_table(conversation))
         metrics = await asyncio.to_thread(answer, views, "metrics", {})
         console.print(metrics_table(metrics))
-        await _route_and_recall(settings, catalog, projector, tag, console)
+        decisions = await asyncio.to_thread(_tool_decisions, store, outcomes)
+        await _route_and_recall(settings, catalog, projector, tag, console, decisions)
         workflow = await _workflow(settings, catalog, store, tag, console)
         with_tool = next((o for o in outcomes if o.usage.tool_calls), outcomes[0])
         assert with_tool.task_id is not None

@@ -55,6 +55,7 @@ __all__ = [
     "ToolRefused",
     "ToolTimedOut",
     "reset_circuit_breakers",
+    "shared_tool_state",
     "tool_state",
     "use_tool_state",
     "with_middleware",
@@ -83,6 +84,11 @@ def use_tool_state(state: ToolState | None) -> None:
     its NATS KV state when it starts; None: back to the in-process fallback)."""
     global _STATE
     _STATE = state
+
+
+def shared_tool_state() -> ToolState | None:
+    """The state set with `use_tool_state` (None: none set)."""
+    return _STATE
 
 
 def tool_state() -> ToolState:

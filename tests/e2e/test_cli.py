@@ -93,11 +93,13 @@ def test_demo_runs_on_embedded_defaults_and_shows_everything(
         "Conversation demo-session",
         "Metrics per agent",
         "Event timeline",
-        "Routing and memory",
+        "Routing, memory and tool middleware",
     ):
         assert heading in out
     assert "route arithmetic (hybrid" in out and "The result is 42.0." in out
     assert "user: remember the deploy is on Friday" in out
+    # The forecaster asked twice for Oslo: the second call is served from the cache.
+    assert "decisions: none (the tool ran)" in out and "decisions: cache_hit" in out
     assert out.count("completed") >= 7
     assert "You told me: the deploy is on Friday; the DB password rotates monthly." in out
     assert "ToolCallFinished" in out and "RunCompleted" in out
@@ -114,8 +116,8 @@ def test_inspection_commands_after_demo(
     cwd, result, _ = demo_dir
     assert result.returncode == 0, result.stderr
     runs = json.loads(_cli(cwd, "query", "runs", "--json").stdout)
-    # 6 tasks, 1 routed, and the 4 child runs of the demo's workflow
-    assert len(runs) == 11 and {r["status"] for r in runs} == {"completed"}
+    # 8 tasks, 1 routed, and the 4 child runs of the demo's workflow
+    assert len(runs) == 13 and {r["status"] for r in runs} == {"completed"}
     workflows = json.loads(_cli(cwd, "workflow", "list", "--json").stdout)
     assert [(w["graph"], w["status"], w["children_dispatched"]) for w in workflows] == [
         ("opinions", "completed", 4)
@@ -136,7 +138,7 @@ def test_inspection_commands_after_demo(
     final = json.loads(_cli(cwd, "state", calc["task_id"], "--json").stdout)
     assert final["status"] == "completed" and final["requests"] == 2
 
-    session = next(r["session_id"] for r in runs if r["session_id"])
+    session = next(r["session_id"] for r in runs if r["agent"] == "notes")
     conversation = json.loads(
         _cli(cwd, "query", "conversation", "--session", session, "--json").stdout
     )

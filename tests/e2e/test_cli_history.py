@@ -14,13 +14,13 @@ from support.harness import REPO_ROOT
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """A directory where the demo ran, its calculator task id and its session id."""
+    """A directory where the demo ran, its calculator task id and its notes session id."""
     cwd = tmp_path_factory.mktemp("history")
     result = _cli(cwd, "demo")
     assert result.returncode == 0, result.stderr
     runs = json.loads(_cli(cwd, "query", "runs", "--json").stdout)
     calc = next(r["task_id"] for r in runs if r["prompt"] == "add 17 and 25")
-    session = next(r["session_id"] for r in runs if r["session_id"])
+    session = next(r["session_id"] for r in runs if r["agent"] == "notes")
     return cwd, calc, session
 
 
@@ -152,19 +152,19 @@ def test_store_size_then_archive_then_replay_points_at_the_archive(
     runs = json.loads(_cli(cwd, "query", "runs", "--json").stdout)
     calc = next(r["task_id"] for r in runs if r["prompt"] == "add 17 and 25")
     sizes = {s["aggregate_type"]: s for s in json.loads(_cli(cwd, "store-size", "--json").stdout)}
-    # 6 tasks, 1 routed, 4 children of the demo's workflow (and the workflow's GraphRun)
-    assert sizes["AgentRun"]["aggregates"] == 11 and sizes["Conversation"]["aggregates"] == 1
+    # 8 tasks, 1 routed, 4 children of the demo's workflow (and the workflow's GraphRun)
+    assert sizes["AgentRun"]["aggregates"] == 13 and sizes["Conversation"]["aggregates"] == 2
     assert sizes["GraphRun"]["aggregates"] == 1
     assert sizes["RouteDecision"]["aggregates"] == 1  # the demo's routed task
     table = _cli(cwd, "store-size").stdout
     assert "AgentRun" in table and "total" in table
 
     dry = json.loads(_cli(cwd, "archive", "--older-than-days", "0", "--dry-run", "--json").stdout)
-    assert dry["candidates"] == 11 and dry["archived_runs"] == 0
+    assert dry["candidates"] == 13 and dry["archived_runs"] == 0
     archived = _cli(cwd, "archive", "--json", AGENTLEDGER_RETENTION_DAYS="0")  # the policy
     assert archived.returncode == 0, archived.stderr
     report = json.loads(archived.stdout)
-    assert report["archived_runs"] + len(report["kept"]) == 11 and len(report["files"]) == 1
+    assert report["archived_runs"] + len(report["kept"]) == 13 and len(report["files"]) == 1
     assert json.loads(_cli(cwd, "query", "runs", "--json").stdout) == runs  # views untouched
 
     gone = _cli(cwd, "replay", calc)

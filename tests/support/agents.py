@@ -89,6 +89,24 @@ async def apply_effect(label: str) -> str:
     return f"applied {label}"
 
 
+tools_agent = Agent(FunctionModel(effect_model, model_name="effect-fn"), name="tools")
+
+
+@tools_agent.tool_plain(name="apply_effect")
+async def apply_effect_behind_middleware(label: str) -> str:
+    """Behind catalog middleware in the tests: journals each real execution with its
+    time and process; a label starting `flaky` fails its first execution (ConnectionError), one
+    starting `slow` sleeps 2 s on its first execution."""
+    path = os.environ.get(JOURNAL_ENV)
+    seen = sum(1 for line in read_journal(Path(path)) if line.startswith(f"tool-effect {label} "))
+    journal(f"tool-effect {label} {time.time():.6f} {os.getpid()}")
+    if label.startswith("flaky") and seen == 0:
+        raise ConnectionError(f"{label}: connection reset")
+    if label.startswith("slow") and seen == 0:
+        await asyncio.sleep(2)
+    return f"applied {label}"
+
+
 def _echo_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     turns = sum(
         1
