@@ -127,18 +127,20 @@ def _call_order(response: EventRecord) -> dict[str, int]:
 
 def canonical_order(records: Sequence[EventRecord]) -> list[EventRecord]:
     """The records with each block of tool-call events in the order the model asked for
-    the calls (started, then decisions, then the outcome), other events where they are."""
+    the calls (started, then decisions, then the outcome; a composite call's sub-calls
+    after it, by number), other events where they are."""
     ordered: list[EventRecord] = []
     block: list[EventRecord] = []
     order: dict[str, int] = {}
 
+    def position(record: EventRecord) -> tuple[int, int, int]:
+        # A composite tool's sub-call (`<id>#<n>`) goes with its call, in its number.
+        parent, _, number = str(record.data.get("tool_call_id")).partition("#")
+        sub = int(number) if number.isdigit() else 0
+        return (order.get(parent, len(order)), sub, _TOOL_EVENT_RANK.get(record.name, 2))
+
     def flush() -> None:
-        block.sort(
-            key=lambda r: (
-                order.get(str(r.data.get("tool_call_id")), len(order)),
-                _TOOL_EVENT_RANK.get(r.name, 2),
-            )
-        )
+        block.sort(key=position)
         ordered.extend(block)
         block.clear()
 

@@ -21,7 +21,7 @@ from agentledger.domain.tasks import RunAgent, UsageLimitsSpec
 
 __all__ = ["AgentRun", "RunHistory", "RunStatus", "copy_steps", "task_of"]
 
-RunStatus = Literal["running", "completed", "failed"]
+RunStatus = Literal["running", "completed", "failed", "paused"]
 
 JSON = Any
 """A JSON-compatible value (dict, list, str, number, bool, None)."""
@@ -143,6 +143,28 @@ class AgentRun(Aggregate):
         """Time the decision cost the call (a rate-limit wait, a retry's back-off, the
         time until a timeout): how it went, not what the agent decided."""
 
+    class RunPaused(Event):
+        """The run stopped to wait for a person: a side-effecting tool call was found
+        unfinished after a crash and its policy is `pause`."""
+
+        TOPIC = "agentledger.AgentRun.RunPaused"
+        class_version = 1
+        tool_call_id: str
+        tool_name: str
+        reason: str
+
+    class ToolCallResolved(Event):
+        """A person decided what a paused run's unfinished tool call does: `retry` it,
+        `fail` it (with `value` as the error), or take `value` as its `result`."""
+
+        TOPIC = "agentledger.AgentRun.ToolCallResolved"
+        class_version = 1
+        tool_call_id: str
+        tool_name: str
+        resolution: str
+        value: JSON
+        by: str
+
     class RunCompleted(Event):
         """The agent produced its output."""
 
@@ -206,6 +228,8 @@ class AgentRun(Aggregate):
         self.retryable = False
         self.recalled: list[JSON] | None = None
         """The hits of `MemoryRecalled` (None: nothing was recalled for this run)."""
+        self.paused_for: dict[str, str] | None = None
+        """While paused: the tool call it waits on (`tool_call_id`, `tool_name`, `reason`)."""
 
     def _require_running(self, what: str) -> None:
         if self.status != "running":
@@ -302,6 +326,33 @@ class AgentRun(Aggregate):
     ) -> None:
         pass
 
+    def pause(self, tool_call_id: str, tool_name: str, reason: str) -> None:
+        self._require_running("pause the run")
+        self._trigger_paused(tool_call_id=tool_call_id, tool_name=tool_name, reason=reason)
+
+    @event(RunPaused)
+    def _trigger_paused(self, tool_call_id: str, tool_name: str, reason: str) -> None:
+        self.status = "paused"
+        self.paused_for = {"tool_call_id": tool_call_id, "tool_name": tool_name, "reason": reason}
+
+    def resolve_tool_call(self, resolution: str, value: JSON, by: str) -> None:
+        if self.status != "paused" or self.paused_for is None:
+            raise InvalidTransition("resolve a tool call", self.status)
+        self._trigger_resolved(
+            tool_call_id=self.paused_for["tool_call_id"],
+            tool_name=self.paused_for["tool_name"],
+            resolution=resolution,
+            value=value,
+            by=by,
+        )
+
+    @event(ToolCallResolved)
+    def _trigger_resolved(
+        self, tool_call_id: str, tool_name: str, resolution: str, value: JSON, by: str
+    ) -> None:
+        self.status = "running"
+        self.paused_for = None
+
     def complete(self, output: JSON, cost_usd: float | None, duration_ms: float) -> None:
         self._require_running("complete the run")
         self._trigger_completed(
@@ -331,7 +382,9 @@ class AgentRun(Aggregate):
         self.duration_ms = duration_ms
 
     def fail(self, error_kind: str, message: str, retryable: bool, duration_ms: float) -> None:
-        self._require_running("fail the run")
+        """End the run as failed (a paused run too: cancelled while it waits)."""
+        if self.status != "paused":
+            self._require_running("fail the run")
         self._trigger_failed(
             error_kind=error_kind, message=message, retryable=retryable, duration_ms=duration_ms
         )
@@ -341,6 +394,7 @@ class AgentRun(Aggregate):
         self, error_kind: str, message: str, retryable: bool, duration_ms: float
     ) -> None:
         self.status = "failed"
+        self.paused_for = None
         self.error_kind = error_kind
         self.error_message = message
         self.retryable = retryable
@@ -364,6 +418,10 @@ class RunHistory:
     """Requests recorded after the fork point (all of them for a run that is no fork)."""
     recalled: list[JSON] | None = None
     """The hits the run recalled before its first request (None: no recall recorded)."""
+    unknown_after_crash: set[str] = field(default_factory=set)
+    """Side-effecting calls already recorded as unknown after a crash."""
+    resolutions: dict[str, tuple[str, JSON]] = field(default_factory=dict)
+    """A person's resolution of an unfinished call, by tool_call_id: (resolution, value)."""
 
     @classmethod
     def fold(cls, events: Iterable[object]) -> RunHistory:
@@ -389,6 +447,14 @@ class RunHistory:
                 history.tool_failures[domain_event.tool_call_id] = (
                     domain_event.error,
                     domain_event.retry,
+                )
+            elif isinstance(domain_event, AgentRun.ToolDecisionMade):
+                if domain_event.decision == "unknown_after_crash":
+                    history.unknown_after_crash.add(domain_event.tool_call_id)
+            elif isinstance(domain_event, AgentRun.ToolCallResolved):
+                history.resolutions[domain_event.tool_call_id] = (
+                    domain_event.resolution,
+                    domain_event.value,
                 )
         return history
 

@@ -20,6 +20,7 @@ __all__ = [
     "METADATA_MAX_KEYS",
     "METADATA_VALUE_MAX_CHARS",
     "OutcomeStatus",
+    "PausedFor",
     "RunAgent",
     "RunError",
     "RunOutcome",
@@ -31,7 +32,9 @@ __all__ = [
 ID_PATTERN = r"^[A-Za-z0-9_\-:]{1,200}$"
 """Task, session and agent ids: one NATS subject token (no dots, wildcards or spaces)."""
 
-OutcomeStatus = Literal["completed", "failed", "rejected"]
+OutcomeStatus = Literal["completed", "failed", "rejected", "paused"]
+"""`paused`: the run waits for a person to resolve a side-effecting tool call whose effect
+is unknown after a crash (`paused_for` says which; `agentledger tool resolve`)."""
 
 METADATA_MAX_KEYS = 64
 METADATA_KEY_MAX_CHARS = 128
@@ -132,6 +135,16 @@ class RunError(BaseModel):
     retryable: bool = False
 
 
+class PausedFor(BaseModel):
+    """What a paused run waits for: a decision on one tool call."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tool_call_id: str
+    tool_name: str
+    reason: str
+
+
 class RunOutcome(BaseModel):
     """Published to `<prefix>.results.<task_id>` and to the reply subject of a request."""
 
@@ -147,3 +160,5 @@ class RunOutcome(BaseModel):
     cost_usd: float | None = None
     duration_ms: float | None = None
     error: RunError | None = None
+    paused_for: PausedFor | None = None
+    """Set when `status` is `paused`."""

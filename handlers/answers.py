@@ -100,8 +100,8 @@ class TaskAnswers:
         """If `task` is a child a graph run dispatched (`call_agents`), report its outcome
         to that run (`<prefix>.tasks.graph.child`; once per child and ending)."""
         parent = task.metadata.get(PARENT_KEY)
-        if not parent:
-            return
+        if not parent or outcome.status == "paused":
+            return  # a paused child has not ended: its parent keeps waiting
         try:
             done = ChildDone(task_id=parent, child_task_id=task.task_id, outcome=outcome)
         except ValueError:
@@ -135,6 +135,9 @@ class TaskAnswers:
         if store and outcome.task_id is not None:
             js = nc.jetstream()
             kind = outcome.error.kind if outcome.error else ""
+            paused_for = getattr(outcome, "paused_for", None)  # RunOutcome only
+            if paused_for is not None:
+                kind = paused_for.tool_call_id  # each pause of a run is news
             await js.publish(
                 results_subject(self.prefix, outcome.task_id),
                 payload,

@@ -41,6 +41,7 @@ from agentledger.handlers.graphs.cli import register as register_graph_commands
 from agentledger.handlers.memory.cli import register as register_memory_commands
 from agentledger.handlers.orchestration.cli import register as register_workflow_commands
 from agentledger.handlers.routing.cli import register as register_route_commands
+from agentledger.handlers.tools.cli import register as register_tool_commands
 from agentledger.infra.settings import Settings
 
 __all__ = ["app", "main"]
@@ -493,6 +494,7 @@ register_history_commands(app)
 register_dead_commands(app)
 register_graph_commands(app)
 register_workflow_commands(app)
+register_tool_commands(app)
 register_memory_commands(app)
 register_route_commands(app)
 

@@ -84,7 +84,7 @@ class RunQuery(_ByIdQuery):
 
 class RunsQuery(_Query):
     agent: str | None = None
-    status: Literal["running", "completed", "failed", "rejected"] | None = None
+    status: Literal["running", "completed", "failed", "rejected", "paused"] | None = None
     session_id: str | None = None
     limit: int = Field(default=50, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)

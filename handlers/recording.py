@@ -10,6 +10,12 @@ without a second `ToolCallStarted`: a resumed run's events read as one uninterru
 While a call runs, `current_tool_call()` says which call of which run it is, and
 `record_tool_decision` lets the tool middleware (`agentledger.handlers.tools`) add its
 decisions to the call's record: they are saved with the call's outcome.
+
+A side-effecting tool (`side_effect` in the catalog, or the `side_effect` decorator) has
+its start saved before it runs. Found started but unfinished on resume (its worker died
+while it ran), it is recorded as `unknown_after_crash` and its policy decides: `retry`
+runs it again, `fail` fails the call (it never runs twice), `pause` pauses the run
+(`RunPauseRequested`) until a person resolves the call (`ToolCallResolved`).
 """
 
 from __future__ import annotations
@@ -30,13 +36,17 @@ from agentledger.domain.run import AgentRun, RunHistory
 from agentledger.infra.event_store import AsyncEventStore
 
 __all__ = [
+    "SIDE_EFFECT_ATTRIBUTE",
+    "SIDE_EFFECT_METADATA",
     "LedgerToolset",
+    "RunPauseRequested",
     "StepRecorder",
     "ToolCallError",
     "ToolCallScope",
     "ToolEffects",
     "append_messages",
     "current_tool_call",
+    "declared_side_effect",
     "messages_from_json",
     "messages_to_json",
     "record_tool_decision",
@@ -48,6 +58,39 @@ class ToolCallError(Exception):
     """A tool raised (other than `ModelRetry`); the run fails with `tool_error`.
 
     Raised by a `ToolEffects`, its message is recorded as it is."""
+
+
+class RunPauseRequested(Exception):
+    """A side-effecting call with the `pause` policy was found unfinished after a crash:
+    the run pauses until a person resolves the call."""
+
+    def __init__(self, tool_call_id: str, tool_name: str, reason: str) -> None:
+        super().__init__(reason)
+        self.tool_call_id = tool_call_id
+        self.tool_name = tool_name
+        self.reason = reason
+
+
+SIDE_EFFECT_ATTRIBUTE = "__agentledger_side_effect__"
+"""Set on a tool function by `agentledger.handlers.tools.side_effect` (its policy)."""
+SIDE_EFFECT_METADATA = "agentledger_side_effect"
+"""The same, as a key of a pydantic-ai tool's `metadata`."""
+
+
+def declared_side_effect(tool: ToolsetTool[Any]) -> str | None:
+    """The side-effect policy a tool declares itself (decorator or metadata), if any."""
+    metadata = tool.tool_def.metadata or {}
+    if SIDE_EFFECT_METADATA in metadata:
+        return str(metadata[SIDE_EFFECT_METADATA])
+    functions = getattr(getattr(tool, "toolset", None), "tools", None)
+    if isinstance(functions, Mapping):
+        name = getattr(tool, "original_name", None) or tool.tool_def.name
+        declared = getattr(
+            getattr(functions.get(name), "function", None), SIDE_EFFECT_ATTRIBUTE, None
+        )
+        if declared is not None:
+            return str(declared)
+    return None
 
 
 Execute = Callable[[], Awaitable[Any]]
@@ -114,11 +157,17 @@ class StepRecorder:
             self.saved_version = self.run.version
             self.recorded.extend(as_json)
 
-    async def start_tool(self, tool_call_id: str, tool_name: str, args: Any) -> None:
+    async def start_tool(
+        self, tool_call_id: str, tool_name: str, args: Any, *, save: bool = False
+    ) -> None:
         # Kept pending: saved with the result, so a tool costs one save, not two. The
-        # event's timestamp still says when the call started.
+        # event's timestamp still says when the call started. A side-effecting call's
+        # start is saved at once (`save`): a crash must leave it on record.
         async with self.lock:
             self.run.start_tool_call(tool_call_id, tool_name, to_jsonable_python(args))
+            if save:
+                await self.store.save(self.run)
+                self.saved_version = self.run.version
 
     async def finish_tool(self, tool_call_id: str, tool_name: str, result: Any) -> None:
         async with self.lock:
@@ -148,6 +197,10 @@ class ToolCallScope:
     tool_name: str
     recorder: StepRecorder | None
     """Where its decisions are recorded (None: a call outside a recorded run)."""
+    ledger: LedgerToolset | None = None
+    """The ledger serving the run's recorded tool outcomes (composite tools' sub-calls)."""
+    sub_calls: list[int] = field(default_factory=lambda: [0])
+    """How many sub-calls this call has made (`agentledger.handlers.tools.sub_call`)."""
 
     @property
     def run_id(self) -> str | None:
@@ -188,6 +241,13 @@ class LedgerToolset(WrapperToolset[Any]):
     started: AbstractSet[str] = field(default_factory=frozenset)
     """Calls already recorded as started (a crash came before their outcome)."""
     effects: ToolEffects | None = None
+    side_effects: Callable[[str], str | None] | None = None
+    """The side-effect policy of a tool by name, from the catalog (a tool's own
+    declaration counts too: `declared_side_effect`)."""
+    unknown: AbstractSet[str] = field(default_factory=frozenset)
+    """Calls already recorded as unknown after a crash."""
+    resolutions: Mapping[str, tuple[str, Any]] = field(default_factory=dict)
+    """A person's resolution of an unfinished call: (retry|fail|result, value)."""
 
     async def call_tool(
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
@@ -205,15 +265,52 @@ class LedgerToolset(WrapperToolset[Any]):
             return WrapperToolset.call_tool(self, name, tool_args, ctx, tool)
 
         recorder = self.recorder
-        token = _SCOPE.set(ToolCallScope(call_id, name, recorder))
+        token = _SCOPE.set(ToolCallScope(call_id, name, recorder, self))
         try:
             if recorder is None:
                 return await execute()
+            policy = (self.side_effects and self.side_effects(name)) or declared_side_effect(tool)
             if call_id not in self.started:
-                await recorder.start_tool(call_id, name, tool_args)
+                await recorder.start_tool(call_id, name, tool_args, save=policy is not None)
+            elif policy is not None:  # started, no outcome: its worker died while it ran
+                served = await self._unfinished(recorder, call_id, name, policy)
+                if served is not _RUN_AGAIN:
+                    return served
             return await self._record(recorder, call_id, name, tool_args, ctx, execute)
         finally:
             _SCOPE.reset(token)
+
+    async def _unfinished(
+        self, recorder: StepRecorder, call_id: str, name: str, policy: str
+    ) -> Any:
+        """A side-effecting call found unfinished: record that its effect is unknown
+        (once), then follow a person's resolution or else the tool's policy. Returns
+        the call's result, or `_RUN_AGAIN`."""
+        if call_id not in self.unknown:
+            await recorder.note_decision(
+                call_id, name, "unknown_after_crash", {"on_crash": policy}, 0.0
+            )
+        resolution = self.resolutions.get(call_id)
+        if resolution is not None:
+            kind, value = resolution
+            if kind == "result":
+                await recorder.finish_tool(call_id, name, value)
+                return value
+            if kind == "fail":
+                await recorder.fail_tool(call_id, name, str(value), retry=False)
+                raise ToolCallError(str(value))
+            return _RUN_AGAIN
+        reason = (
+            f"side-effecting tool {name!r} was running when its worker stopped:"
+            " whether its effect happened is unknown"
+        )
+        if policy == "fail":
+            error = f"{reason} (side_effect = fail: it is not run again)"
+            await recorder.fail_tool(call_id, name, error, retry=False)
+            raise ToolCallError(error)
+        if policy == "pause":
+            raise RunPauseRequested(call_id, name, reason)
+        return _RUN_AGAIN
 
     async def _record(
         self,
@@ -245,11 +342,15 @@ class LedgerToolset(WrapperToolset[Any]):
         return result
 
 
+_RUN_AGAIN: Any = object()
+
+
 def wrap_toolsets(
     toolsets: Sequence[AbstractToolset[Any]],
     recorder: StepRecorder,
     history: RunHistory,
     effects: ToolEffects | None = None,
+    side_effects: Callable[[str], str | None] | None = None,
 ) -> list[AbstractToolset[Any]]:
     """Every toolset behind the ledger of what `history` recorded."""
     return [
@@ -260,6 +361,9 @@ def wrap_toolsets(
             failures=history.tool_failures,
             started=frozenset(history.started_tool_calls),
             effects=effects,
+            side_effects=side_effects,
+            unknown=frozenset(history.unknown_after_crash),
+            resolutions=history.resolutions,
         )
         for ts in toolsets
     ]

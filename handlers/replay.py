@@ -14,6 +14,11 @@ the report's note; it does not pretend to re-enact the outage.
 
 With `run_tools=True` the tools run for real instead (for tools without side effects),
 so a change in what a tool returns shows up as a divergence too.
+
+Each tool call's recorded middleware decisions (a cache hit, a retry) and a composite
+tool's recorded sub-calls are recorded again with its recorded outcome. A pause for a
+side-effecting call and the person's resolution of it (`RunPaused`, `ToolCallResolved`)
+are left out of the comparison: they are the environment, like an outage.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from agentledger.handlers.memory.recall import RecordedRecall
 from agentledger.handlers.recording import (
     Execute,
     ToolCallError,
+    current_tool_call,
     messages_from_json,
     record_tool_decision,
 )
@@ -229,6 +235,8 @@ class RecordedToolEffects:
     running when a sibling call failed and the run ended."""
     decisions: dict[str, list[AgentRun.ToolDecisionMade]] = dataclasses.field(default_factory=dict)
     """The recorded middleware decisions of each call, in order."""
+    sub_calls: dict[str, list[Any]] = dataclasses.field(default_factory=dict)
+    """The recorded sub-call events of each composite call (`<id>#<n>`), in order."""
 
     @classmethod
     def of(cls, events: Sequence[Any], *, complete: bool, run_tools: bool) -> RecordedToolEffects:
@@ -236,7 +244,14 @@ class RecordedToolEffects:
         failures: dict[str, tuple[str, bool]] = {}
         started: set[str] = set()
         decisions: dict[str, list[AgentRun.ToolDecisionMade]] = {}
+        sub_calls: dict[str, list[Any]] = {}
         for e in events:
+            parent, is_sub, _ = str(getattr(e, "tool_call_id", "")).partition("#")
+            if is_sub and isinstance(
+                e, AgentRun.ToolCallStarted | AgentRun.ToolCallFinished | AgentRun.ToolCallFailed
+            ):
+                sub_calls.setdefault(parent, []).append(e)
+                continue
             if isinstance(e, AgentRun.ToolDecisionMade):
                 decisions.setdefault(e.tool_call_id, []).append(e)
             elif isinstance(e, AgentRun.ToolCallStarted):
@@ -252,6 +267,7 @@ class RecordedToolEffects:
             run_tools=run_tools,
             started=frozenset(started),
             decisions=decisions,
+            sub_calls=sub_calls,
         )
 
     async def __call__(
@@ -262,6 +278,7 @@ class RecordedToolEffects:
             return await execute()
         for d in self.decisions.get(call_id, ()):
             await record_tool_decision(d.decision, d.detail, d.waited_ms)
+        await _replay_sub_calls(self.sub_calls.get(call_id, ()))
         if call_id in self.results:
             return self.results[call_id]
         if call_id in self.failures:
@@ -275,6 +292,21 @@ class RecordedToolEffects:
             # It was cut off when a sibling call failed: wait to be cut off the same way.
             await asyncio.sleep(_CUT_OFF_WAIT_S)
         raise ToolCallError(f"replay: no recorded outcome for tool call {call_id} ({name})")
+
+
+async def _replay_sub_calls(events: Sequence[Any]) -> None:
+    """Record a composite call's recorded sub-calls again, as they were."""
+    scope = current_tool_call()
+    if not events or scope is None or scope.recorder is None:
+        return
+    recorder = scope.recorder
+    for e in events:
+        if isinstance(e, AgentRun.ToolCallStarted):
+            await recorder.start_tool(e.tool_call_id, e.tool_name, e.args)
+        elif isinstance(e, AgentRun.ToolCallFinished):
+            await recorder.finish_tool(e.tool_call_id, e.tool_name, e.result)
+        else:
+            await recorder.fail_tool(e.tool_call_id, e.tool_name, e.error, e.retry)
 
 
 class _Silent:
@@ -349,7 +381,13 @@ async def replay_recorded(
     finally:
         store.close()
     replayed = [event_record(e) for e in memory.events(recorded.run_id)]
-    expected = [event_record(e) for e in recorded.events]
+    # A pause and a person's resolution of it are the run's environment (a crash, a
+    # decision), not its code: the replay meets the resolved call's recorded outcome.
+    expected = [
+        event_record(e)
+        for e in recorded.events
+        if not isinstance(e, AgentRun.RunPaused | AgentRun.ToolCallResolved)
+    ]
     divergence = first_divergence(expected, replayed)
     note = None
     if divergence is not None and stopped and recorded.terminal is not None:

@@ -46,10 +46,11 @@ from agentledger.domain.errors import ErrorKind
 from agentledger.domain.ids import run_id_for, session_aggregate_id_for
 from agentledger.domain.memory.recall import MemoryHit, RecallSpec, recall_instructions
 from agentledger.domain.run import AgentRun, RunHistory
-from agentledger.domain.tasks import RunAgent, RunError, RunOutcome, Usage
+from agentledger.domain.tasks import PausedFor, RunAgent, RunError, RunOutcome, Usage
 from agentledger.handlers.catalog import Catalog, CatalogEntry
 from agentledger.handlers.orchestration.context import task_context
 from agentledger.handlers.recording import (
+    RunPauseRequested,
     StepRecorder,
     ToolCallError,
     ToolEffects,
@@ -99,7 +100,7 @@ class TransientRunError(Exception):
 
 
 def outcome_of(run: AgentRun) -> RunOutcome:
-    """The outcome recorded in a finished run."""
+    """The outcome recorded in a finished (or paused) run."""
     usage = Usage(
         requests=run.requests,
         input_tokens=run.input_tokens,
@@ -112,6 +113,16 @@ def outcome_of(run: AgentRun) -> RunOutcome:
             kind=run.error_kind or ErrorKind.INTERNAL_ERROR,
             message=run.error_message or "",
             retryable=run.retryable,
+        )
+    if run.status == "paused" and run.paused_for is not None:
+        return RunOutcome(
+            task_id=run.task_id,
+            run_id=str(run.id),
+            agent=run.agent,
+            session_id=run.session_id,
+            status="paused",
+            usage=usage,
+            paused_for=PausedFor(**run.paused_for),
         )
     return RunOutcome(
         task_id=run.task_id,
@@ -247,6 +258,8 @@ class AgentRunner:
                 )
         except _Failure as failure:
             return await self._fail(run, failure, bound, recorder)
+        except RunPauseRequested as pause:
+            return await self._pause(run, pause, bound, recorder)
         except TransientRunError as e:
             if not final_attempt:
                 raise
@@ -287,7 +300,7 @@ class AgentRunner:
                 if created is None:
                     continue  # a worker created it meanwhile: load it again
                 run = created[0]
-            if run.status != "running":
+            if run.status not in ("running", "paused"):
                 return outcome_of(run)
             run.fail(str(ErrorKind.CANCELLED), reason, False, self._duration_ms(run))
             try:
@@ -374,6 +387,7 @@ class AgentRunner:
                         recorder,
                         history,
                         self._tool_effects,
+                        None if entry.middleware is None else entry.middleware.side_effect_of,
                     ),
                     **overrides,
                 ):
@@ -402,7 +416,7 @@ class AgentRunner:
             raise _Failure(kind=ErrorKind.MODEL_ERROR, message=f"{type(e).__name__}: {e}") from None
         except ConcurrencyConflict:
             raise RunSuperseded(f"run {run.id} was advanced by another worker") from None
-        except (_Failure, TransientRunError, RunSuperseded):
+        except (_Failure, TransientRunError, RunSuperseded, RunPauseRequested):
             raise
         except StoreUnavailable as e:
             raise TransientRunError(str(e)) from None
@@ -520,6 +534,25 @@ class AgentRunner:
         if entry.price is None:
             return None
         return entry.price.cost(input_tokens=run.input_tokens, output_tokens=run.output_tokens)
+
+    async def _pause(
+        self, run: AgentRun, pause: RunPauseRequested, bound: Any, recorder: StepRecorder
+    ) -> RunOutcome:
+        """Record `RunPaused` (with the decision that the call's effect is unknown): the
+        run waits for `agentledger tool resolve`."""
+        async with recorder.lock:
+            run.pause(pause.tool_call_id, pause.tool_name, pause.reason)
+            try:
+                await self._store.save(run)
+            except ConcurrencyConflict:
+                raise RunSuperseded(f"run {run.id} was advanced by another worker") from None
+        bound.warning(
+            "run paused: a side-effecting tool call needs a person's decision",
+            tool=pause.tool_name,
+            tool_call_id=pause.tool_call_id,
+            alert=True,
+        )
+        return outcome_of(run)
 
     async def _fail(
         self, run: AgentRun, failure: _Failure, bound: Any, recorder: StepRecorder | None = None

@@ -30,7 +30,7 @@ from agentledger.projections.base import (
 
 __all__ = ["RunStatusView", "RunView", "RunsProjection", "get_run", "list_runs"]
 
-RunStatusView = Literal["running", "completed", "failed", "rejected"]
+RunStatusView = Literal["running", "completed", "failed", "rejected", "paused"]
 
 _COLUMNS = (
     "run_id",
@@ -212,6 +212,10 @@ def _fold(
         row["tool_calls"] += 1
     elif isinstance(event, AgentRun.ToolCallFinished | AgentRun.ToolCallFailed):
         pass
+    elif isinstance(event, AgentRun.RunPaused):
+        row["status"] = "paused"
+    elif isinstance(event, AgentRun.ToolCallResolved):
+        row["status"] = "running"
     elif isinstance(event, AgentRun.RunCompleted):
         # The completion carries the run's totals: they win over the live sums.
         row.update(
@@ -244,6 +248,8 @@ _UPDATES = (
     AgentRun.ToolCallStarted,
     AgentRun.ToolCallFinished,
     AgentRun.ToolCallFailed,
+    AgentRun.RunPaused,
+    AgentRun.ToolCallResolved,
     AgentRun.RunCompleted,
     AgentRun.RunFailed,
 )

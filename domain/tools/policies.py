@@ -33,6 +33,7 @@ __all__ = [
     "MiddlewareSpec",
     "RateLimitSpec",
     "RetrySpec",
+    "SideEffectPolicy",
     "ToolDecision",
     "ToolPolicy",
     "admit",
@@ -54,6 +55,15 @@ class ToolDecision(StrEnum):
     """An attempt ran past its timeout and was cancelled."""
     CIRCUIT_OPEN = "circuit_open"
     """Refused without running: the tool's circuit is open after repeated failures."""
+    UNKNOWN_AFTER_CRASH = "unknown_after_crash"
+    """A side-effecting call was running when its worker stopped: whether its effect
+    happened is unknown. The tool's `side_effect` policy says what happens next."""
+
+
+SideEffectPolicy = Literal["retry", "fail", "pause"]
+"""What a side-effecting call found unfinished after a crash does: run again (`retry`,
+with the same idempotency key), fail the call and so the run (`fail`: it never runs
+twice), or pause the run until a person resolves it (`pause`)."""
 
 
 _DAY_S = 86_400.0
@@ -199,7 +209,15 @@ class LogSpec(_Spec):
         return value
 
 
-_POLICIES = ("log", "cache", "circuit_breaker", "retry", "rate_limit", "timeout_s")
+_POLICIES = (
+    "log",
+    "cache",
+    "circuit_breaker",
+    "retry",
+    "rate_limit",
+    "timeout_s",
+    "side_effect",
+)
 _SWITCHES = ("log", "circuit_breaker", "retry")
 """Policies that `true` turns on with their defaults."""
 
@@ -213,6 +231,10 @@ class ToolPolicy(_Spec):
     retry: RetrySpec | None = None
     rate_limit: RateLimitSpec | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=_DAY_S)
+    side_effect: SideEffectPolicy | None = None
+    """The tool has effects outside the run (`agentledger.handlers.tools.side_effect`):
+    its start is saved before it runs, and a call found unfinished after a crash follows
+    this policy."""
     off: tuple[str, ...] = ()
     """Policies given as `false`: off here even when set for all the agent's tools."""
 
@@ -227,6 +249,8 @@ class ToolPolicy(_Spec):
             if value.get(name) is False:
                 del value[name]
                 off.append(name)
+            elif value.get(name) is True and name == "side_effect":
+                value[name] = "fail"  # the safe default: never run twice
             elif value.get(name) is True:
                 if name not in _SWITCHES:
                     raise ValueError(f"{name} = true: give its settings (a table)")
@@ -244,6 +268,10 @@ class MiddlewareSpec(ToolPolicy):
     `false` turns one off for that tool)."""
 
     tools: dict[str, ToolPolicy] = Field(default_factory=dict)
+
+    def side_effect_of(self, tool: str) -> SideEffectPolicy | None:
+        """The side-effect policy declared for `tool` (None: none)."""
+        return self.for_tool(tool).side_effect
 
     def for_tool(self, tool: str) -> ToolPolicy:
         """The policies that apply to `tool`."""
