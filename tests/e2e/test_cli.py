@@ -40,6 +40,8 @@ COMMANDS = [
     "workflow show",
     "workflow messages",
     "workflow list",
+    "tool",
+    "tool resolve",
 ]
 
 

@@ -25,6 +25,7 @@ from pydantic_ai.messages import (
     UserPromptPart,
 )
 from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.toolsets import FunctionToolset
 
 JOURNAL_ENV = "AGENTLEDGER_TEST_JOURNAL"
 TOOL_PAUSE_ENV = "AGENTLEDGER_TEST_TOOL_PAUSE_S"
@@ -181,3 +182,65 @@ def write_catalog(directory: Path) -> Path:
     path = directory / "test-catalog.toml"
     path.write_text(CATALOG)
     return path
+
+
+def _calls(tool: str) -> FunctionModel:
+    """A model that calls `tool` with the prompt as `label`, then reports its result."""
+
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        last = messages[-1]
+        if isinstance(last, ModelRequest):
+            for part in last.parts:
+                if isinstance(part, ToolReturnPart):
+                    return ModelResponse(parts=[TextPart(f"done: {part.content}")])
+        return ModelResponse(parts=[ToolCallPart(tool, {"label": _prompt(messages)})])
+
+    return FunctionModel(model, model_name=f"{tool}-fn")
+
+
+async def _journaled_step(step: str, label: str) -> str:
+    journal(f"sub-start {step} {label}")
+    if step == "second":
+        await asyncio.sleep(float(os.environ.get(TOOL_PAUSE_ENV, "0")))
+    journal(f"sub-effect {step} {label}")
+    return f"{label}>{step}"
+
+
+async def first(label: str) -> str:
+    return await _journaled_step("first", label)
+
+
+async def second(label: str) -> str:
+    return await _journaled_step("second", label)
+
+
+async def third(label: str) -> str:
+    return await _journaled_step("third", label)
+
+
+def _composite_tools() -> FunctionToolset[None]:
+    from agentledger.handlers.tools import composite
+
+    return FunctionToolset([composite(first, second, third, name="three_steps")])
+
+
+three_steps = Agent(_calls("three_steps"), name="three_steps", toolsets=[_composite_tools()])
+"""A composite tool of three journaled sub-steps; the second pauses (TOOL_PAUSE_ENV)."""
+
+
+def _side_effecting(on_crash: str) -> Agent[None, str]:
+    from agentledger.handlers.tools import side_effect
+
+    @side_effect(on_crash=on_crash)  # type: ignore[arg-type]
+    async def pay(label: str) -> str:
+        """Pays once: journals its start and, after TOOL_PAUSE_ENV seconds, its effect."""
+        journal(f"pay-start {label}")
+        await asyncio.sleep(float(os.environ.get(TOOL_PAUSE_ENV, "0")))
+        journal(f"pay-effect {label}")
+        return f"paid {label}"
+
+    return Agent(_calls("pay"), name=f"pay_{on_crash}", toolsets=[FunctionToolset([pay])])
+
+
+pay_fail = _side_effecting("fail")
+pay_pause = _side_effecting("pause")

@@ -207,3 +207,20 @@ def test_a_batch_folds_like_one_event_at_a_time(cursor: sqlite3.Cursor) -> None:
     assert cursor.execute("SELECT * FROM al_runs ORDER BY run_id").fetchall() == expected
     projection.apply_batch(events, cursor)
     assert cursor.execute("SELECT * FROM al_runs ORDER BY run_id").fetchall() == expected
+
+
+def test_a_paused_run_is_listed_as_paused_until_resolved(cursor: sqlite3.Cursor) -> None:
+    run = with_tool_step(requested("t-pause"))
+    run.start_tool_call("call-2", "pay", {"amount": 5})
+    run.record_tool_decision("call-2", "pay", "unknown_after_crash", {"on_crash": "pause"}, 0.0)
+    run.pause("call-2", "pay", "its effect is unknown")
+    fold(cursor, run.collect_events())
+    assert [r.task_id for r in list_runs(cursor, status="paused")] == ["t-pause"]
+    run.resolve_tool_call("result", "paid by phone", "alice")
+    fold(cursor, run.collect_events())
+    assert get_run(cursor, task_id="t-pause").status == "running"  # type: ignore[union-attr]
+    run.finish_tool_call("call-2", "pay", "paid by phone")
+    run.complete("done", None, 12.0)
+    fold(cursor, run.collect_events())
+    view = get_run(cursor, task_id="t-pause")
+    assert view is not None and view.status == "completed" and view.tool_calls == 2
