@@ -20,6 +20,9 @@ __all__ = [
     "results_subject",
     "route_subject",
     "route_workers_consumer",
+    "stream_ack_subject",
+    "stream_subject",
+    "streams_stream",
     "task_stream_subjects",
     "task_subject",
     "tasks_stream",
@@ -102,6 +105,22 @@ def task_stream_subjects(prefix: str) -> list[str]:
 def tasks_stream(prefix: str) -> str:
     """The JetStream stream holding `task_stream_subjects(prefix)`."""
     return f"{prefix.upper()}_TASKS"
+
+
+def stream_subject(prefix: str, task_id: str) -> str:
+    """Where a streamed task's chunks go (`agentledger.domain.streaming.chunks`)."""
+    return f"{prefix}.stream.{task_id}"
+
+
+def stream_ack_subject(prefix: str, task_id: str) -> str:
+    """Where a stream's subscriber acknowledges chunks (flow control)."""
+    return f"{prefix}.stream.{task_id}.ack"
+
+
+def streams_stream(prefix: str) -> str:
+    """The JetStream stream keeping recent chunks (`<prefix>.stream.*`) for a subscriber
+    that joins late or resumes after a reconnect."""
+    return f"{prefix.upper()}_STREAMS"
 
 
 def results_stream(prefix: str) -> str:

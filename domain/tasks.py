@@ -108,6 +108,23 @@ class RunAgent(BaseModel):
         " a run not finished by then fails with deadline_exceeded.",
     )
 
+    stream: bool = Field(
+        default=False,
+        description="Send the run's text, tool calls and end as they happen on"
+        " `<prefix>.stream.<task_id>` (see the stream contract).",
+    )
+    stream_backpressure: Literal["none", "slow_down", "drop_oldest"] = Field(
+        default="none",
+        description="Flow control of the stream: `none`, `slow_down` (wait for the"
+        " subscriber's acks, bounded) or `drop_oldest` (never wait; drop and count).",
+    )
+    stream_window: int = Field(
+        default=16, ge=1, le=10_000, description="Chunks in flight without an ack."
+    )
+    stream_buffer: int = Field(
+        default=256, ge=1, le=100_000, description="Chunks waiting to be sent, at most."
+    )
+
     @field_validator("deadline", mode="before")
     @classmethod
     def _rfc3339(cls, value: object) -> object:

@@ -49,6 +49,7 @@ from agentledger.handlers.relay import EventRelay
 from agentledger.handlers.routing.router import Router, latest_fit
 from agentledger.handlers.routing.worker import RouteWorker
 from agentledger.handlers.runner import AgentRunner
+from agentledger.handlers.streaming.open import stream_opener
 from agentledger.handlers.tools.middleware import shared_tool_state, use_tool_state
 from agentledger.handlers.worker import TaskWorker
 from agentledger.infra.event_store import AsyncEventStore, EventStore, StoreUnavailable
@@ -259,6 +260,7 @@ class WorkerService:
             catalog=catalog,
             tracer_provider=tracer_provider,
             recaller=await self._recaller(catalog),
+            streams=stream_opener(lambda: broker.connection, settings),
         )
         self.metrics = WorkerMetrics(catalog.names())
         self.worker = TaskWorker(

@@ -25,11 +25,13 @@ from agentledger.domain.errors import first_problem
 from agentledger.domain.memory.recall import RecallSpec
 from agentledger.domain.pricing import ModelPrice
 from agentledger.domain.routing.routes import RouterSpec
+from agentledger.domain.streaming.spec import StreamSpec
 from agentledger.domain.tools.policies import MiddlewareSpec
 from agentledger.handlers.graphs.catalog import GraphEntry, check_graphs, graph_entries
 from agentledger.handlers.orchestration.catalog import workflow_entries
 from agentledger.handlers.refs import CatalogError, load_ref
 from agentledger.handlers.routing.catalog import router_spec
+from agentledger.handlers.streaming.catalog import stream_spec
 from agentledger.handlers.tools.catalog import middleware_spec
 
 __all__ = [
@@ -71,6 +73,8 @@ class CatalogEntry:
     """Past turns recalled from the memory view before each run (`recall = {...}`)."""
     middleware: MiddlewareSpec | None = None
     """Policies around the agent's tool calls (`[agents.<name>.middleware]`)."""
+    stream: StreamSpec | None = None
+    """How the agent's streamed runs are processed (`[agents.<name>.stream]`)."""
     _agent: Agent[Any, Any] | None = field(default=None, repr=False)
 
     @property
@@ -159,6 +163,7 @@ class Catalog:
                 model=model,
                 recall=_recall_spec(path, name, spec.get("recall")),
                 middleware=middleware_spec(path, name, spec.get("middleware")),
+                stream=stream_spec(path, name, spec.get("stream")),
             )
         demo = [
             (agent, prompt, session or None)

@@ -162,7 +162,17 @@ def publish(
     wait: bool = typer.Option(True, help="Wait for the outcome and print it."),
     timeout: float = typer.Option(60.0, help="Seconds to wait for the outcome."),
     request_limit: int = typer.Option(None, help="Max model requests for this run."),
-    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+    stream: bool = typer.Option(
+        False, "--stream", help="Print the run's text live as it streams (tool calls on stderr)."
+    ),
+    backpressure: str = typer.Option(
+        "none", help="With --stream: none | slow_down | drop_oldest (see Streaming)."
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the outcome as JSON (with --stream: every chunk, one per line).",
+    ),
 ) -> None:
     """Publish a RunAgent task to NATS and (by default) wait for its outcome.
 
@@ -177,6 +187,9 @@ def publish(
     from agentledger.infra.nats import ensure_streams
 
     settings = settings_from_env()
+    stream_options: dict[str, Any] = (
+        {"stream": True, "stream_backpressure": backpressure} if stream else {}
+    )
     try:
         task = RunAgent(
             task_id=task_id or uuid.uuid4().hex,
@@ -186,6 +199,7 @@ def publish(
             usage_limits=(
                 UsageLimitsSpec(request_limit=request_limit) if request_limit is not None else None
             ),
+            **stream_options,
         )
     except ValidationError as e:
         raise invalid_input(
@@ -197,6 +211,7 @@ def publish(
                 "session_id": "--session",
                 "request_limit": "--request-limit",
                 "usage_limits": "--request-limit",
+                "stream_backpressure": "--backpressure",
             },
         ) from None
 
@@ -220,7 +235,16 @@ def publish(
         client = LedgerClient(nc, prefix=settings.subject_prefix)
         try:
             await ensure_streams(nc.jetstream(), settings)
-            if not wait:
+            if stream:
+                submission = await client.submit(task)
+                if not submission.duplicate:
+                    await _print_stream(client, task.task_id, timeout, as_json)
+                outcome = await client.wait(task.task_id, timeout=timeout, on_waiting=waiting)
+                if as_json:  # the chunks were the output
+                    if outcome.status != "completed":
+                        raise typer.Exit(2)
+                    return
+            elif not wait:
                 submission = await client.submit(task)
                 outcome = None
             else:
@@ -248,6 +272,24 @@ def publish(
             raise typer.Exit(2)
 
     run(go())
+
+
+async def _print_stream(client: Any, task_id: str, timeout: float, as_json: bool) -> None:
+    """A streamed task's chunks as they come: text on stdout, the rest on stderr (or
+    every chunk as a JSON line)."""
+    async for chunk in client.stream(task_id, idle_timeout=timeout):
+        if as_json:
+            sys.stdout.write(chunk.model_dump_json() + "\n")
+        elif chunk.kind == "text":
+            sys.stdout.write(chunk.text or "")
+        elif chunk.kind in ("tool_call", "tool_result"):
+            sys.stdout.flush()
+            sys.stderr.write(f"\n[{chunk.kind}] {json.dumps(chunk.data, default=str)[:200]}\n")
+        elif chunk.kind == "gap":
+            sys.stderr.write(f"\n[{chunk.dropped} chunks dropped]\n")
+        elif chunk.kind == "end" and not as_json:
+            sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 @app.command()

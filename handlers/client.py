@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -34,13 +34,17 @@ from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from agentledger.domain.memory.recall import MemoryHit
+from agentledger.domain.streaming.chunks import StreamChunk
 from agentledger.domain.subjects import (
     query_subject,
     results_stream,
     results_subject,
+    stream_ack_subject,
+    stream_subject,
     task_subject,
     tasks_stream,
     workers_consumer,
@@ -186,6 +190,51 @@ class LedgerClient:
         return await self._await(
             subscription, task_id, timeout, on_waiting, notice_after, stored_first=True
         )
+
+    async def stream(
+        self,
+        task_id: str,
+        *,
+        after: int = 0,
+        ack: bool = True,
+        idle_timeout: float = 60.0,
+    ) -> AsyncIterator[StreamChunk]:
+        """The chunks of a streamed task (`stream: true`), in order, up to and including
+        its `end` chunk.
+
+        It reads the `<PREFIX>_STREAMS` stream from its start, so it may be called before
+        or after the task is published, and after a reconnect it resumes: pass the last
+        `seq` it saw as `after`. With `ack` it acknowledges each chunk once the loop asks
+        for the next (the flow control of `slow_down` and `drop_oldest`). Raises
+        `TimeoutError` after `idle_timeout` seconds without a chunk.
+        """
+        js = self.nc.jetstream()
+        subscription = await js.subscribe(
+            stream_subject(self.prefix, task_id),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+        ack_subject = stream_ack_subject(self.prefix, task_id)
+        try:
+            while True:
+                try:
+                    msg = await subscription.next_msg(timeout=idle_timeout)
+                except NatsTimeoutError:
+                    raise TimeoutError(
+                        f"no stream chunk of task {task_id} for {idle_timeout:g}s"
+                    ) from None
+                chunk = StreamChunk.model_validate_json(msg.data)
+                if chunk.seq <= after:
+                    continue
+                after = chunk.seq
+                yield chunk
+                if chunk.kind == "end":
+                    return
+                if ack:
+                    await self.nc.publish(ack_subject, json.dumps({"ack": chunk.seq}).encode())
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     async def run(
         self,

@@ -18,6 +18,7 @@ from agentledger.domain.event_registry import event_shapes
 from agentledger.domain.graphs.tasks import CancelGraph, GraphOutcome, ResumeGraph, RunGraph
 from agentledger.domain.orchestration.messages import AgentMessage
 from agentledger.domain.routing.tasks import RouteOutcome, RouteTask
+from agentledger.domain.streaming.chunks import StreamAck, StreamChunk
 from agentledger.domain.tasks import RunAgent, RunOutcome
 from agentledger.handlers.queries import VIEWS
 
@@ -35,6 +36,8 @@ def json_schemas() -> dict[str, Any]:
         "RouteTask": RouteTask.model_json_schema(),
         "RouteOutcome": RouteOutcome.model_json_schema(),
         "AgentMessage": AgentMessage.model_json_schema(),
+        "StreamChunk": StreamChunk.model_json_schema(),
+        "StreamAck": StreamAck.model_json_schema(),
     }
 
 
@@ -101,6 +104,24 @@ def asyncapi_document(prefix: str = "ledger") -> dict[str, Any]:
         + graph_reply.replace("GraphOutcome", "RouteOutcome"),
     )
     async def route_task(task: RouteTask) -> RouteOutcome:  # pragma: no cover - spec only
+        raise RuntimeError("specification only")
+
+    @broker.publisher(
+        f"{prefix}.stream.{{task_id}}",
+        title="StreamChunk",
+        description="The chunks of a task published with stream: true, in order (seq 1, 2,"
+        " ...): text, tool_call, tool_result, json, gap (chunks dropped before it) and a"
+        " last end chunk with the run's status. Kept a while in the <PREFIX>_STREAMS"
+        " JetStream stream, so a subscriber may join late or resume after a reconnect.",
+    )
+    @broker.subscriber(
+        f"{prefix}.stream.{{task_id}}.ack",
+        title="StreamAck",
+        description="Flow control for stream_backpressure slow_down and drop_oldest: the"
+        ' subscriber publishes {"ack": <seq>} for the chunks it has processed; at most'
+        " stream_window chunks are in flight without an ack.",
+    )
+    async def stream_chunks(ack: StreamAck) -> StreamChunk:  # pragma: no cover - spec only
         raise RuntimeError("specification only")
 
     for view, query in VIEWS.items():

@@ -17,7 +17,7 @@ call goes through pydantic-ai's tool execution) but the result comes from the le
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,8 @@ from agentledger.handlers.recording import (
     messages_to_json,
     wrap_toolsets,
 )
+from agentledger.handlers.streaming.nodes import can_stream, stream_node
+from agentledger.handlers.streaming.publisher import StreamPublisher
 from agentledger.handlers.tools.middleware import ToolMiddleware
 from agentledger.infra.event_store import (
     AsyncEventStore,
@@ -158,6 +160,10 @@ def _recalled_instructions(run: AgentRun) -> str | None:
     return recall_instructions([MemoryHit.model_validate(hit) for hit in run.recalled])
 
 
+StreamOpener = Callable[[RunAgent, CatalogEntry], Awaitable[StreamPublisher]]
+"""Opens a task's stream (the worker's: on its NATS connection)."""
+
+
 def _with_middleware(
     toolsets: Sequence[AbstractToolset[Any]], entry: CatalogEntry
 ) -> Sequence[AbstractToolset[Any]]:
@@ -185,6 +191,7 @@ class AgentRunner:
         logger: Any = None,
         tracer_provider: TracerProvider | None = None,
         recaller: Recaller | None = None,
+        streams: StreamOpener | None = None,
     ) -> None:
         """`tool_effects` replaces how a tool call not yet recorded is carried out (replay
         serves recorded results through it); by default the tool runs. `logger` replaces
@@ -199,6 +206,8 @@ class AgentRunner:
         self._tool_effects = tool_effects
         self._recaller = recaller
         """Searches the memory for agents with `recall` (None: no recall, e.g. no view)."""
+        self._streams = streams
+        """Opens the stream of a task that asks for one (None: tasks are not streamed)."""
         # One capability for all runs: pydantic-ai copies it for each run (`for_run`).
         self._run_capabilities = (
             None
@@ -229,6 +238,35 @@ class AgentRunner:
         this attempt with nothing more recorded.
         """
         entry = self._catalog.get(task.agent)
+        publisher = await self._open_stream(task, entry)
+        outcome: RunOutcome | None = None
+        try:
+            outcome = await self._run(task, entry, final_attempt, first_delivery, guard, publisher)
+            return outcome
+        finally:
+            if publisher is not None:
+                await publisher.close(outcome)
+
+    async def _open_stream(self, task: RunAgent, entry: CatalogEntry) -> StreamPublisher | None:
+        """The task's stream, when it asks for one and this runner can send one (a stream
+        that cannot open is logged and the run goes on unstreamed)."""
+        if not task.stream or self._streams is None:
+            return None
+        try:
+            return await self._streams(task, entry)
+        except Exception as e:
+            self._log.warning("stream not opened", task_id=task.task_id, error=str(e))
+            return None
+
+    async def _run(
+        self,
+        task: RunAgent,
+        entry: CatalogEntry,
+        final_attempt: bool,
+        first_delivery: bool,
+        guard: Callable[[], None] | None,
+        publisher: StreamPublisher | None,
+    ) -> RunOutcome:
         bound = self._log.bind(task_id=task.task_id, agent=task.agent, session_id=task.session_id)
         run = None if first_delivery else await self._store.get(run_id_for(task.task_id), AgentRun)
         created = await self._create(task, entry.recall) if run is None else None
@@ -254,7 +292,7 @@ class AgentRunner:
         try:
             with task_context(task, self._store):  # what the run's tools may ask about
                 return await self._drive(
-                    task, entry, run, history, session_json, recorder, bound, guard
+                    task, entry, run, history, session_json, recorder, bound, guard, publisher
                 )
         except _Failure as failure:
             return await self._fail(run, failure, bound, recorder)
@@ -362,6 +400,7 @@ class AgentRunner:
         recorder: StepRecorder,
         bound: Any,
         guard: Callable[[], None] | None = None,
+        publisher: StreamPublisher | None = None,
     ) -> RunOutcome:
         agent: Agent[Any, Any] = entry.agent
         prior: list[ModelMessage] = messages_from_json(session_json + history.messages)
@@ -399,8 +438,9 @@ class AgentRunner:
                         usage=usage,
                         capabilities=self._run_capabilities,
                     ) as agent_run:
+                        streams = can_stream(entry.model or agent.model)
                         output, final = await self._step_through(
-                            agent_run, recorder, len(prior), guard
+                            agent_run, recorder, len(prior), guard, publisher, streams
                         )
         except TimeoutError as e:
             if not deadline.expired():  # not the task's deadline: a model call timed out
@@ -435,6 +475,8 @@ class AgentRunner:
         recorder: StepRecorder,
         known: int,
         guard: Callable[[], None] | None = None,
+        publisher: StreamPublisher | None = None,
+        streams: bool = False,
     ) -> tuple[Any, list[ModelMessage]]:
         """Advance node by node, saving each step's new messages before the next.
 
@@ -457,6 +499,10 @@ class AgentRunner:
             recorder.held = list(messages[known:])
             if guard is not None:
                 guard()  # before the next node runs (a model request or tool calls)
+            if publisher is not None:
+                # Runs the node streamed (pydantic-ai's own `node.stream`); `agent_run`
+                # then goes on from its result as from any node's.
+                await stream_node(node, agent_run.ctx, publisher, streams)
         if agent_run.result is None:  # pragma: no cover - iteration ends at End
             raise _Failure(kind=ErrorKind.INTERNAL_ERROR, message="agent run ended without result")
         return agent_run.result.output, list(agent_run.ctx.state.message_history[known:])

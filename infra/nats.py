@@ -23,6 +23,7 @@ from agentledger.domain.subjects import (
     dead_stream,
     dead_subject,
     results_stream,
+    streams_stream,
     task_stream_subjects,
 )
 from agentledger.infra.settings import Settings
@@ -232,6 +233,18 @@ def _stream_configs(settings: Settings) -> list[StreamConfig]:
             storage=StorageType.FILE,
             duplicate_window=window,
             max_age=7 * 24 * 3600,
+            num_replicas=settings.stream_replicas,
+        ),
+        # Streamed chunks (`<prefix>.stream.<task_id>`, core NATS publishes) kept a
+        # while in memory, so a subscriber can join late or resume from a sequence.
+        StreamConfig(
+            name=streams_stream(prefix),
+            subjects=[f"{prefix}.stream.*"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.MEMORY,
+            max_age=settings.stream_max_age_s,
+            max_bytes=256 * 1024 * 1024,
+            discard=DiscardPolicy.OLD,
             num_replicas=settings.stream_replicas,
         ),
         # Task messages a worker gave up on without being able to record why; kept

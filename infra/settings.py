@@ -40,6 +40,18 @@ class Settings(BaseSettings):
     subject_prefix: str = Field(default="ledger", pattern=r"^[A-Za-z0-9_\-]+$")
     duplicate_window_s: float = Field(default=3600.0, gt=0)
     stream_replicas: int = Field(default=1, ge=1)
+    stream_max_age_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long streamed chunks are kept for late or reconnecting"
+        " subscribers (the <PREFIX>_STREAMS stream, in memory).",
+    )
+    stream_stall_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="The longest a streamed run waits for a subscriber's acks"
+        " (slow_down) before taking it as gone.",
+    )
 
     # -- storage -------------------------------------------------------------
     postgres_dsn: SecretStr | None = Field(
