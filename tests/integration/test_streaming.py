@@ -23,7 +23,7 @@ from agentledger.domain.timeline import event_record
 from agentledger.handlers.client import LedgerClient
 from agentledger.infra.event_store import EventStore
 from agentledger.infra.settings import Settings
-from support.harness import nats_client, running_worker
+from support.harness import cli, nats_client, running_worker, settings_env, start_worker_process
 from support.streaming import DELAY_ENV, PIECES_ENV
 
 CATALOG = """
@@ -269,4 +269,25 @@ def test_hostile_acks_are_ignored(
             return chunks
 
     chunks = asyncio.run(scenario())
+    assert chunks[-1].kind == "end" and chunks[-1].data["status"] == "completed"
+
+
+def test_publish_stream_prints_the_text_live(make_settings: MakeSettings, tmp_path: Path) -> None:
+    settings = _settings(make_settings, "sqlite", tmp_path)
+    env = settings_env(settings)
+    worker = start_worker_process(env, tmp_path / "worker.log")
+    try:
+        shown = cli("publish", "streamer", "cats", "--stream", "--task-id", "cli-1", env=env)
+        lines = cli(
+            "publish", "streamer", "dogs", "--stream", "--json", "--task-id", "cli-2", env=env
+        )
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("notes on cats: w0 w1") and "w19." in shown.stdout
+    assert '[tool_call] {"tool_name": "lookup"' in shown.stderr
+    assert lines.returncode == 0, lines.stderr
+    chunks = [StreamChunk.model_validate_json(line) for line in lines.stdout.splitlines()]
+    assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1))
     assert chunks[-1].kind == "end" and chunks[-1].data["status"] == "completed"

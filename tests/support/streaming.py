@@ -33,11 +33,17 @@ DELAY_ENV = "AGENTLEDGER_TEST_STREAM_DELAY_S"
 """Seconds between two streamed pieces (default 0)."""
 
 
-def _plan(messages: list[ModelMessage]) -> tuple[list[str], tuple[str, str, str] | None]:
+def _plan(
+    messages: list[ModelMessage], tools: bool = True
+) -> tuple[list[str], tuple[str, str, str] | None]:
     """(text pieces, or a tool call (name, JSON args, id)) for the next response: first
-    `lookup(topic=<prompt>)`, then an answer of N words quoting the tool's result."""
+    `lookup(topic=<prompt>)`, then an answer of N words quoting the tool's result (without
+    `tools`: the N words at once)."""
     last = messages[-1]
     returned = [p for p in getattr(last, "parts", []) if isinstance(p, ToolReturnPart)]
+    if not tools:
+        count = int(os.environ.get(PIECES_ENV, "20"))
+        return [f"w{i} " for i in range(count - 1)] + [f"w{count - 1}."], None
     if not returned:
         prompt = next(
             p.content
@@ -102,13 +108,17 @@ class _ScriptStream(StreamedResponse):
 class ScriptedModel(Model):
     """Streams (or answers at once with) the same response."""
 
+    def __init__(self, tools: bool = True) -> None:
+        super().__init__()
+        self._tools = tools
+
     async def request(
         self,
         messages: list[ModelMessage],
         model_settings: ModelSettings | None,
         model_request_parameters: ModelRequestParameters,
     ) -> ModelResponse:
-        pieces, tool = _plan(messages)
+        pieces, tool = _plan(messages, self._tools)
         parts: list[Any] = (
             [ToolCallPart(tool[0], tool[1], tool_call_id=tool[2])]
             if tool
@@ -124,7 +134,7 @@ class ScriptedModel(Model):
         model_request_parameters: ModelRequestParameters,
         run_context: Any = None,
     ) -> AsyncIterator[StreamedResponse]:
-        pieces, tool = _plan(messages)
+        pieces, tool = _plan(messages, self._tools)
         yield _ScriptStream(
             model_request_parameters=model_request_parameters,
             _pieces=pieces,
@@ -148,3 +158,7 @@ streamer = Agent(ScriptedModel(), name="streamer")
 def lookup(topic: str) -> str:
     """Looks a topic up."""
     return f"notes on {topic}"
+
+
+talker = Agent(ScriptedModel(tools=False), name="talker")
+"""Answers with PIECES_ENV words at once, streamed word by word (the streaming bench)."""
