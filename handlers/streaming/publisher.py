@@ -92,7 +92,16 @@ class StreamPublisher:
 
     async def emit(self, chunk: Chunk) -> None:
         """One piece of the run, through the processors and out (or queued)."""
-        for out in self._process(chunk):
+        if self._gone:
+            self.dropped += 1
+            return
+        try:
+            processed = self._process(chunk)
+        except Exception as e:  # a processor's bug ends the stream, never the run
+            self._give_up(f"stream processor raised {type(e).__name__}: {e}")
+            self.dropped += 1
+            return
+        for out in processed:
             await self._offer(out)
 
     def _process(self, chunk: Chunk) -> list[Chunk]:
@@ -136,7 +145,12 @@ class StreamPublisher:
     async def close(self, outcome: RunOutcome | None) -> None:
         """Send what the processors hold and the `end` chunk (with `outcome`), waiting
         for the subscriber at most the stall timeout; then stop."""
-        for chunk in self._flush_processors():
+        try:
+            held = [] if self._gone else self._flush_processors()
+        except Exception as e:
+            self._give_up(f"stream processor raised {type(e).__name__}: {e}")
+            held = []
+        for chunk in held:
             await self._offer(chunk)
         if outcome is not None:
             end = {

@@ -35,6 +35,11 @@ ref = "support.streaming:streamer"
 [agents.careful.stream]
 processors = ["sentences", "redact", "tokens"]
 redact = ["w1[0-4]"]
+
+[agents.buggy]
+ref = "support.streaming:streamer"
+[agents.buggy.stream]
+processors = ["support.streaming:Exploding"]
 """
 
 
@@ -291,3 +296,21 @@ def test_publish_stream_prints_the_text_live(make_settings: MakeSettings, tmp_pa
     chunks = [StreamChunk.model_validate_json(line) for line in lines.stdout.splitlines()]
     assert [c.seq for c in chunks] == list(range(1, len(chunks) + 1))
     assert chunks[-1].kind == "end" and chunks[-1].data["status"] == "completed"
+
+
+def test_a_stream_processor_that_raises_ends_the_stream_not_the_run(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = _settings(make_settings, "sqlite", tmp_path)
+    task = RunAgent(task_id="st-bug", agent="buggy", prompt="rats", stream=True)
+
+    async def scenario() -> tuple[list[StreamChunk], Any]:
+        async with running_worker(settings), nats_client(settings) as nc:
+            client = LedgerClient(nc, prefix=settings.subject_prefix)
+            chunks = await _collect(client, task)
+            return chunks, await client.wait(task.task_id, timeout=30)
+
+    chunks, outcome = asyncio.run(scenario())
+    assert outcome.status == "completed" and len(outcome.output.split()) == 3 + 20
+    assert [c.kind for c in chunks].count("text") == 4  # the stream stopped at the bug
+    assert chunks[-1].kind == "end" and chunks[-1].dropped > 0

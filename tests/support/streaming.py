@@ -162,3 +162,20 @@ def lookup(topic: str) -> str:
 
 talker = Agent(ScriptedModel(tools=False), name="talker")
 """Answers with PIECES_ENV words at once, streamed word by word (the streaming bench)."""
+
+
+class Exploding:
+    """A stream processor with a bug: it raises on the fifth text chunk."""
+
+    def __init__(self, spec: Any) -> None:
+        self._seen = 0
+
+    def process(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        if chunk["kind"] == "text":
+            self._seen += 1
+            if self._seen == 5:
+                raise ZeroDivisionError("a bug in a stream processor")
+        return [chunk]
+
+    def flush(self) -> list[dict[str, Any]]:
+        return []
