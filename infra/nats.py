@@ -236,14 +236,16 @@ def _stream_configs(settings: Settings) -> list[StreamConfig]:
             num_replicas=settings.stream_replicas,
         ),
         # Streamed chunks (`<prefix>.stream.<task_id>`, core NATS publishes) kept a
-        # while in memory, so a subscriber can join late or resume from a sequence.
+        # while, so a subscriber can join late or resume from a sequence. On file: a
+        # memory stream reserves its byte limit up front, and a server's JetStream
+        # memory is small (a test server's few MB; one stream per prefix).
         StreamConfig(
             name=streams_stream(prefix),
             subjects=[f"{prefix}.stream.*"],
             retention=RetentionPolicy.LIMITS,
-            storage=StorageType.MEMORY,
+            storage=StorageType.FILE,
             max_age=settings.stream_max_age_s,
-            max_bytes=256 * 1024 * 1024,
+            max_msgs_per_subject=100_000,
             discard=DiscardPolicy.OLD,
             num_replicas=settings.stream_replicas,
         ),

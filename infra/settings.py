@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         default=600.0,
         gt=0,
         description="How long streamed chunks are kept for late or reconnecting"
-        " subscribers (the <PREFIX>_STREAMS stream, in memory).",
+        " subscribers (the <PREFIX>_STREAMS stream).",
     )
     stream_stall_s: float = Field(
         default=5.0,
