@@ -12,7 +12,7 @@ from conftest import MakeSettings
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NoStreamResponseError
 
-from agentledger.domain.subjects import task_stream_subjects
+from agentledger.domain.subjects import streams_stream, task_stream_subjects
 from agentledger.infra.nats import ensure_streams
 from agentledger.infra.settings import Settings
 
@@ -88,5 +88,20 @@ async def test_an_operators_stream_settings_survive_a_restart(make_settings: Mak
         await ensure_streams(js, settings)  # a worker starting again
         after = (await js.stream_info(settings.tasks_stream)).config
         assert after.max_age == 3600.0 and after.max_msgs == 12345
+    finally:
+        await nc.drain()
+
+
+async def test_many_prefixes_fit_on_one_server(make_settings: MakeSettings) -> None:
+    """Regression: the streams stream was a memory stream reserving 256 MB; the server's
+    JetStream memory ran out after a few prefixes ('insufficient memory resources')."""
+    nc = await nats.connect(make_settings("sqlite").nats_url)
+    try:
+        js = nc.jetstream()
+        for _ in range(40):
+            settings = make_settings("sqlite")
+            await ensure_streams(js, settings)
+            info = await js.stream_info(streams_stream(settings.subject_prefix))
+            assert info.config.storage == StorageType.FILE
     finally:
         await nc.drain()
