@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from pydantic import ValidationError
 
-__all__ = ["DomainError", "ErrorKind", "InvalidTransition", "first_problem"]
+__all__ = ["DomainError", "ErrorKind", "InvalidTransition", "first_problem", "regexes"]
 
 
 class ErrorKind(StrEnum):
@@ -60,3 +61,14 @@ def first_problem(error: ValidationError, whole: str) -> str:
     problem = error.errors(include_url=False)[0]
     where = ".".join(str(p) for p in problem["loc"]) or whole
     return f"{where}: {problem['msg']}"
+
+
+def regexes(patterns: tuple[str, ...], what: str = "pattern") -> tuple[str, ...]:
+    """`patterns` if each compiles as a regular expression, else a ValueError naming the
+    first that does not (a field validator for settings that hold regexes)."""
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"{what} {pattern!r}: {e}") from None
+    return patterns

@@ -49,6 +49,7 @@ __all__ = [
     "declared_side_effect",
     "messages_from_json",
     "messages_to_json",
+    "record_outcome",
     "record_tool_decision",
     "wrap_toolsets",
 ]
@@ -321,25 +322,36 @@ class LedgerToolset(WrapperToolset[Any]):
         ctx: RunContext[Any],
         execute: Execute,
     ) -> Any:
-        try:
-            if self.effects is None:
-                result = await execute()
-            else:
-                result = await self.effects(name, tool_args, ctx, execute)
-        except ModelRetry as e:
-            await recorder.fail_tool(call_id, name, str(e), retry=True)
-            raise
-        except ToolCallError as e:
-            await recorder.fail_tool(call_id, name, str(e), retry=False)
-            raise
-        except Exception as e:
-            error = f"tool {name!r} raised {type(e).__name__}: {e}"
-            await recorder.fail_tool(call_id, name, error, retry=False)
-            raise ToolCallError(error) from e
-        await recorder.finish_tool(call_id, name, to_jsonable_python(result))
-        # The tool's own result goes to pydantic-ai (a `ToolReturn`, binary content or a
-        # model keep their meaning); only a resumed run gets the recorded JSON form.
-        return result
+        if self.effects is None:
+            return await record_outcome(recorder, call_id, name, execute)
+        effects = self.effects
+        return await record_outcome(
+            recorder, call_id, name, lambda: effects(name, tool_args, ctx, execute)
+        )
+
+
+async def record_outcome(
+    recorder: StepRecorder, call_id: str, name: str, execute: Execute, what: str = "tool"
+) -> Any:
+    """Carry out a call and record its outcome: its result, a `ModelRetry` as a retry, a
+    `ToolCallError` with its message, any other exception as the tool's failure (raised
+    on as a `ToolCallError`)."""
+    try:
+        result = await execute()
+    except ModelRetry as e:
+        await recorder.fail_tool(call_id, name, str(e), retry=True)
+        raise
+    except ToolCallError as e:
+        await recorder.fail_tool(call_id, name, str(e), retry=False)
+        raise
+    except Exception as e:
+        error = f"{what} {name!r} raised {type(e).__name__}: {e}"
+        await recorder.fail_tool(call_id, name, error, retry=False)
+        raise ToolCallError(error) from e
+    await recorder.finish_tool(call_id, name, to_jsonable_python(result))
+    # The tool's own result goes to pydantic-ai (a `ToolReturn`, binary content or a
+    # model keep their meaning); only a resumed run gets the recorded JSON form.
+    return result
 
 
 _RUN_AGAIN: Any = object()

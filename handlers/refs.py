@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["CatalogError", "load_ref"]
+from pydantic import BaseModel, ValidationError
+
+from agentledger.domain.errors import first_problem
+
+__all__ = ["CatalogError", "agent_table", "load_ref"]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class CatalogError(Exception):
@@ -42,3 +49,17 @@ def load_ref(ref: str) -> Any:
         return getattr(module, attribute)
     except AttributeError:
         raise CatalogError(f"{module_name!r} has no attribute {attribute!r}") from None
+
+
+def agent_table(path: Path, agent: str, key: str, value: Any, model: type[M]) -> M | None:
+    """An agent's `[agents.<agent>.<key>]` table as `model` (None when absent); anything
+    else is a `CatalogError` naming the catalog, the agent and the field."""
+    if value is None:
+        return None
+    where = f"catalog {path}: agent {agent!r}: {key}"
+    if not isinstance(value, dict):
+        raise CatalogError(f"{where} must be a table")
+    try:
+        return model.model_validate(value)
+    except ValidationError as e:
+        raise CatalogError(f"{where}: {first_problem(e, key)}") from None

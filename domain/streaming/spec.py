@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agentledger.domain.errors import regexes
 
 __all__ = ["BUILTIN_PROCESSORS", "StreamSpec"]
 
@@ -43,9 +44,4 @@ class StreamSpec(BaseModel):
     @field_validator("redact")
     @classmethod
     def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"redact pattern {pattern!r}: {e}") from None
-        return value
+        return regexes(value, "redact pattern")

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agentledger.domain.errors import regexes
+
 __all__ = [
     "DEFAULT_REDACT_KEYS",
     "CacheSpec",
@@ -201,12 +203,7 @@ class LogSpec(_Spec):
     @field_validator("patterns")
     @classmethod
     def _compiles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for pattern in value:
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"pattern {pattern!r}: {e}") from None
-        return value
+        return regexes(value)
 
 
 _POLICIES = (

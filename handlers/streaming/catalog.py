@@ -5,11 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from agentledger.domain.errors import first_problem
 from agentledger.domain.streaming.spec import BUILTIN_PROCESSORS, StreamSpec
-from agentledger.handlers.refs import CatalogError, load_ref
+from agentledger.handlers.refs import CatalogError, agent_table, load_ref
 
 __all__ = ["stream_spec"]
 
@@ -17,15 +14,10 @@ __all__ = ["stream_spec"]
 def stream_spec(path: Path, agent: str, value: Any) -> StreamSpec | None:
     """The agent's stream settings (None when it has none); a bad table, or a custom
     processor that does not import, is a `CatalogError`."""
-    if value is None:
+    spec = agent_table(path, agent, "stream", value, StreamSpec)
+    if spec is None:
         return None
     where = f"catalog {path}: agent {agent!r}: stream"
-    if not isinstance(value, dict):
-        raise CatalogError(f"{where} must be a table")
-    try:
-        spec = StreamSpec.model_validate(value)
-    except ValidationError as e:
-        raise CatalogError(f"{where}: {first_problem(e, 'stream')}") from None
     for name in spec.processors:
         if name not in BUILTIN_PROCESSORS:
             try:

@@ -31,9 +31,8 @@ from typing import Any, Literal
 
 from pydantic_ai import ModelRetry
 from pydantic_ai.tools import Tool
-from pydantic_core import to_jsonable_python
 
-from agentledger.handlers.recording import ToolCallError, current_tool_call
+from agentledger.handlers.recording import ToolCallError, current_tool_call, record_outcome
 
 __all__ = ["composite", "sub_call"]
 
@@ -55,20 +54,7 @@ async def sub_call(tool: Callable[..., Any], /, **kwargs: Any) -> Any:
         raise ModelRetry(error) if retry else ToolCallError(error)
     if call_id not in ledger.started:
         await recorder.start_tool(call_id, name, kwargs)
-    try:
-        result = await _invoke(tool, kwargs)
-    except ModelRetry as e:
-        await recorder.fail_tool(call_id, name, str(e), retry=True)
-        raise
-    except ToolCallError as e:
-        await recorder.fail_tool(call_id, name, str(e), retry=False)
-        raise
-    except Exception as e:
-        error = f"sub-tool {name!r} raised {type(e).__name__}: {e}"
-        await recorder.fail_tool(call_id, name, error, retry=False)
-        raise ToolCallError(error) from e
-    await recorder.finish_tool(call_id, name, to_jsonable_python(result))
-    return result
+    return await record_outcome(recorder, call_id, name, lambda: _invoke(tool, kwargs), "sub-tool")
 
 
 async def _invoke(tool: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
