@@ -143,8 +143,9 @@ class StreamPublisher:
         self._changed.set()
 
     async def close(self, outcome: RunOutcome | None) -> None:
-        """Send what the processors hold and the `end` chunk (with `outcome`), waiting
-        for the subscriber at most the stall timeout; then stop."""
+        """Send what the processors hold and the `end` chunk (with `outcome`), waiting for
+        the subscriber while it makes progress (at most the stall timeout without any);
+        then stop."""
         try:
             held = [] if self._gone else self._flush_processors()
         except Exception as e:
@@ -167,12 +168,13 @@ class StreamPublisher:
             else:
                 self._queue.append(end)
                 self._changed.set()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._stall_s):
-                        while self._queue:
-                            self._changed.clear()
-                            await self._changed.wait()
-                if self._queue:  # the subscriber did not keep up: say how it ended
+                # Wait while the subscriber makes progress (each ack or send resets the
+                # stall timeout): a slow reader still gets every chunk.
+                while self._queue and not self._gone:
+                    self._changed.clear()
+                    if not await _wait(self._changed, self._stall_s):
+                        break
+                if self._queue:  # the subscriber stalled: say how it ended
                     self._queue.pop()
                     self.dropped += len(self._queue)
                     self._queue.clear()
