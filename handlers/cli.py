@@ -287,6 +287,8 @@ async def _print_stream(client: Any, task_id: str, timeout: float, as_json: bool
             sys.stderr.write(f"\n[{chunk.kind}] {json.dumps(chunk.data, default=str)[:200]}\n")
         elif chunk.kind == "gap":
             sys.stderr.write(f"\n[{chunk.dropped} chunks dropped]\n")
+        elif chunk.kind == "restart":
+            sys.stderr.write("\n[the run was resumed by another worker; its step streams again]\n")
         elif chunk.kind == "end" and not as_json:
             sys.stdout.write("\n")
         sys.stdout.flush()

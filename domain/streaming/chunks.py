@@ -10,6 +10,9 @@ with no gap unless chunks were dropped, and then a `gap` chunk says how many). K
 - `tool_result`: a tool call's outcome (`data`: tool name, call id, result or error);
 - `json`: the structured output assembled so far (the `json` processor);
 - `gap`: `dropped` chunks were dropped before this one (backpressure `drop_oldest`);
+- `restart`: the worker streaming the run died and another resumed it from its last
+  recorded step (`data.after`: the last sequence number sent before): text sent since
+  the last `tool_result` (or the start) may come again;
 - `end`: the last chunk: the run's status (`data`: the outcome's status, output or
   error) and how many chunks were dropped in all.
 
@@ -41,7 +44,7 @@ from pydantic import BaseModel, ConfigDict
 __all__ = ["Backpressure", "ChunkKind", "StreamAck", "StreamChunk"]
 
 Backpressure = Literal["none", "slow_down", "drop_oldest"]
-ChunkKind = Literal["text", "tool_call", "tool_result", "json", "gap", "end"]
+ChunkKind = Literal["text", "tool_call", "tool_result", "json", "gap", "restart", "end"]
 
 
 class StreamChunk(BaseModel):

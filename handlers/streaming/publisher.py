@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import deque
 from typing import Any
@@ -20,11 +21,12 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 from pydantic_core import to_json
 
 from agentledger.domain.streaming.chunks import StreamAck
-from agentledger.domain.subjects import stream_ack_subject, stream_subject
+from agentledger.domain.subjects import stream_ack_subject, stream_subject, streams_stream
 from agentledger.domain.tasks import RunAgent, RunOutcome
 from agentledger.handlers.streaming.processors import StreamProcessor
 
@@ -51,6 +53,7 @@ class StreamPublisher:
         self._nc = nc
         self.task_id = task.task_id
         self._subject = stream_subject(prefix, task.task_id)
+        self._stream = streams_stream(prefix)
         self._ack_subject = stream_ack_subject(prefix, task.task_id)
         self.policy = backpressure or task.stream_backpressure
         self.window = window or task.stream_window
@@ -71,12 +74,39 @@ class StreamPublisher:
         """The subscriber is taken as gone (stalled past the timeout) or NATS failed."""
         self._sender: asyncio.Task[None] | None = None
         self._acks: Subscription | None = None
+        self._ended = False
+        """The stream had ended before this attempt (nothing more is sent)."""
 
     async def start(self) -> StreamPublisher:
+        """Subscribe to acks (with flow control) and, when an earlier attempt at this run
+        streamed already (its worker died), go on from its last sequence number with a
+        `restart` chunk: numbers never repeat, and the reader knows the step it was in
+        is streamed again."""
+        last, kind = await self._last_sent()
+        if kind == "end":  # a redelivery of a task whose stream has ended: say nothing
+            self._ended = self._gone = True
+        elif last:
+            self.sent = self.acked = last
+            await self._send({"kind": "restart", "data": {"after": last}})
         if self.policy != "none":
             self._acks = await self._nc.subscribe(self._ack_subject, cb=self._on_ack)
             self._sender = asyncio.create_task(self._send_loop(), name=f"stream {self.task_id}")
         return self
+
+    async def _last_sent(self) -> tuple[int, str | None]:
+        """The last sequence number an earlier attempt sent and its kind ((0, None): none,
+        or unknown)."""
+        try:
+            msg = await self._nc.jetstream().get_last_msg(self._stream, self._subject)
+            last = json.loads(msg.data or b"{}")
+            return max(0, int(last.get("seq", 0))), str(last.get("kind"))
+        except NotFoundError:
+            return 0, None
+        except Exception as e:  # no streams stream (yet), a timeout: start at 1
+            log.warning(
+                "could not read the stream's last chunk", task_id=self.task_id, error=str(e)
+            )
+            return 0, None
 
     async def _on_ack(self, msg: Msg) -> None:
         try:
@@ -153,7 +183,7 @@ class StreamPublisher:
             held = []
         for chunk in held:
             await self._offer(chunk)
-        if outcome is not None:
+        if outcome is not None and not self._ended:
             end = {
                 "kind": "end",
                 "data": {

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -327,3 +329,46 @@ def test_a_stream_processor_that_raises_ends_the_stream_not_the_run(
     assert outcome.status == "completed" and len(outcome.output.split()) == 3 + 20
     assert [c.kind for c in chunks].count("text") == 4  # the stream stopped at the bug
     assert chunks[-1].kind == "end" and chunks[-1].dropped > 0
+
+
+@pytest.mark.slow
+def test_a_run_resumed_after_a_sigkill_streams_on_with_a_restart_chunk(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    settings = _settings(make_settings, "sqlite", tmp_path, ack_wait_s=2, lease_ttl_s=2)
+    env = settings_env(settings) | {DELAY_ENV: "0.05", PIECES_ENV: "60"}
+    log = tmp_path / "workers.log"
+    doomed = start_worker_process(env, log)
+    survivor = None
+    task = RunAgent(task_id="st-kill", agent="streamer", prompt="moths", stream=True)
+
+    async def scenario() -> list[StreamChunk]:
+        nonlocal survivor
+        chunks: list[StreamChunk] = []
+        async with nats_client(settings) as nc:
+            client = LedgerClient(nc, prefix=settings.subject_prefix)
+            reader = client.stream(task.task_id, idle_timeout=60)
+            await client.submit(task)
+            async for chunk in reader:
+                chunks.append(chunk)
+                if [c.kind for c in chunks].count("text") == 10 and survivor is None:
+                    os.killpg(doomed.pid, signal.SIGKILL)
+                    doomed.wait(10)
+                    survivor = start_worker_process(env, log)
+        return chunks
+
+    try:
+        chunks = asyncio.run(scenario())
+    finally:
+        for process in (doomed, survivor):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(30)
+    seqs = [c.seq for c in chunks]
+    assert seqs == sorted(set(seqs)), "a sequence number came twice"
+    restart = next(c for c in chunks if c.kind == "restart")
+    assert restart.data["after"] == restart.seq - 1
+    end = chunks[-1]
+    assert end.kind == "end" and end.data["status"] == "completed", log.read_text()[-2000:]
+    after_restart = chunks[chunks.index(restart) + 1 :]
+    assert _text(after_restart) == end.data["output"]  # the resumed step, streamed whole
