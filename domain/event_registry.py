@@ -12,6 +12,7 @@ from typing import Any
 
 from agentledger.domain.conversation import Conversation
 from agentledger.domain.graphs.run import GraphRun
+from agentledger.domain.monitoring.alert import Alert
 from agentledger.domain.orchestration.scratchpad import Scratchpad
 from agentledger.domain.rejection import TaskRejection
 from agentledger.domain.routing.decision import RouteDecision, RouterModel
@@ -27,6 +28,7 @@ _AGGREGATES: tuple[type[Any], ...] = (
     RouteDecision,
     RouterModel,
     Scratchpad,
+    Alert,
 )
 
 

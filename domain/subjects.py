@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "REPLY_SUBJECT_MAX_CHARS",
+    "alert_subject",
     "dead_stream",
     "dead_subject",
     "graph_cancel_subject",
@@ -105,6 +106,11 @@ def task_stream_subjects(prefix: str) -> list[str]:
 def tasks_stream(prefix: str) -> str:
     """The JetStream stream holding `task_stream_subjects(prefix)`."""
     return f"{prefix.upper()}_TASKS"
+
+
+def alert_subject(prefix: str, agent: str, metric: str) -> str:
+    """Where an alert about an agent's metric is published when raised or cleared."""
+    return f"{prefix}.alerts.{agent}.{metric}"
 
 
 def stream_subject(prefix: str, task_id: str) -> str:

@@ -23,11 +23,12 @@ from nats.errors import Error as NatsError
 from opentelemetry import trace
 
 from agentledger.domain.memory.embedding import EmbeddingError
-from agentledger.handlers.catalog import Catalog, put_on_import_path
+from agentledger.handlers.catalog import Catalog, CatalogError, put_on_import_path
 from agentledger.handlers.graphs.runner import GraphRunner
 from agentledger.handlers.graphs.worker import GraphWorker
 from agentledger.handlers.memory import MemoryReader, embedder_for, memory_projection
 from agentledger.handlers.memory.recall import MemoryRecaller, Recaller, UnavailableRecaller
+from agentledger.handlers.monitoring.monitor import AlertMonitor
 from agentledger.handlers.operations.endpoints import (
     OperationsPortUnavailable,
     routes,
@@ -482,6 +483,9 @@ class ProjectorService:
     operations: OperationsServer | None = field(default=None, init=False)
     """The /healthz, /readyz, /metrics server (when AGENTLEDGER_HTTP_PORT is set)."""
     _lag_check: OffLoopCheck[int] | None = field(default=None, init=False)
+    alert_monitor: AlertMonitor | None = field(default=None, init=False)
+    """Checks the alert rules (None: no rules)."""
+    _alerts_task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> ProjectorService:
         settings = self.settings
@@ -517,6 +521,7 @@ class ProjectorService:
             self.event_relay.on_poison = self.metrics.poison_event
             self._start_relay()
         self._supervisor = asyncio.create_task(self._supervise())
+        self._start_alerts()
         if self.queries:
             assert self._nc is not None
             self._query_service = QueryService(
@@ -530,6 +535,36 @@ class ProjectorService:
             await self.stop()
             raise
         return self
+
+    def _start_alerts(self) -> None:
+        """Check the alert rules (settings and the catalog's `[alerts.*]`) while the
+        projector runs; none: no monitor."""
+        settings = self.settings
+        rules = list(settings.alert_rules)
+        known: set[str] | None = None
+        try:
+            catalog = load_catalog(settings)
+            rules += catalog.alerts
+            known = set(catalog.entries)
+        except CatalogError as e:
+            if not rules:
+                return
+            log.warning("alert rules: the catalog could not be read", error=str(e))
+        if not rules:
+            return
+        assert self.views is not None and self.store is not None
+        self.alert_monitor = AlertMonitor(
+            rules=rules,
+            views=self.views,
+            store=self.store,
+            nc=self._nc,
+            prefix=settings.subject_prefix,
+            interval_s=settings.alert_interval_s,
+            on_change=self.metrics.alert_changed,
+            known_agents=known,
+        )
+        self._alerts_task = asyncio.create_task(self.alert_monitor.run(self._stopping))
+        log.info("alert rules checked", rules=[r.name for r in rules])
 
     async def _serve_operations(self) -> None:
         if self.settings.http_port is None:
@@ -668,6 +703,8 @@ class ProjectorService:
         self._stopping.set()
         if self._supervisor is not None:
             await self._supervisor
+        if self._alerts_task is not None:
+            await asyncio.wait([self._alerts_task])
         if self.operations is not None:
             await self.operations.stop()
             self.operations = None

@@ -23,11 +23,13 @@ from pydantic_ai.models import Model
 
 from agentledger.domain.errors import first_problem
 from agentledger.domain.memory.recall import RecallSpec
+from agentledger.domain.monitoring.rules import AlertRule
 from agentledger.domain.pricing import ModelPrice
 from agentledger.domain.routing.routes import RouterSpec
 from agentledger.domain.streaming.spec import StreamSpec
 from agentledger.domain.tools.policies import MiddlewareSpec
 from agentledger.handlers.graphs.catalog import GraphEntry, check_graphs, graph_entries
+from agentledger.handlers.monitoring.catalog import alert_rules
 from agentledger.handlers.orchestration.catalog import workflow_entries
 from agentledger.handlers.refs import CatalogError, load_ref
 from agentledger.handlers.routing.catalog import router_spec
@@ -128,6 +130,8 @@ class Catalog:
     demo_tasks: list[tuple[str, str, str | None]] = field(default_factory=list)
     router: RouterSpec = field(default_factory=RouterSpec)
     """The routes a `RouteTask` chooses from (`[routes.*]`, `[router]`)."""
+    alerts: list[AlertRule] = field(default_factory=list)
+    """Alert rules (`[alerts.*]`), checked by `agentledger project`."""
 
     @classmethod
     def load(cls, path: str | Path, model_factory: ModelFactory | None = None) -> Catalog:
@@ -172,7 +176,15 @@ class Catalog:
         graphs = graph_entries(path, data)
         graphs.update(workflow_entries(path, data, set(entries), set(graphs)))
         router = router_spec(path, data, set(entries), set(graphs))
-        return cls(path=path, entries=entries, graphs=graphs, demo_tasks=demo, router=router)
+        alerts = alert_rules(path, data, set(entries))
+        return cls(
+            path=path,
+            entries=entries,
+            graphs=graphs,
+            demo_tasks=demo,
+            router=router,
+            alerts=alerts,
+        )
 
     def check(self) -> None:
         """Import every agent and graph now; raise one `CatalogError` naming each bad one.

@@ -16,6 +16,7 @@ from faststream.specification import AsyncAPI
 
 from agentledger.domain.event_registry import event_shapes
 from agentledger.domain.graphs.tasks import CancelGraph, GraphOutcome, ResumeGraph, RunGraph
+from agentledger.domain.monitoring.rules import AlertMessage
 from agentledger.domain.orchestration.messages import AgentMessage
 from agentledger.domain.routing.tasks import RouteOutcome, RouteTask
 from agentledger.domain.streaming.chunks import StreamAck, StreamChunk
@@ -38,6 +39,7 @@ def json_schemas() -> dict[str, Any]:
         "AgentMessage": AgentMessage.model_json_schema(),
         "StreamChunk": StreamChunk.model_json_schema(),
         "StreamAck": StreamAck.model_json_schema(),
+        "AlertMessage": AlertMessage.model_json_schema(),
     }
 
 
@@ -122,6 +124,16 @@ def asyncapi_document(prefix: str = "ledger") -> dict[str, Any]:
         " stream_window chunks are in flight without an ack.",
     )
     async def stream_chunks(ack: StreamAck) -> StreamChunk:  # pragma: no cover - spec only
+        raise RuntimeError("specification only")
+
+    @broker.publisher(
+        f"{prefix}.alerts.{{agent}}.{{metric}}",
+        title="AlertMessage",
+        description="An alert rule's alert raised or cleared for an agent (agent `_unknown`:"
+        " names the catalog does not have), published by `agentledger project` once"
+        " recorded (Alert events).",
+    )
+    async def alerts() -> AlertMessage:  # pragma: no cover - spec only
         raise RuntimeError("specification only")
 
     for view, query in VIEWS.items():

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentledger.domain.monitoring.rules import AlertRule
 from agentledger.domain.subjects import tasks_stream
 
 __all__ = ["Settings"]
@@ -45,6 +46,15 @@ class Settings(BaseSettings):
         gt=0,
         description="How long streamed chunks are kept for late or reconnecting"
         " subscribers (the <PREFIX>_STREAMS stream).",
+    )
+    alert_rules: list[AlertRule] = Field(
+        default_factory=list,
+        description="Alert rules as JSON (a list of {name, agent, metric, window, above,"
+        " clear_below, min_samples}), checked by `agentledger project` with the"
+        " catalog's [alerts.*].",
+    )
+    alert_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the alert rules are checked."
     )
     stream_stall_s: float = Field(
         default=5.0,

@@ -121,6 +121,7 @@ class RunsProjection(Projection):
         "CREATE INDEX IF NOT EXISTS al_runs_requested_idx ON al_runs (requested_at)",
         "CREATE INDEX IF NOT EXISTS al_runs_agent_idx ON al_runs (agent, requested_at)",
         "CREATE INDEX IF NOT EXISTS al_runs_session_idx ON al_runs (session_id, requested_at)",
+        "CREATE INDEX IF NOT EXISTS al_runs_finished_idx ON al_runs (finished_at)",
     )
 
     def apply(self, event: object, cursor: ViewCursor) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from agentledger.domain.errors import ErrorKind
+from agentledger.domain.monitoring.rules import AlertMessage
 
 __all__ = ["RUN_DURATION_BUCKETS", "UNKNOWN_AGENT", "ProjectorMetrics", "WorkerMetrics"]
 
@@ -136,6 +137,18 @@ class ProjectorMetrics:
             ["consumer"],
             registry=self.registry,
         )
+        self._alert_active = Gauge(
+            "agentledger_alert_active",
+            "1 while an alert rule's alert is raised for an agent, 0 once cleared.",
+            ["rule", "agent", "metric"],
+            registry=self.registry,
+        )
+        self._alert_value = Gauge(
+            "agentledger_alert_value",
+            "The value that last raised or cleared an alert rule's alert for an agent.",
+            ["rule", "agent", "metric"],
+            registry=self.registry,
+        )
         self._restarts = Counter(
             "agentledger_projector_restarts",
             "Times the projector thread or the event relay ended unexpectedly and was"
@@ -151,3 +164,11 @@ class ProjectorMetrics:
     def restarted(self, component: str) -> None:
         """`component` (`projector` or `relay`) ended unexpectedly and is restarted."""
         self._restarts.labels(component=component).inc()
+
+    def alert_changed(self, message: AlertMessage) -> None:
+        """An alert was raised or cleared (labels: the rule, the agent - a catalog name or
+        `_unknown` - and the metric)."""
+        labels = {"rule": message.rule, "agent": message.agent, "metric": message.metric}
+        self._alert_active.labels(**labels).set(1 if message.state == "raised" else 0)
+        if message.value is not None:
+            self._alert_value.labels(**labels).set(message.value)

@@ -244,3 +244,15 @@ def _side_effecting(on_crash: str) -> Agent[None, str]:
 
 pay_fail = _side_effecting("fail")
 pay_pause = _side_effecting("pause")
+
+
+moody = Agent(_calls("act"), name="moody")
+"""Calls `act`, which fails for a prompt starting with `fail` (the alert tests)."""
+
+
+@moody.tool_plain
+def act(label: str) -> str:
+    """Does something that works, unless told to fail."""
+    if label.startswith("fail"):
+        raise RuntimeError(f"{label}: it broke")
+    return f"acted on {label}"

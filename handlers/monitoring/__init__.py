@@ -1,0 +1,1 @@
+"""Live monitoring: the alert monitor the projector process runs."""
