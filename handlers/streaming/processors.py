@@ -14,6 +14,7 @@ reach the processors too, for the `json` assembler; they are never sent.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from pydantic_core import from_json
@@ -28,6 +29,8 @@ __all__ = [
     "StreamProcessor",
     "TokenCounter",
     "build_processors",
+    "flush_all",
+    "through",
 ]
 
 Chunk = dict[str, Any]
@@ -138,6 +141,18 @@ _BUILTIN: dict[str, type[Any]] = {
     "tokens": TokenCounter,
     "json": JsonAssembler,
 }
+
+
+def through(processors: Sequence[StreamProcessor], chunks: list[Chunk]) -> list[Chunk]:
+    """`chunks` passed through `processors` in order."""
+    for processor in processors:
+        chunks = [out for chunk in chunks for out in processor.process(chunk)]
+    return chunks
+
+
+def flush_all(processors: Sequence[StreamProcessor]) -> list[Chunk]:
+    """What each processor still holds at the end, passed through the ones after it."""
+    return [c for i, p in enumerate(processors) for c in through(processors[i + 1 :], p.flush())]
 
 
 def build_processors(spec: StreamSpec | None) -> list[StreamProcessor]:

@@ -28,7 +28,7 @@ from pydantic_core import to_json
 from agentledger.domain.streaming.chunks import StreamAck
 from agentledger.domain.subjects import stream_ack_subject, stream_subject, streams_stream
 from agentledger.domain.tasks import RunAgent, RunOutcome
-from agentledger.handlers.streaming.processors import StreamProcessor
+from agentledger.handlers.streaming.processors import StreamProcessor, flush_all, through
 
 __all__ = ["StreamPublisher"]
 
@@ -135,19 +135,10 @@ class StreamPublisher:
             await self._offer(out)
 
     def _process(self, chunk: Chunk) -> list[Chunk]:
-        chunks = [chunk]
-        for processor in self._processors:
-            chunks = [c for one in chunks for c in processor.process(one)]
-        return [c for c in chunks if c["kind"] != "args"]  # internal: never sent
+        return _sendable(through(self._processors, [chunk]))
 
     def _flush_processors(self) -> list[Chunk]:
-        chunks: list[Chunk] = []
-        for i, processor in enumerate(self._processors):
-            held = processor.flush()
-            for later in self._processors[i + 1 :]:
-                held = [c for one in held for c in later.process(one)]
-            chunks.extend(held)
-        return [c for c in chunks if c["kind"] != "args"]
+        return _sendable(flush_all(self._processors))
 
     async def _offer(self, chunk: Chunk) -> None:
         if self._gone:
@@ -273,6 +264,10 @@ class StreamPublisher:
             log.warning("stream subscriber gone; dropping the rest", task_id=self.task_id, why=why)
         self._gone = True
         self._changed.set()
+
+
+def _sendable(chunks: list[Chunk]) -> list[Chunk]:
+    return [c for c in chunks if c["kind"] != "args"]  # internal: never sent
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:
