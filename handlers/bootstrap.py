@@ -28,6 +28,7 @@ from agentledger.handlers.graphs.runner import GraphRunner
 from agentledger.handlers.graphs.worker import GraphWorker
 from agentledger.handlers.memory import MemoryReader, embedder_for, memory_projection
 from agentledger.handlers.memory.recall import MemoryRecaller, Recaller, UnavailableRecaller
+from agentledger.handlers.monitoring.catalog import catalog_alert_rules
 from agentledger.handlers.monitoring.monitor import AlertMonitor
 from agentledger.handlers.operations.endpoints import (
     OperationsPortUnavailable,
@@ -543,9 +544,8 @@ class ProjectorService:
         rules = list(settings.alert_rules)
         known: set[str] | None = None
         try:
-            catalog = load_catalog(settings)
-            rules += catalog.alerts
-            known = set(catalog.entries)
+            from_catalog, known = catalog_alert_rules(Path(settings.catalog))
+            rules += from_catalog
         except CatalogError as e:
             if not rules:
                 return

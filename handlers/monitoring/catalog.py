@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from agentledger.domain.errors import first_problem
 from agentledger.domain.monitoring.rules import AlertRule
 from agentledger.handlers.refs import CatalogError
 
-__all__ = ["alert_rules"]
+__all__ = ["alert_rules", "catalog_alert_rules"]
 
 
 def alert_rules(path: Path, data: dict[str, Any], agents: set[str]) -> list[AlertRule]:
@@ -30,3 +31,16 @@ def alert_rules(path: Path, data: dict[str, Any], agents: set[str]) -> list[Aler
             raise CatalogError(f"{where}: no agent {rule.agent!r} in the catalog")
         rules.append(rule)
     return rules
+
+
+def catalog_alert_rules(path: Path) -> tuple[list[AlertRule], set[str]]:
+    """The alert rules of the catalog file at `path` and its agents' names, read from
+    the TOML alone: the projector needs no models built and no references imported."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise CatalogError(f"catalog file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise CatalogError(f"catalog {path} is not valid TOML: {e}") from None
+    agents = set(data.get("agents") or {})
+    return alert_rules(path, data, agents), agents
