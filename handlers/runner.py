@@ -46,7 +46,14 @@ from agentledger.domain.errors import ErrorKind
 from agentledger.domain.ids import run_id_for, session_aggregate_id_for
 from agentledger.domain.memory.recall import MemoryHit, RecallSpec, recall_instructions
 from agentledger.domain.run import AgentRun, RunHistory
-from agentledger.domain.tasks import PausedFor, RunAgent, RunError, RunOutcome, Usage
+from agentledger.domain.tasks import (
+    OutcomeStatus,
+    PausedFor,
+    RunAgent,
+    RunError,
+    RunOutcome,
+    Usage,
+)
 from agentledger.handlers.catalog import Catalog, CatalogEntry
 from agentledger.handlers.orchestration.context import task_context
 from agentledger.handlers.recording import (
@@ -116,22 +123,15 @@ def outcome_of(run: AgentRun) -> RunOutcome:
             message=run.error_message or "",
             retryable=run.retryable,
         )
-    if run.status == "paused" and run.paused_for is not None:
-        return RunOutcome(
-            task_id=run.task_id,
-            run_id=str(run.id),
-            agent=run.agent,
-            session_id=run.session_id,
-            status="paused",
-            usage=usage,
-            paused_for=PausedFor(**run.paused_for),
-        )
+    paused = run.status == "paused" and run.paused_for is not None
+    status: OutcomeStatus = "completed" if run.status == "completed" else "failed"
     return RunOutcome(
         task_id=run.task_id,
         run_id=str(run.id),
         agent=run.agent,
         session_id=run.session_id,
-        status="completed" if run.status == "completed" else "failed",
+        status="paused" if paused else status,
+        paused_for=PausedFor(**run.paused_for) if paused and run.paused_for else None,
         output=run.output,
         usage=usage,
         cost_usd=run.cost_usd,
