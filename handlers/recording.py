@@ -36,6 +36,7 @@ from agentledger.domain.run import AgentRun, RunHistory
 from agentledger.infra.event_store import AsyncEventStore
 
 __all__ = [
+    "NOT_RECORDED",
     "SIDE_EFFECT_ATTRIBUTE",
     "SIDE_EFFECT_METADATA",
     "LedgerToolset",
@@ -51,6 +52,7 @@ __all__ = [
     "messages_to_json",
     "record_outcome",
     "record_tool_decision",
+    "recorded_outcome",
     "wrap_toolsets",
 ]
 
@@ -190,6 +192,25 @@ class StepRecorder:
             self.saved_version = self.run.version
 
 
+NOT_RECORDED: Any = object()
+"""`recorded_outcome` of a call with no recorded outcome."""
+
+
+def recorded_outcome(
+    results: Mapping[str, Any], failures: Mapping[str, tuple[str, bool]], call_id: str
+) -> Any:
+    """A call's recorded result, or its recorded failure raised again (`ModelRetry` or
+    `ToolCallError`), or `NOT_RECORDED`."""
+    if call_id in results:
+        return results[call_id]
+    if call_id in failures:
+        error, retry = failures[call_id]
+        if retry:
+            raise ModelRetry(error)
+        raise ToolCallError(error)
+    return NOT_RECORDED
+
+
 @dataclass(frozen=True)
 class ToolCallScope:
     """The tool call being carried out, for the middleware around it."""
@@ -254,13 +275,9 @@ class LedgerToolset(WrapperToolset[Any]):
         self, name: str, tool_args: dict[str, Any], ctx: RunContext[Any], tool: ToolsetTool[Any]
     ) -> Any:
         call_id = ctx.tool_call_id or ""
-        if call_id in self.ledger:
-            return self.ledger[call_id]
-        if call_id in self.failures:  # a recorded outcome as well: the same failure again
-            error, retry = self.failures[call_id]
-            if retry:
-                raise ModelRetry(error)
-            raise ToolCallError(error)
+        served = recorded_outcome(self.ledger, self.failures, call_id)
+        if served is not NOT_RECORDED:
+            return served
 
         def execute() -> Awaitable[Any]:
             return WrapperToolset.call_tool(self, name, tool_args, ctx, tool)

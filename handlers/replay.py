@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic_ai import ModelRetry, RunContext
+from pydantic_ai import RunContext
 from pydantic_ai.exceptions import UnexpectedModelBehavior
 from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.models import Model, ModelRequestParameters
@@ -46,11 +46,13 @@ from agentledger.domain.timeline import event_record
 from agentledger.handlers.catalog import Catalog, CatalogEntry, UnknownAgent
 from agentledger.handlers.memory.recall import RecordedRecall
 from agentledger.handlers.recording import (
+    NOT_RECORDED,
     Execute,
     ToolCallError,
     current_tool_call,
     messages_from_json,
     record_tool_decision,
+    recorded_outcome,
 )
 from agentledger.handlers.runner import AgentRunner
 from agentledger.infra.event_store import AsyncEventStore, EventStore
@@ -279,13 +281,9 @@ class RecordedToolEffects:
         for d in self.decisions.get(call_id, ()):
             await record_tool_decision(d.decision, d.detail, d.waited_ms)
         await _replay_sub_calls(self.sub_calls.get(call_id, ()))
-        if call_id in self.results:
-            return self.results[call_id]
-        if call_id in self.failures:
-            error, retry = self.failures[call_id]
-            if retry:
-                raise ModelRetry(error)
-            raise ToolCallError(error)
+        served = recorded_outcome(self.results, self.failures, call_id)
+        if served is not NOT_RECORDED:
+            return served
         if not self.complete:
             raise ReplayStop(f"the recording has no outcome for tool call {call_id}")
         if call_id in self.started:

@@ -29,10 +29,14 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pydantic_ai import ModelRetry
 from pydantic_ai.tools import Tool
 
-from agentledger.handlers.recording import ToolCallError, current_tool_call, record_outcome
+from agentledger.handlers.recording import (
+    NOT_RECORDED,
+    current_tool_call,
+    record_outcome,
+    recorded_outcome,
+)
 
 __all__ = ["composite", "sub_call"]
 
@@ -47,11 +51,9 @@ async def sub_call(tool: Callable[..., Any], /, **kwargs: Any) -> Any:
     call_id = f"{scope.tool_call_id}#{scope.sub_calls[0]}"
     name = f"{scope.tool_name}.{getattr(tool, '__name__', 'tool')}"
     ledger, recorder = scope.ledger, scope.recorder
-    if call_id in ledger.ledger:
-        return ledger.ledger[call_id]
-    if call_id in ledger.failures:
-        error, retry = ledger.failures[call_id]
-        raise ModelRetry(error) if retry else ToolCallError(error)
+    served = recorded_outcome(ledger.ledger, ledger.failures, call_id)
+    if served is not NOT_RECORDED:
+        return served
     if call_id not in ledger.started:
         await recorder.start_tool(call_id, name, kwargs)
     return await record_outcome(recorder, call_id, name, lambda: _invoke(tool, kwargs), "sub-tool")
