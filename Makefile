@@ -38,6 +38,9 @@ bench-graph: ## durable graph step overhead and an 8-way agent fan-out, against 
 bench-chaos: ## 1,000 tasks on PostgreSQL through worker kills and NATS/PostgreSQL restarts
 	$(PY) bench/chaos.py
 
+bench-dashboard: ## the dashboard's live latency at 50 runs/s in headless chromium, against the relay alone
+	$(PY) bench/dashboard.py
+
 demo: ## the one-command demo on the embedded defaults
 	agentledger demo
 
@@ -47,4 +50,4 @@ schema: ## regenerate the committed contract (JSON schemas + AsyncAPI)
 ci: ## what CI runs, from a fresh venv
 	bash .ci/run
 
-.PHONY: help install constraints lint fmt test bench bench-replay bench-fuzz bench-graph bench-chaos demo schema ci
+.PHONY: help install constraints lint fmt test bench bench-replay bench-fuzz bench-graph bench-chaos bench-dashboard demo schema ci

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 from pydantic_ai import Agent
@@ -34,8 +35,10 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 __all__ = [
     "calculator",
     "calculator_reply",
+    "calculator_v2",
     "divider",
     "greeter",
+    "judge",
     "librarian",
     "notes",
     "risk_analyst",
@@ -222,3 +225,53 @@ async def forecast(city: str) -> str:
     await asyncio.sleep(0.05)
     sky = ("sunny", "cloudy", "rainy", "windy")[sum(map(ord, city)) % 4]
     return f"{city}: {sky}, {10 + sum(map(ord, city)) % 15} C"
+
+
+def calculator_v2_reply(messages: list[ModelMessage]) -> ModelResponse:
+    """The calculator's "next version", with a deliberate regression for the evaluation
+    walkthrough: it only multiplies when the prompt says "multiply" (not "times" or
+    "product"), so `agentledger eval compare` has something to find."""
+    returned = _tool_return(messages)
+    if returned is not None:
+        return ModelResponse(parts=[TextPart(f"The result is {returned.content}.")])
+    prompt = _last_user_prompt(messages)
+    numbers = [float(n) for n in _NUMBERS.findall(prompt)][:2]
+    if len(numbers) < 2:
+        return ModelResponse(parts=[TextPart("Give me two numbers, e.g. 'add 2 and 3'.")])
+    tool = "multiply" if re.search(r"\bmultiply\b", prompt, re.I) else "add"
+    return ModelResponse(parts=[ToolCallPart(tool, {"a": numbers[0], "b": numbers[1]})])
+
+
+async def calculator_v2_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    return calculator_v2_reply(messages)
+
+
+calculator_v2 = Agent(
+    FunctionModel(calculator_v2_model, model_name="calculator-v2-fn"),
+    name="calculator_v2",
+    instructions="You are a calculator. Use the tools for arithmetic.",
+    tools=[add, multiply],
+)
+
+
+_TAG = re.compile(r"<(Output|Rubric)>\s*(.*?)\s*</\1>", re.S)
+
+
+async def judge_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+    """A deterministic LLM judge for the example dataset (pydantic-evals' grading
+    prompt in, a `GradingOutput` out): an answer that states a result, greets, or scores
+    passes; one that refuses or asks for more fails."""
+    fields = dict(_TAG.findall(_last_user_prompt(messages)))
+    output = fields.get("Output", "")
+    refused = re.search(r"can't|cannot|Give me|don't remember", output, re.I)
+    answered = re.search(r"result is|Hello|risk \d|Noted|Forecast|You told me", output)
+    score = 0.0 if refused or not output.strip() else (1.0 if answered else 0.5)
+    reason = "refuses or asks for more" if refused else ("answers" if answered else "unclear")
+    verdict = {"reason": reason, "pass": score >= 0.5, "score": score}
+    if info.output_tools:
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, verdict)])
+    return ModelResponse(parts=[TextPart(json.dumps(verdict))])
+
+
+judge = Agent(FunctionModel(judge_model, model_name="judge-fn"), name="judge")
+"""The example dataset's LLM judge (`Judge: {agent: judge, rubric: ...}`)."""

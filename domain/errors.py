@@ -37,6 +37,9 @@ class ErrorKind(StrEnum):
     NO_ROUTE = "no_route"
     """A route task matched no route above its threshold, and there is no fallback."""
     UNKNOWN_ROUTE = "unknown_route"
+    UNKNOWN_DATASET = "unknown_dataset"
+    DATASET_INVALID = "dataset_invalid"
+    """An evaluation's dataset file cannot be read, or a case is wrong."""
     DEAD_LETTERED = "dead_lettered"
     """Not a stored kind: an outcome's, when the worker kept the message as a dead
     letter because nothing could be recorded (the store was down)."""

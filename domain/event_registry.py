@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentledger.domain.conversation import Conversation
+from agentledger.domain.evaluation.evaluation import Evaluation
 from agentledger.domain.graphs.run import GraphRun
 from agentledger.domain.monitoring.alert import Alert
 from agentledger.domain.orchestration.scratchpad import Scratchpad
@@ -29,6 +30,7 @@ _AGGREGATES: tuple[type[Any], ...] = (
     RouterModel,
     Scratchpad,
     Alert,
+    Evaluation,
 )
 
 

@@ -11,6 +11,9 @@ __all__ = [
     "alert_subject",
     "dead_stream",
     "dead_subject",
+    "eval_subject",
+    "eval_workers_consumer",
+    "evaluation_progress_subject",
     "graph_cancel_subject",
     "graph_resume_subject",
     "graph_task_subject",
@@ -78,6 +81,21 @@ def route_workers_consumer(prefix: str) -> str:
     return f"{prefix}-route-workers"
 
 
+def eval_subject(prefix: str, dataset: str) -> str:
+    """Where a `RunEvaluation` of the catalog's dataset `dataset` is published."""
+    return f"{prefix}.tasks.eval.{dataset}"
+
+
+def eval_workers_consumer(prefix: str) -> str:
+    """The durable pull consumer of evaluation tasks every worker of `prefix` shares."""
+    return f"{prefix}-eval-workers"
+
+
+def evaluation_progress_subject(prefix: str, task_id: str) -> str:
+    """Where an evaluation's progress goes while it runs (core NATS, best effort)."""
+    return f"{prefix}.evaluations.{task_id}.progress"
+
+
 def results_subject(prefix: str, task_id: str) -> str:
     """Where a task's outcome is published (and kept, the last one per task)."""
     return f"{prefix}.results.{task_id}"
@@ -100,6 +118,7 @@ def task_stream_subjects(prefix: str) -> list[str]:
         f"{prefix}.tasks.graph.*",
         route_subject(prefix),
         workflow_cancel_subject(prefix),
+        f"{prefix}.tasks.eval.*",
     ]
 
 

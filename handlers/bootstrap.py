@@ -24,6 +24,8 @@ from opentelemetry import trace
 
 from agentledger.domain.memory.embedding import EmbeddingError
 from agentledger.handlers.catalog import Catalog, CatalogError, put_on_import_path
+from agentledger.handlers.dashboard.service import DashboardService
+from agentledger.handlers.evaluation.worker import EvalWorker
 from agentledger.handlers.graphs.runner import GraphRunner
 from agentledger.handlers.graphs.worker import GraphWorker
 from agentledger.handlers.memory import MemoryReader, embedder_for, memory_projection
@@ -233,6 +235,7 @@ class WorkerService:
     worker: TaskWorker | None = field(default=None, init=False)
     graph_worker: GraphWorker | None = field(default=None, init=False)
     route_worker: RouteWorker | None = field(default=None, init=False)
+    eval_worker: EvalWorker | None = field(default=None, init=False)
     _own_tracer_provider: SdkTracerProvider | None = field(default=None, init=False)
     metrics: WorkerMetrics | None = field(default=None, init=False)
     operations: OperationsServer | None = field(default=None, init=False)
@@ -310,6 +313,11 @@ class WorkerService:
                 graphs=self.graph_worker.runner,
             )
             await self.route_worker.start()
+        # Always: an evaluation of a dataset this catalog lacks is answered (rejected).
+        self.eval_worker = EvalWorker(
+            settings=settings, broker=broker, store=self.store, catalog=catalog
+        )
+        await self.eval_worker.start()
         log.info(
             "worker started",
             agents=catalog.names(),
@@ -360,8 +368,16 @@ class WorkerService:
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         # Both workers drain at once, within the one grace period.
-        workers = [w for w in (self.route_worker, self.graph_worker, self.worker) if w is not None]
+        workers = [
+            w
+            for w in (self.eval_worker, self.route_worker, self.graph_worker, self.worker)
+            if w is not None
+        ]
         await asyncio.gather(*(w.drain(grace) for w in workers))
+        if self.eval_worker is not None:
+            with contextlib.suppress(Exception):
+                await self.eval_worker.stop()
+            self.eval_worker = None
         if self.route_worker is not None:
             with contextlib.suppress(Exception):
                 await self.route_worker.stop()
@@ -487,9 +503,13 @@ class ProjectorService:
     alert_monitor: AlertMonitor | None = field(default=None, init=False)
     """Checks the alert rules (None: no rules)."""
     _alerts_task: asyncio.Task[None] | None = field(default=None, init=False)
+    dashboard: DashboardService | None = field(default=None, init=False)
+    """The web dashboard (when AGENTLEDGER_DASHBOARD_PORT is set)."""
 
     async def start(self) -> ProjectorService:
         settings = self.settings
+        if settings.dashboard_port is not None:
+            DashboardService(settings=settings).check()  # before anything starts
         self.store = await _open_when_reachable("event store", lambda: EventStore(settings))
         self.views = await _open_when_reachable("view store", lambda: view_store_for(settings))
         self.projector = make_projector(settings, self.store, self.views)
@@ -532,7 +552,11 @@ class ProjectorService:
         log.info("projector started", backend=settings.backend, prefix=settings.subject_prefix)
         try:
             await self._serve_operations()
-        except OperationsPortUnavailable:
+            if settings.dashboard_port is not None:
+                self.dashboard = await DashboardService(
+                    settings=settings, store=self.store, views=self.views
+                ).start()
+        except Exception:
             await self.stop()
             raise
         return self
@@ -701,6 +725,9 @@ class ProjectorService:
 
     async def stop(self) -> None:
         self._stopping.set()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
+            self.dashboard = None
         if self._supervisor is not None:
             await self._supervisor
         if self._alerts_task is not None:

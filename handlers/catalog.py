@@ -28,6 +28,7 @@ from agentledger.domain.pricing import ModelPrice
 from agentledger.domain.routing.routes import RouterSpec
 from agentledger.domain.streaming.spec import StreamSpec
 from agentledger.domain.tools.policies import MiddlewareSpec
+from agentledger.handlers.evaluation.datasets import DatasetEntry, dataset_entries
 from agentledger.handlers.graphs.catalog import GraphEntry, check_graphs, graph_entries
 from agentledger.handlers.monitoring.catalog import alert_rules
 from agentledger.handlers.orchestration.catalog import workflow_entries
@@ -132,6 +133,8 @@ class Catalog:
     """The routes a `RouteTask` chooses from (`[routes.*]`, `[router]`)."""
     alerts: list[AlertRule] = field(default_factory=list)
     """Alert rules (`[alerts.*]`), checked by `agentledger project`."""
+    datasets: dict[str, DatasetEntry] = field(default_factory=dict)
+    """Evaluation datasets (`[datasets.*]`), run by `agentledger eval run`."""
 
     @classmethod
     def load(cls, path: str | Path, model_factory: ModelFactory | None = None) -> Catalog:
@@ -177,6 +180,7 @@ class Catalog:
         graphs.update(workflow_entries(path, data, set(entries), set(graphs)))
         router = router_spec(path, data, set(entries), set(graphs))
         alerts = alert_rules(path, data, set(entries))
+        datasets = dataset_entries(path, data, set(entries))
         return cls(
             path=path,
             entries=entries,
@@ -184,6 +188,7 @@ class Catalog:
             demo_tasks=demo,
             router=router,
             alerts=alerts,
+            datasets=datasets,
         )
 
     def check(self) -> None:

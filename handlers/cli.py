@@ -37,6 +37,8 @@ from agentledger.handlers.cli_support import (
     tune_gc,
     until_signal,
 )
+from agentledger.handlers.dashboard.cli import register as register_dashboard_commands
+from agentledger.handlers.evaluation.cli import register as register_eval_commands
 from agentledger.handlers.graphs.cli import register as register_graph_commands
 from agentledger.handlers.memory.cli import register as register_memory_commands
 from agentledger.handlers.orchestration.cli import register as register_workflow_commands
@@ -300,7 +302,8 @@ def query(
     view: str = typer.Argument(
         ...,
         help="conversation | run | runs | metrics | snapshots | graph_run | graph_runs"
-        " | workflow | workflows | workflow_messages | route_decisions"
+        " | workflow | workflows | workflow_messages | route_decisions | alerts"
+        " | evaluations | evaluation"
         " (memory: `agentledger memory search`)",
     ),
     session: str = typer.Option(None, "--session", "-s", help="Session id (conversation, runs)."),
@@ -308,8 +311,10 @@ def query(
     task_id: str = typer.Option(
         None, help="Task id (run, graph_run, workflow; workflow_messages: the workflow's)."
     ),
-    agent: str = typer.Option(None, help="Agent filter (runs, metrics)."),
-    status: str = typer.Option(None, help="Status filter (runs, graph_runs, workflows)."),
+    agent: str = typer.Option(None, help="Agent filter (runs, metrics, alerts)."),
+    status: str = typer.Option(
+        None, help="Status filter (runs, graph_runs, workflows; alerts: raised | cleared)."
+    ),
     limit: int = typer.Option(
         None,
         help="Max rows (lists: 50; metrics: 100 agents; workflow_messages: 200; at most 1000).",
@@ -335,6 +340,9 @@ def query(
         "workflows": {"status": status, **page},
         "workflow_messages": {"correlation_id": task_id, **page},
         "route_decisions": page,
+        "alerts": {"state": status, "agent": agent, **page},
+        "evaluations": {"status": status, **page},
+        "evaluation": {"task_id": task_id},
     }
     arguments = {k: v for k, v in by_view.get(view, {}).items() if v is not None}
     data = query_views(settings, view, arguments, via_nats)
@@ -424,7 +432,7 @@ def rebuild(
     view: str = typer.Argument(
         ...,
         help="runs | conversations | metrics | snapshots | graph_runs | route_decisions"
-        " | workflows | memory | all",
+        " | workflows | alerts | evaluations | memory | all",
     ),
 ) -> None:
     """Drop a projection and refold it from the event log (with a progress bar)."""
@@ -538,9 +546,11 @@ register_history_commands(app)
 register_dead_commands(app)
 register_graph_commands(app)
 register_workflow_commands(app)
+register_eval_commands(app)
 register_tool_commands(app)
 register_memory_commands(app)
 register_route_commands(app)
+register_dashboard_commands(app)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -14,6 +14,11 @@ from typing import Any
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 
+from agentledger.domain.evaluation.tasks import (
+    EvaluationOutcome,
+    EvaluationProgress,
+    RunEvaluation,
+)
 from agentledger.domain.event_registry import event_shapes
 from agentledger.domain.graphs.tasks import CancelGraph, GraphOutcome, ResumeGraph, RunGraph
 from agentledger.domain.monitoring.rules import AlertMessage
@@ -40,6 +45,9 @@ def json_schemas() -> dict[str, Any]:
         "StreamChunk": StreamChunk.model_json_schema(),
         "StreamAck": StreamAck.model_json_schema(),
         "AlertMessage": AlertMessage.model_json_schema(),
+        "RunEvaluation": RunEvaluation.model_json_schema(),
+        "EvaluationOutcome": EvaluationOutcome.model_json_schema(),
+        "EvaluationProgress": EvaluationProgress.model_json_schema(),
     }
 
 
@@ -106,6 +114,29 @@ def asyncapi_document(prefix: str = "ledger") -> dict[str, Any]:
         + graph_reply.replace("GraphOutcome", "RouteOutcome"),
     )
     async def route_task(task: RouteTask) -> RouteOutcome:  # pragma: no cover - spec only
+        raise RuntimeError("specification only")
+
+    @broker.subscriber(
+        f"{prefix}.tasks.eval.{{dataset}}",
+        title="RunEvaluation",
+        description="Evaluate the catalog dataset `dataset`: every case runs as a RunAgent"
+        " task (task id `<task_id>:case-<n>`, metadata evaluation/eval_case) on any worker,"
+        " at most `concurrency` at once, and is scored with the dataset's evaluators."
+        " Header Nats-Msg-Id must be the task_id. A worker crash resumes the evaluation"
+        " without re-running finished cases. Unknown dataset: rejected, error kind"
+        " unknown_dataset; unreadable dataset: dataset_invalid."
+        + graph_reply.replace("GraphOutcome", "EvaluationOutcome"),
+    )
+    async def run_evaluation(task: RunEvaluation) -> EvaluationOutcome:  # pragma: no cover
+        raise RuntimeError("specification only")
+
+    @broker.publisher(
+        f"{prefix}.evaluations.{{task_id}}.progress",
+        title="EvaluationProgress",
+        description="Best-effort progress of a running evaluation (core NATS): cases done"
+        " and passed, after each scored case, and once when it finishes.",
+    )
+    async def evaluation_progress() -> EvaluationProgress:  # pragma: no cover - spec only
         raise RuntimeError("specification only")
 
     @broker.publisher(

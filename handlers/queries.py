@@ -5,10 +5,13 @@ session_id, limit, offset}, `metrics` {agent, limit, offset}, `snapshots` {kind,
 offset}, `graph_run` {run_id | task_id}, `graph_runs` {graph, status, limit, offset},
 `memory` {query, k, agent, session_id, since, until, role} (similarity search: a list of
 hits, best first, each with its score, text, run, session, agent, role and time),
-`route_decisions` {with_feedback, limit, offset} (newest first), `workflow` {run_id | task_id}
+`route_decisions` {with_feedback, limit, offset} (newest first), `evaluations` {dataset,
+status, limit, offset} (newest first), `evaluation` {evaluation_id | task_id} (with its
+scored cases), `workflow` {run_id | task_id}
 (a graph run that dispatched child tasks, with its children), `workflows` {graph, status,
 limit, offset}, `workflow_messages` {correlation_id (the workflow's task id), limit,
-offset} (in order). Every list is paged: `limit` (default 50; 100 agents for metrics,
+offset} (in order), `alerts` {state (raised | cleared), agent, limit, offset} (the latest
+changed first). Every list is paged: `limit` (default 50; 100 agents for metrics,
 200 messages for workflow_messages; at most 1000) and `offset`. The reply is `{"ok": true, "data": ...}` or `{"ok": false, "error": "..."}`.
 An error of the query itself (unknown view, bad arguments, nothing found) is said as it
 is; any other is logged with an id and answered `internal error (logged as <id>)`, so
@@ -37,8 +40,10 @@ from agentledger.domain.graphs.run import GraphRunStatus
 from agentledger.infra.event_store import StoreUnavailable
 from agentledger.infra.view_store import ViewStore
 from agentledger.projections.conversations import get_conversation
+from agentledger.projections.evaluation import get_evaluation, list_evaluations
 from agentledger.projections.graphs.runs import get_graph_run, list_graph_runs
 from agentledger.projections.metrics import agent_metrics
+from agentledger.projections.monitoring import list_alerts
 from agentledger.projections.orchestration import (
     get_workflow,
     list_workflows,
@@ -136,6 +141,25 @@ class RouteDecisionsQuery(_Query):
     offset: int = Field(default=0, ge=0)
 
 
+class AlertsQuery(_Query):
+    state: Literal["raised", "cleared"] | None = None
+    agent: str | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class EvaluationsQuery(_Query):
+    dataset: str | None = None
+    status: Literal["running", "finished"] | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class EvaluationQuery(_Query):
+    evaluation_id: str | None = None
+    task_id: str | None = None
+
+
 class MemoryQuery(_Query):
     query: str = Field(min_length=1, max_length=8000)
     k: int = Field(default=5, ge=1, le=100)
@@ -159,6 +183,9 @@ VIEWS: dict[str, type[_Query]] = {
     "workflow_messages": WorkflowMessagesQuery,
     "memory": MemoryQuery,
     "route_decisions": RouteDecisionsQuery,
+    "evaluations": EvaluationsQuery,
+    "evaluation": EvaluationQuery,
+    "alerts": AlertsQuery,
 }
 
 _BY_ID: dict[type[_ByIdQuery], tuple[str, Callable[..., Any]]] = {
@@ -256,6 +283,33 @@ def answer(
                 offset=query.offset,
                 sealer=views.sealer,
             )
+        elif isinstance(query, AlertsQuery):
+            result = list_alerts(
+                cursor,
+                state=query.state,
+                agent=query.agent,
+                limit=query.limit,
+                offset=query.offset,
+            )
+        elif isinstance(query, EvaluationsQuery):
+            result = list_evaluations(
+                cursor,
+                dataset=query.dataset,
+                status=query.status,
+                limit=query.limit,
+                offset=query.offset,
+            )
+        elif isinstance(query, EvaluationQuery):
+            if not (query.evaluation_id or query.task_id):
+                raise QueryError("evaluation needs evaluation_id or task_id")
+            result = get_evaluation(
+                cursor,
+                evaluation_id=query.evaluation_id,
+                task_id=query.task_id,
+                sealer=views.sealer,
+            )
+            if result is None:
+                raise QueryError(f"no evaluation {query.evaluation_id or query.task_id!r}")
         elif isinstance(query, GraphRunsQuery):
             result = list_graph_runs(
                 cursor,

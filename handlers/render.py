@@ -16,6 +16,7 @@ from agentledger.domain.timeline import EventRecord
 __all__ = [
     "conversation_table",
     "divergence_text",
+    "event_summary",
     "metrics_table",
     "outcomes_table",
     "replay_table",
@@ -108,7 +109,8 @@ def runs_table(rows: Sequence[dict[str, Any]]) -> Table:
     return table
 
 
-def _event_summary(record: EventRecord) -> str:
+def event_summary(record: EventRecord) -> str:
+    """One line saying what an event did (the timeline's detail column)."""
     data = record.data
     name = record.name
     if name == "RunRequested":
@@ -153,7 +155,7 @@ def timeline_table(records: Sequence[EventRecord], title: str = "Event timeline"
             record.timestamp[11:23],
             record.aggregate_type,
             record.name,
-            _event_summary(record),
+            event_summary(record),
         )
     return table
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
@@ -154,6 +154,9 @@ class ReplayReport:
     divergence: Divergence | None = None
     note: str | None = None
     """Why the comparison stopped where it did (a recording that ends early)."""
+    replayed: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+    """The replay's own events (what the current code recorded): `eval replay` scores
+    the replayed output from them."""
 
     @property
     def identical(self) -> bool:
@@ -378,7 +381,8 @@ async def replay_recorded(
         stopped = True
     finally:
         store.close()
-    replayed = [event_record(e) for e in memory.events(recorded.run_id)]
+    replayed_events = tuple(memory.events(recorded.run_id))
+    replayed = [event_record(e) for e in replayed_events]
     # A pause and a person's resolution of it are the run's environment (a crash, a
     # decision), not its code: the replay meets the resolved call's recorded outcome.
     expected = [
@@ -413,6 +417,7 @@ async def replay_recorded(
         replayed_events=len(replayed),
         divergence=divergence,
         note=note,
+        replayed=replayed_events,
     )
 
 

@@ -56,6 +56,19 @@ class Settings(BaseSettings):
     alert_interval_s: float = Field(
         default=1.0, gt=0, description="How often the alert rules are checked."
     )
+    eval_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Cases of an evaluation in flight at once (unless the dataset or the"
+        " task says).",
+    )
+    eval_case_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long an evaluation waits for one case's outcome before it"
+        " retries the evaluation later (finished cases are kept).",
+    )
     stream_stall_s: float = Field(
         default=5.0,
         gt=0,
@@ -175,6 +188,26 @@ class Settings(BaseSettings):
     )
     http_host: str = Field(
         default="127.0.0.1", description="Interface of the operations endpoints."
+    )
+
+    # -- dashboard -----------------------------------------------------------
+    dashboard_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="`agentledger project` also serves the web dashboard on this port"
+        " (unset: no dashboard; `agentledger dashboard` defaults to 8765). 0: any free"
+        " port (logged).",
+    )
+    dashboard_host: str = Field(
+        default="127.0.0.1",
+        description="Interface of the dashboard; any other than a loopback address needs"
+        " AGENTLEDGER_DASHBOARD_TOKEN.",
+    )
+    dashboard_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the dashboard requires (at least 16 characters); required"
+        " when it listens on a non-loopback address.",
     )
 
     # -- logging -------------------------------------------------------------

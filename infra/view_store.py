@@ -153,6 +153,12 @@ class ViewStore(ABC):
     def read(self) -> AbstractContextManager[ViewCursor]:
         """A cursor for queries (a consistent snapshot; nothing written is kept)."""
 
+    def snapshot(self) -> AbstractContextManager[ViewCursor]:
+        """A read whose statements all see the views as of one moment, tracking rows
+        included (the dashboard's start state: rows and their positions must agree).
+        SQLite's read transaction already is one (WAL: a snapshot from its first read)."""
+        return self.read()
+
     @abstractmethod
     def _serialise_schema_changes(self, cursor: ViewCursor) -> None:
         """Keep concurrent `ensure`/`drop` calls (other processes too) from racing."""
@@ -257,6 +263,14 @@ class ViewStore(ABC):
             cursor.execute(f"{_SELECT_TRACKINGS} ({', '.join('?' * len(wanted))})", wanted)
             found = {str(name): int(position) for name, position in cursor.fetchall()}
         return min((found.get(name, 0) for name in wanted), default=0)
+
+    def trackings(self, cursor: ViewCursor, names: Sequence[str]) -> dict[str, int]:
+        """Inside the caller's read (a `snapshot`): the position of each of `names`, 0 for
+        one without a tracking row; nothing is locked."""
+        wanted = sorted(set(names))
+        cursor.execute(f"{_SELECT_TRACKINGS} ({', '.join('?' * len(wanted))})", wanted)
+        found = {str(name): int(position) for name, position in cursor.fetchall()}
+        return {name: found.get(name, 0) for name in names}
 
     def lock_tracking(self, cursor: ViewCursor, name: str) -> int | None:
         """Inside a transaction: the position under `name`, locked until commit (None if the
@@ -559,6 +573,13 @@ class PostgresViewStore(ViewStore):
 
     def read(self) -> AbstractContextManager[ViewCursor]:
         return self._transaction(keep=False)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[ViewCursor]:
+        # READ COMMITTED gives each statement its own snapshot; this gives the whole read one.
+        with self._transaction(keep=False) as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield cursor
 
     def _serialise_schema_changes(self, cursor: ViewCursor) -> None:
         cursor.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK_KEY,))

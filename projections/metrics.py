@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -44,11 +44,14 @@ from agentledger.projections.base import (
 )
 
 __all__ = [
+    "COUNTERS",
     "NANO_USD",
     "UNKNOWN_AGENT",
     "AgentMetrics",
     "MetricsProjection",
     "agent_metrics",
+    "latency_buckets",
+    "metrics_of",
     "nano_usd",
 ]
 
@@ -178,6 +181,9 @@ _ADD_LATENCIES = (
     " THEN excluded.high_ms ELSE al_metric_latency.high_ms END"
 )
 
+COUNTERS = _COUNTERS
+"""The per-agent counters the view keeps (`cost_nusd`: nano-dollars)."""
+
 
 @dataclass
 class _Deltas:
@@ -301,11 +307,42 @@ def agent_metrics(
     return [_metrics(row, histograms[row[0]]) for row in rows]
 
 
+def latency_buckets(
+    cursor: ViewCursor, agents: Sequence[str]
+) -> dict[str, dict[int, HistogramBucket]]:
+    """The latency histogram of each of `agents`, bucket number -> bucket (only non-empty
+    buckets): what a live fold (the dashboard) starts from to keep the same percentiles as
+    this view, adding durations with `agentledger.domain.stats.bucket_of`."""
+    found: dict[str, dict[int, HistogramBucket]] = defaultdict(dict)
+    for start in range(0, len(agents), _IN_CHUNK):
+        chunk = list(agents[start : start + _IN_CHUNK])
+        cursor.execute(
+            "SELECT agent, bucket, runs, low_ms, high_ms FROM al_metric_latency"
+            f" WHERE agent IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        )
+        for name, bucket, runs, low_ms, high_ms in cursor.fetchall():
+            found[name][int(bucket)] = HistogramBucket(
+                count=int(runs), low=float(low_ms), high=float(high_ms)
+            )
+    return dict(found)
+
+
 def _metrics(row: tuple[Any, ...], latency: list[HistogramBucket]) -> AgentMetrics:
-    figures = dict(zip(("agent", *_COUNTERS), row, strict=True))
+    return metrics_of(row[0], dict(zip(_COUNTERS, row[1:], strict=True)), latency)
+
+
+def metrics_of(
+    agent: str, counters: Mapping[str, int], latency: Sequence[HistogramBucket]
+) -> AgentMetrics:
+    """An agent's figures from its counters (`COUNTERS`, cost in nano-dollars) and its
+    latency histogram's non-empty buckets in bucket order: how this view answers, and
+    how a live fold of the same events (the dashboard) answers alike."""
+    figures: dict[str, Any] = {c: int(counters.get(c, 0)) for c in _COUNTERS}
     finished = figures["completed"] + figures["failed"]
-    cost_nusd = int(figures.pop("cost_nusd"))
+    cost_nusd = figures.pop("cost_nusd")
     return AgentMetrics(
+        agent=agent,
         **figures,
         cost_usd=cost_nusd / NANO_USD,
         running=figures["runs"] - finished,

@@ -12,8 +12,10 @@ from agentledger.projections.conversations import (
     ConversationView,
     TurnView,
 )
+from agentledger.projections.evaluation.reports import EvaluationsProjection, EvaluationView
 from agentledger.projections.graphs.runs import GraphRunsProjection, GraphRunView
 from agentledger.projections.metrics import AgentMetrics, MetricsProjection
+from agentledger.projections.monitoring.alerts import AlertsProjection, AlertView
 from agentledger.projections.orchestration.workflows import (
     WorkflowChildView,
     WorkflowMessageView,
@@ -28,7 +30,9 @@ from agentledger.projections.transcript import TranscriptEntry
 __all__ = [
     "ALL_PROJECTIONS",
     "AgentMetrics",
+    "AlertView",
     "ConversationView",
+    "EvaluationView",
     "GraphRunView",
     "PendingToolCall",
     "RouteDecisionView",
@@ -51,6 +55,8 @@ ALL_PROJECTIONS: tuple[type[Projection], ...] = (
     GraphRunsProjection,
     RouteDecisionsProjection,
     WorkflowsProjection,
+    AlertsProjection,
+    EvaluationsProjection,
 )
 
 

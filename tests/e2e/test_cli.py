@@ -42,6 +42,15 @@ COMMANDS = [
     "workflow list",
     "tool",
     "tool resolve",
+    "dashboard",
+    "eval",
+    "eval run",
+    "eval show",
+    "eval list",
+    "eval datasets",
+    "eval compare",
+    "eval history",
+    "eval replay",
 ]
 
 

@@ -63,6 +63,9 @@ def test_the_wheel_holds_only_the_agentledger_package(wheel: Path) -> None:
     assert top_level == {"agentledger"}
     assert "agentledger/catalog/example.toml" in names
     assert "agentledger/domain/py.typed" in names
+    # The dashboard's page and its vendored Mermaid (with its license) ship in the wheel.
+    for static in ("index.html", "dashboard.js", "mermaid.min.js", "mermaid.LICENSE.txt"):
+        assert f"agentledger/handlers/dashboard/static/{static}" in names
     # The test-only PostgreSQL launcher is not part of the runtime package.
     assert not [n for n in names if "postgres_server" in n]
 

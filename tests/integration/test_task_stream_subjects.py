@@ -53,6 +53,7 @@ async def test_publishes_no_worker_consumes_are_refused(settings: Settings, exis
             f"{prefix}.tasks.graph.*",
             f"{prefix}.tasks.route",
             f"{prefix}.tasks.workflow.cancel",
+            f"{prefix}.tasks.eval.*",
         ]
         assert info.state.messages == (1 if existing else 0)  # narrowing keeps messages
         for subject in (
@@ -61,6 +62,8 @@ async def test_publishes_no_worker_consumes_are_refused(settings: Settings, exis
             "tasks.run.greeter.extra",
             "tasks.graph.g.h",
             "tasks.route.x",
+            "tasks.eval",
+            "tasks.eval.d.e",
         ):
             with pytest.raises(NoStreamResponseError):
                 await js.publish(f"{prefix}.{subject}", b"{}", timeout=2)

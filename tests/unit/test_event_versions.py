@@ -15,7 +15,7 @@ CONTRACT = Path(__file__).resolve().parents[2] / "contracts" / "events.json"
 
 
 def test_every_event_class_declares_its_version_and_a_stable_topic() -> None:
-    assert len(EVENT_CLASSES) == 37
+    assert len(EVENT_CLASSES) == 40
     for cls in EVENT_CLASSES:
         own = [k for k in cls.__mro__ if k.__module__ == cls.__module__ and k.TOPIC == cls.TOPIC]
         assert any("class_version" in vars(k) for k in own), (

@@ -74,7 +74,7 @@ def test_invalid_json_is_keyed_by_message_id_or_stream_sequence() -> None:
         (
             {"task_id": "t1", "agent": "ghost", "prompt": "x"},
             ErrorKind.UNKNOWN_AGENT,
-            "unknown agent 'ghost'; the catalog has: billing, calculator, counter, divider, drafter",
+            "unknown agent 'ghost'; the catalog has: billing, calculator, calculator_v2, counter, divider",
         ),
     ],
 )

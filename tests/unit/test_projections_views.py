@@ -19,6 +19,8 @@ def test_projections_are_found_by_name() -> None:
         "graph_runs",
         "route_decisions",
         "workflows",
+        "alerts",
+        "evaluations",
     ]
     for projection in ALL_PROJECTIONS:
         assert projection_by_name(projection.name) is projection

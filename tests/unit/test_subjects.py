@@ -18,6 +18,7 @@ def test_the_tasks_stream_holds_exactly_the_subjects_workers_consume() -> None:
         "ledger.tasks.graph.*",
         "ledger.tasks.route",
         "ledger.tasks.workflow.cancel",
+        "ledger.tasks.eval.*",
     ]
     assert task_subject("ledger", "greeter").startswith("ledger.tasks.run.")
 
