@@ -65,8 +65,14 @@ def _tool_return(messages: list[ModelMessage]) -> ToolReturnPart | None:
     return None
 
 
-def calculator_reply(messages: list[ModelMessage]) -> ModelResponse:
-    """Calls `add` or `multiply` on the two numbers in the prompt, then reports."""
+_MULTIPLY = re.compile(r"\b(multiply|times|product)\b", re.I)
+
+
+def calculator_reply(
+    messages: list[ModelMessage], multiply: re.Pattern[str] = _MULTIPLY
+) -> ModelResponse:
+    """Calls `add` or `multiply` (when `multiply` matches the prompt) on the two numbers
+    in the prompt, then reports."""
     returned = _tool_return(messages)
     if returned is not None:
         return ModelResponse(parts=[TextPart(f"The result is {returned.content}.")])
@@ -74,7 +80,7 @@ def calculator_reply(messages: list[ModelMessage]) -> ModelResponse:
     numbers = [float(n) for n in _NUMBERS.findall(prompt)][:2]
     if len(numbers) < 2:
         return ModelResponse(parts=[TextPart("Give me two numbers, e.g. 'add 2 and 3'.")])
-    tool = "multiply" if re.search(r"\b(multiply|times|product)\b", prompt, re.I) else "add"
+    tool = "multiply" if multiply.search(prompt) else "add"
     return ModelResponse(parts=[ToolCallPart(tool, {"a": numbers[0], "b": numbers[1]})])
 
 
@@ -227,23 +233,14 @@ async def forecast(city: str) -> str:
     return f"{city}: {sky}, {10 + sum(map(ord, city)) % 15} C"
 
 
-def calculator_v2_reply(messages: list[ModelMessage]) -> ModelResponse:
-    """The calculator's "next version", with a deliberate regression for the evaluation
-    walkthrough: it only multiplies when the prompt says "multiply" (not "times" or
-    "product"), so `agentledger eval compare` has something to find."""
-    returned = _tool_return(messages)
-    if returned is not None:
-        return ModelResponse(parts=[TextPart(f"The result is {returned.content}.")])
-    prompt = _last_user_prompt(messages)
-    numbers = [float(n) for n in _NUMBERS.findall(prompt)][:2]
-    if len(numbers) < 2:
-        return ModelResponse(parts=[TextPart("Give me two numbers, e.g. 'add 2 and 3'.")])
-    tool = "multiply" if re.search(r"\bmultiply\b", prompt, re.I) else "add"
-    return ModelResponse(parts=[ToolCallPart(tool, {"a": numbers[0], "b": numbers[1]})])
+_MULTIPLY_V2 = re.compile(r"\bmultiply\b", re.I)
+"""The calculator's "next version" has a deliberate regression for the evaluation
+walkthrough: it only multiplies when the prompt says "multiply" (not "times" or
+"product"), so `agentledger eval compare` has something to find."""
 
 
 async def calculator_v2_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-    return calculator_v2_reply(messages)
+    return calculator_reply(messages, _MULTIPLY_V2)
 
 
 calculator_v2 = Agent(

@@ -22,9 +22,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agentledger.domain.errors import ErrorKind
 from agentledger.domain.rejection import (
@@ -49,12 +49,15 @@ __all__ = [
     "content_problem",
     "describe_errors",
     "load_json",
+    "parse_model",
     "parse_task",
 ]
 
 EXCERPT_CHARS = REJECTION_TEXT_MAX_CHARS
 MAX_NESTING = 2
 """A `RunAgent` is an object holding flat objects (`metadata`, `usage_limits`)."""
+
+M = TypeVar("M", bound=BaseModel)
 
 Clock = Callable[[], datetime]
 """Now, as an aware datetime."""
@@ -259,6 +262,35 @@ def describe_errors(error: ValidationError) -> str:
         problems.append(f"{_where(item['loc'])}: {message}")
     more = error.error_count() - len(problems)
     return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_model(raw: RawTask, model: type[M], what: str) -> M:
+    """The `model` message in `raw` (a task other than `RunAgent`): UTF-8 JSON, an
+    object, no NUL or lone surrogate anywhere, bounded nesting, strict fields; or a
+    `Rejection` saying exactly what is wrong, keyed by its task id when it has one."""
+    key = valid_id_or_none(raw.msg_id) or raw.fallback_key
+    _, data = load_json(raw.body, key, what=what)
+    if not isinstance(data, dict):
+        raise Rejection(
+            ErrorKind.INVALID_PAYLOAD,
+            f"payload must be a JSON object ({what}), got {type(data).__name__}",
+            key=key,
+        )
+    task_id = valid_id_or_none(data.get("task_id"))
+    if task_id is not None:
+        key = task_id
+    problem = content_problem(data, what=what)
+    if problem:
+        raise Rejection(ErrorKind.INVALID_PAYLOAD, problem, key=key, task_id=task_id)
+    try:
+        return model.model_validate_json(json.dumps(data))
+    except ValidationError as e:
+        raise Rejection(
+            ErrorKind.INVALID_PAYLOAD,
+            f"invalid {what}: {describe_errors(e)}",
+            key=key,
+            task_id=task_id,
+        ) from None
 
 
 def parse_task(

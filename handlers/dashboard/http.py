@@ -37,6 +37,12 @@ from urllib.parse import parse_qsl
 
 import structlog
 
+from agentledger.handlers.operations.http import (
+    MAX_HEAD_BYTES,
+    WRITE_TIMEOUT_S,
+    BoundedServer,
+)
+
 __all__ = [
     "SECURITY_HEADERS",
     "DashboardHttp",
@@ -49,23 +55,14 @@ __all__ = [
 
 log = structlog.get_logger("agentledger.dashboard")
 
-MAX_HEAD_BYTES = 8192
-"""The longest request head (request line and headers) read; longer gets 431."""
 MAX_HEADER_LINES = 64
 MAX_QUERY_FIELDS = 16
 READ_TIMEOUT_S = 5.0
 """A request head not complete after this long gets 408."""
 HANDLER_TIMEOUT_S = 60.0
 """The longest a handler may take (a replay is the slowest: the app bounds it itself)."""
-WRITE_TIMEOUT_S = 5.0
-MAX_CONNECTIONS = 64
-"""Connections served at once (streams included); more are closed at once."""
 MAX_STREAMS = 16
 """Event streams open at once; more get 503."""
-LINGER_S = 1.0
-LINGER_BYTES = 256 * 1024
-"""After an error answer, what the client still sends is discarded for at most this long
-and this much, so that it reads the answer before the connection closes."""
 _STREAM_INPUT_BYTES = 1024
 """Bytes a stream's client may send after its request head before the stream is ended."""
 
@@ -143,77 +140,28 @@ class _BadRequest(Exception):
         self.headers = headers or {}
 
 
-class DashboardHttp:
-    """Serves `handler` on `host:port` (port 0: any free port) until `stop()`."""
+class DashboardHttp(BoundedServer):
+    """Serves `handler` on `host:port` (port 0: any free port) until `stop()`; the
+    listening, the connection bound and stopping are the operations server's."""
+
+    failure = "dashboard request failed"
 
     def __init__(self, handler: Handler, *, host: str, port: int) -> None:
+        super().__init__(host=host, port=port)
         self.handler = handler
-        self.host = host
-        self.port = port
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
         self.streams = 0
         """Event streams open now."""
 
-    async def start(self) -> DashboardHttp:
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self.port, limit=MAX_HEAD_BYTES
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def open_connections(self) -> int:
-        """Connections being served now (streams included)."""
-        return len(self._connections)
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    async def stop(self) -> None:
-        """Stop listening and end the connections (and streams) still open."""
-        if self._server is None:
-            return
-        self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.wait(self._connections, timeout=WRITE_TIMEOUT_S)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), WRITE_TIMEOUT_S)
-        self._server = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None or len(self._connections) >= MAX_CONNECTIONS:
-            writer.transport.abort()
-            return
-        self._connections.add(task)
-        try:
-            answer, head_only = await self._answer(reader)
-            if isinstance(answer, EventStream):
-                if self.streams >= MAX_STREAMS:
-                    answer = _error(HTTPStatus.SERVICE_UNAVAILABLE, {"Retry-After": "5"})
-                else:
-                    await self._stream(reader, writer, answer)
-                    return
-            await self._write(writer, answer, head_only)
-            if answer.status >= 400:
-                await _linger(reader, writer)
-            writer.close()  # flushes what is buffered, then closes
-            async with asyncio.timeout(WRITE_TIMEOUT_S):
-                await writer.wait_closed()
-        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
-            pass  # the client went away or stopped reading: nothing more to say
-        except asyncio.CancelledError:
-            pass  # `stop()` ends the connection (see the operations server)
-        except Exception:
-            log.exception("dashboard request failed")
-        finally:
-            self._connections.discard(task)
-            writer.transport.abort()  # a no-op once closed; else drops what is left
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answer, head_only = await self._answer(reader)
+        if isinstance(answer, EventStream):
+            if self.streams >= MAX_STREAMS:
+                answer = _error(HTTPStatus.SERVICE_UNAVAILABLE, {"Retry-After": "5"})
+            else:
+                await self._stream(reader, writer, answer)
+                return
+        await self._write(writer, answer, head_only)
+        await self._close(reader, writer, answer.status)
 
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[Response | EventStream, bool]:
         try:
@@ -404,21 +352,6 @@ async def _until_closed(reader: asyncio.StreamReader) -> None:
             if not chunk:
                 return
             received += len(chunk)
-
-
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Half-close, then discard what the client is still sending (bounded): closing a
-    socket with unread input resets the connection, and the client would lose the answer."""
-    if writer.can_write_eof():
-        writer.write_eof()
-    with contextlib.suppress(TimeoutError, ConnectionError):
-        async with asyncio.timeout(LINGER_S):
-            discarded = 0
-            while discarded < LINGER_BYTES:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    return
-                discarded += len(chunk)
 
 
 def _error(status: HTTPStatus, headers: Mapping[str, str] | None = None) -> Response:

@@ -11,11 +11,8 @@ delivery ends it `failed`.
 
 from __future__ import annotations
 
-import json
-
 import structlog
 from faststream.nats import NatsBroker
-from pydantic import ValidationError
 
 from agentledger.domain.errors import ErrorKind
 from agentledger.domain.evaluation.tasks import (
@@ -23,7 +20,6 @@ from agentledger.domain.evaluation.tasks import (
     EvaluationProgress,
     RunEvaluation,
 )
-from agentledger.domain.rejection import valid_id_or_none
 from agentledger.domain.subjects import (
     eval_subject,
     eval_workers_consumer,
@@ -34,13 +30,7 @@ from agentledger.domain.tasks import RunAgent, RunError, RunOutcome
 from agentledger.handlers.catalog import Catalog
 from agentledger.handlers.client import LedgerClient, OutcomeTimeout
 from agentledger.handlers.evaluation.runner import EvaluationRejected, EvaluationRunner
-from agentledger.handlers.intake import (
-    RawTask,
-    Rejection,
-    content_problem,
-    describe_errors,
-    load_json,
-)
+from agentledger.handlers.intake import RawTask, Rejection, parse_model
 from agentledger.handlers.kind_worker import KindWorker, Received
 from agentledger.handlers.task_consumer import Delivery
 from agentledger.handlers.worker import TRANSIENT_ERRORS, nak_or_give_up
@@ -61,29 +51,8 @@ _TRANSIENT = (*TRANSIENT_ERRORS, ConcurrencyConflict, CaseTimedOut)
 
 def parse_eval_task(raw: RawTask) -> RunEvaluation:
     """The evaluation task in `raw`, or a `Rejection` saying exactly what is wrong."""
-    key = valid_id_or_none(raw.msg_id) or raw.fallback_key
-    _, data = load_json(raw.body, key, what="RunEvaluation")
-    if not isinstance(data, dict):
-        raise Rejection(
-            ErrorKind.INVALID_PAYLOAD,
-            f"payload must be a JSON object (RunEvaluation), got {type(data).__name__}",
-            key=key,
-        )
-    task_id = valid_id_or_none(data.get("task_id"))
-    if task_id is not None:
-        key = task_id
-    problem = content_problem(data, what="RunEvaluation")
-    if problem:
-        raise Rejection(ErrorKind.INVALID_PAYLOAD, problem, key=key, task_id=task_id)
-    try:
-        task = RunEvaluation.model_validate_json(json.dumps(data))
-    except ValidationError as e:
-        raise Rejection(
-            ErrorKind.INVALID_PAYLOAD,
-            f"invalid RunEvaluation: {describe_errors(e)}",
-            key=key,
-            task_id=task_id,
-        ) from None
+    task = parse_model(raw, RunEvaluation, "RunEvaluation")
+    key = task.task_id
     dataset = raw.subject.rsplit(".", 1)[-1]
     if task.dataset != dataset:
         raise Rejection(

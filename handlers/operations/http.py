@@ -14,10 +14,11 @@ import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Self
 
 import structlog
 
-__all__ = ["OperationsServer", "Response", "Route"]
+__all__ = ["BoundedServer", "OperationsServer", "Response", "Route", "linger"]
 
 log = structlog.get_logger("agentledger.operations")
 
@@ -33,7 +34,7 @@ MAX_CONNECTIONS = 64
 LINGER_S = 1.0
 LINGER_BYTES = 256 * 1024
 """After an error answer, what the client still sends is discarded for at most this long
-and this much (see `_linger`)."""
+and this much (see `linger`)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,22 +59,33 @@ class _BadRequest(Exception):
         self.headers = headers or {}
 
 
-class OperationsServer:
-    """Serves `routes` on `host:port` (port 0: any free port) until `stop()`."""
+class BoundedServer:
+    """What the small servers share (this one, and the dashboard's): listening on
+    `host:port` (port 0: any free port), at most `MAX_CONNECTIONS` connections at once
+    (more are dropped at once), and `stop()` ending the connections still open. A
+    subclass says what one connection gets (`_converse`); whatever it raises ends that
+    connection only."""
 
-    def __init__(self, routes: Mapping[str, Route], *, host: str, port: int) -> None:
-        self.routes = dict(routes)
+    failure = "request failed"
+    """What a connection's unexpected error is logged as."""
+
+    def __init__(self, *, host: str, port: int) -> None:
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> OperationsServer:
+    async def start(self) -> Self:
         self._server = await asyncio.start_server(
             self._serve, self.host, self.port, limit=MAX_HEAD_BYTES
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    @property
+    def open_connections(self) -> int:
+        """Connections being served now."""
+        return len(self._connections)
 
     @property
     def url(self) -> str:
@@ -100,13 +112,7 @@ class OperationsServer:
             return
         self._connections.add(task)
         try:
-            response, head_only = await self._answer(reader)
-            await self._write(writer, response, head_only)
-            if response.status >= 400:
-                await _linger(reader, writer)
-            writer.close()  # flushes what is buffered, then closes
-            async with asyncio.timeout(WRITE_TIMEOUT_S):
-                await writer.wait_closed()
+            await self._converse(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away or stopped reading: nothing more to say
         except asyncio.CancelledError:
@@ -114,10 +120,39 @@ class OperationsServer:
             # logs a connection callback that ends cancelled as an error.
             pass
         except Exception:
-            log.exception("operations endpoint failed")
+            log.exception(self.failure)
         finally:
             self._connections.discard(task)
             writer.transport.abort()  # a no-op once closed; else drops what is left
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    async def _close(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int
+    ) -> None:
+        """After an answer: linger on an error answer (see `linger`), then close."""
+        if status >= 400:
+            await linger(reader, writer)
+        writer.close()  # flushes what is buffered, then closes
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await writer.wait_closed()
+
+
+class OperationsServer(BoundedServer):
+    """Serves `routes` on `host:port` (port 0: any free port) until `stop()`."""
+
+    failure = "operations endpoint failed"
+
+    def __init__(self, routes: Mapping[str, Route], *, host: str, port: int) -> None:
+        super().__init__(host=host, port=port)
+        self.routes = dict(routes)
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        response, head_only = await self._answer(reader)
+        await self._write(writer, response, head_only)
+        await self._close(reader, writer, response.status)
 
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
         try:
@@ -186,7 +221,7 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str]:
     return method, target.split("?", 1)[0]
 
 
-async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Half-close, then discard what the client is still sending (bounded): closing a
     socket with unread input resets the connection, and the client would lose the answer
     (a 431 to an oversized request, say) before reading it."""

@@ -18,6 +18,7 @@ from agentledger.domain.tasks import RunAgent
 from agentledger.handlers.bootstrap import ProjectorService
 from agentledger.handlers.client import submit
 from agentledger.handlers.dashboard import http as dashboard_http
+from agentledger.handlers.operations import http as operations_http
 from agentledger.handlers.dashboard.auth import DashboardConfigError
 from agentledger.handlers.dashboard.service import DashboardPortUnavailable, DashboardService
 from agentledger.handlers.evaluation import report_html
@@ -325,7 +326,7 @@ async def test_hostile_requests_are_refused_and_the_dashboard_goes_on(
             if service.http.open_connections == 0:
                 break
             await asyncio.sleep(0.05)
-        monkeypatch.setattr(dashboard_http, "MAX_CONNECTIONS", 3)
+        monkeypatch.setattr(operations_http, "MAX_CONNECTIONS", 3)  # the bound both servers share
         flood = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
         for _, w in flood:
             w.write(b"GET /api/state HTTP/1.1\r\n")
