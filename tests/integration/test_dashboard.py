@@ -18,10 +18,10 @@ from agentledger.domain.tasks import RunAgent
 from agentledger.handlers.bootstrap import ProjectorService
 from agentledger.handlers.client import submit
 from agentledger.handlers.dashboard import http as dashboard_http
-from agentledger.handlers.operations import http as operations_http
 from agentledger.handlers.dashboard.auth import DashboardConfigError
 from agentledger.handlers.dashboard.service import DashboardPortUnavailable, DashboardService
 from agentledger.handlers.evaluation import report_html
+from agentledger.handlers.operations import http as operations_http
 from agentledger.handlers.queries import answer
 from agentledger.infra.nats_server import EmbeddedNats, free_port
 from agentledger.infra.settings import Settings
