@@ -161,6 +161,11 @@ class RunLeases:
                 return Lease(run_id, key, holder, self.ttl_s, revision)
             except KeyWrongLastSequenceError:
                 pass
+            except KeyNotFoundError:
+                # nats-py's create, refused because the key exists, reads it to see
+                # whether it is a delete marker; a lease that lapsed (its TTL) in between
+                # is gone by then. Free again: try again.
+                continue
             try:
                 entry = await self.kv.get(key)
             except (KeyNotFoundError, KeyDeletedError):
