@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import nats
 from nats.aio.client import Client
@@ -36,6 +36,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
+from pydantic import BaseModel
 
 from agentledger.domain.memory.recall import MemoryHit
 from agentledger.domain.streaming.chunks import StreamChunk
@@ -62,6 +63,8 @@ __all__ = [
     "query_over_nats",
     "submit",
 ]
+
+Out = TypeVar("Out", bound=BaseModel)
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 
@@ -163,15 +166,20 @@ class LedgerClient:
         )
         return Submission(task_id=task.task_id, duplicate=bool(ack.duplicate), sequence=ack.seq)
 
-    async def outcome(self, task_id: str) -> RunOutcome | None:
-        """The stored outcome of a task, or None if it has none (yet)."""
+    @overload
+    async def outcome(self, task_id: str) -> RunOutcome | None: ...
+    @overload
+    async def outcome(self, task_id: str, model: type[Out]) -> Out | None: ...
+    async def outcome(self, task_id: str, model: type[BaseModel] = RunOutcome) -> Any:
+        """The stored outcome of a task, or None if it has none (yet); `model` is the
+        outcome's type for other tasks than `RunAgent` (`EvaluationOutcome`, ...)."""
         try:
             msg = await self.nc.jetstream().get_last_msg(
                 results_stream(self.prefix), results_subject(self.prefix, task_id)
             )
         except NotFoundError:
             return None
-        return RunOutcome.model_validate_json(msg.data or b"{}")
+        return model.model_validate_json(msg.data or b"{}")
 
     async def wait(
         self,
@@ -265,12 +273,13 @@ class LedgerClient:
         )
         return submission, outcome
 
-    async def workers_listening(self) -> tuple[bool | None, int | None]:
+    async def workers_listening(self, durable: str | None = None) -> tuple[bool | None, int | None]:
         """(any worker pulling tasks?, tasks not yet delivered), from the shared durable
-        consumer; (False, None) when no worker has ever started on this prefix."""
+        consumer (`durable`: another kind's, e.g. the eval workers'; default the agent
+        workers'); (False, None) when no worker has ever started on this prefix."""
         try:
             info = await self.nc.jetstream().consumer_info(
-                tasks_stream(self.prefix), workers_consumer(self.prefix)
+                tasks_stream(self.prefix), durable or workers_consumer(self.prefix)
             )
         except NotFoundError:
             return False, None

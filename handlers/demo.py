@@ -39,7 +39,7 @@ from agentledger.handlers.render import (
     outcomes_table,
     timeline_table,
 )
-from agentledger.infra.nats_server import EmbeddedNats, NatsServerBusy, free_port
+from agentledger.infra.nats_server import EmbeddedNats, start_beside
 from agentledger.infra.settings import Settings
 
 __all__ = ["DemoReport", "run_demo"]
@@ -202,14 +202,7 @@ async def run_demo(settings: Settings, console: Console) -> DemoReport:
     """Run the demo end to end and print it; returns what it showed (for tests)."""
     server: EmbeddedNats | None = None
     if settings.nats_url is None:
-        server = EmbeddedNats(store_dir=settings.data_dir / "nats", port=free_port())
-        try:
-            await asyncio.to_thread(server.start)
-        except NatsServerBusy:
-            # An `agentledger nats` of this folder is running: leave it be, and use a
-            # JetStream folder (and port) of the demo's own.
-            server = EmbeddedNats(store_dir=settings.data_dir / "nats-demo", port=free_port())
-            await asyncio.to_thread(server.start)
+        server = await asyncio.to_thread(start_beside, settings.data_dir, "nats-demo")
         settings = settings.model_copy(update={"nats_url": server.url})
         console.print(f"[dim]started nats-server {server.url} (JetStream in {server.store_dir})")
     console.print(f"[dim]event store: {settings.backend} ({settings.safe_postgres_target()})")

@@ -31,6 +31,7 @@ __all__ = [
     "NatsServerBusy",
     "find_nats_server",
     "free_port",
+    "start_beside",
 ]
 
 _HOST = "127.0.0.1"
@@ -445,3 +446,14 @@ class EmbeddedNats:
     def _stop_at_exit(self) -> None:
         with contextlib.suppress(Exception):
             self.stop(timeout=5.0)
+
+
+def start_beside(data_dir: Path, own_folder: str) -> EmbeddedNats:
+    """A started embedded nats-server on a free port, its JetStream in `data_dir/nats`;
+    when an `agentledger nats` of that folder runs, it is left be and the server uses
+    `data_dir/<own_folder>` (and its own port). For commands that run the whole system
+    in-process (`demo`, `eval run` without a NATS URL). Blocking."""
+    try:
+        return EmbeddedNats(store_dir=data_dir / "nats", port=free_port()).start()
+    except NatsServerBusy:
+        return EmbeddedNats(store_dir=data_dir / own_folder, port=free_port()).start()

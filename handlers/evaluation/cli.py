@@ -42,7 +42,6 @@ from agentledger.domain.subjects import (
     eval_subject,
     eval_workers_consumer,
     evaluation_progress_subject,
-    results_stream,
     results_subject,
 )
 from agentledger.handlers.cli_support import (
@@ -225,14 +224,9 @@ async def _system(settings: Settings) -> AsyncIterator[Settings]:
         yield settings
         return
     from agentledger.handlers.bootstrap import ProjectorService, WorkerService
-    from agentledger.infra.nats_server import EmbeddedNats, NatsServerBusy, free_port
+    from agentledger.infra.nats_server import start_beside
 
-    server = EmbeddedNats(store_dir=settings.data_dir / "nats", port=free_port())
-    try:
-        await asyncio.to_thread(server.start)
-    except NatsServerBusy:
-        server = EmbeddedNats(store_dir=settings.data_dir / "nats-eval", port=free_port())
-        await asyncio.to_thread(server.start)
+    server = await asyncio.to_thread(start_beside, settings.data_dir, "nats-eval")
     local = settings.model_copy(update={"nats_url": server.url})
     notify(
         f"no AGENTLEDGER_NATS_URL: running nats-server {server.url}, a worker and a"
@@ -253,39 +247,16 @@ async def _system(settings: Settings) -> AsyncIterator[Settings]:
         await asyncio.to_thread(server.stop)
 
 
-async def _stored_outcome(nc: Any, settings: Settings, task_id: str) -> EvaluationOutcome | None:
-    from nats.js.errors import NotFoundError
-
-    try:
-        msg = await nc.jetstream().get_last_msg(
-            results_stream(settings.subject_prefix),
-            results_subject(settings.subject_prefix, task_id),
-        )
-    except NotFoundError:
-        return None
-    return EvaluationOutcome.model_validate_json(msg.data or b"{}")
-
-
-async def _eval_workers_listening(nc: Any, settings: Settings) -> bool:
-    """Whether some worker has a pull request waiting on the eval consumer (or is busy
-    with one): False only when the consumer is missing or idle with nobody pulling."""
-    try:
-        info = await nc.jetstream().consumer_info(
-            settings.tasks_stream, eval_workers_consumer(settings.subject_prefix)
-        )
-    except Exception:
-        return False
-    return bool(info.num_waiting or info.num_ack_pending)
-
-
 async def _publish_and_follow(
     settings: Settings, task: RunEvaluation, timeout: float, quiet: bool
 ) -> EvaluationOutcome:
     from agentledger.handlers.bootstrap import connect_nats
+    from agentledger.handlers.client import LedgerClient
     from agentledger.infra.nats import ensure_streams
 
     nc = await connect_nats(settings, "agentledger-eval")
     prefix = settings.subject_prefix
+    client = LedgerClient(nc, prefix=prefix)
     try:
         # As `publish` does: the streams exist before any worker has started.
         await ensure_streams(nc.jetstream(), settings)
@@ -309,13 +280,14 @@ async def _publish_and_follow(
         notice_at: float | None = time.monotonic() + 3.0
         with Progress(*columns, console=console, transient=False, disable=quiet) as bar:
             bar_id = bar.add_task(f"evaluating {task.dataset}", total=None, passed=0)
-            stored = await _stored_outcome(nc, settings, task.task_id)
+            stored = await client.outcome(task.task_id, EvaluationOutcome)
             if stored is not None:
                 return stored
             while True:
                 if notice_at is not None and time.monotonic() > notice_at:
                     notice_at = None
-                    if not await _eval_workers_listening(nc, settings):
+                    listening, _ = await client.workers_listening(eval_workers_consumer(prefix))
+                    if not listening:
                         notify(
                             "no worker is taking evaluation tasks yet (is `agentledger worker`"
                             f" running for prefix {prefix!r}?); waiting"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -59,7 +60,7 @@ class _BadRequest(Exception):
         self.headers = headers or {}
 
 
-class BoundedServer:
+class BoundedServer(ABC):
     """What the small servers share (this one, and the dashboard's): listening on
     `host:port` (port 0: any free port), at most `MAX_CONNECTIONS` connections at once
     (more are dropped at once), and `stop()` ending the connections still open. A
@@ -125,8 +126,9 @@ class BoundedServer:
             self._connections.discard(task)
             writer.transport.abort()  # a no-op once closed; else drops what is left
 
+    @abstractmethod
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
+        """Read one request from `reader` and answer it on `writer`."""
 
     @staticmethod
     async def _close(

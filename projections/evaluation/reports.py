@@ -127,6 +127,7 @@ class EvaluationsProjection(Projection):
         rows = select_rows(cursor, "al_evaluations", _COLUMNS, groups)
         touched: dict[str, dict[str, Any]] = {}
         case_rows: list[tuple[Any, ...]] = []
+        positions: dict[str, dict[str, int]] = {}
         for key, group in groups.items():
             row = rows.get(key)
             for event in group:
@@ -161,12 +162,14 @@ class EvaluationsProjection(Projection):
                     }
                 elif row is not None and isinstance(event, Evaluation.CaseScored):
                     result = CaseResult.model_validate(event.result)
-                    order = loads(row["case_order"])
+                    if key not in positions:  # once per evaluation and batch
+                        positions[key] = {n: i for i, n in enumerate(loads(row["case_order"]))}
+                    order = positions[key]
                     case_rows.append(
                         (
                             key,
                             view_key(result.case),
-                            order.index(result.case) if result.case in order else len(order),
+                            order.get(result.case, len(order)),
                             int(result.passed),
                             self.sealer.seal(dumps(result.model_dump(mode="json"))),
                             iso(event.timestamp),
